@@ -1,0 +1,1 @@
+"""ffrtmp-agent: a distributed video transcoding master, worker agent and CLI."""

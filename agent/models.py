@@ -1,0 +1,318 @@
+"""Wire types shared by the master, the worker and the CLI.
+
+Every message of the protocol (DESIGN §3) is an attrs class here. JSON goes in
+through ``X.from_json(dict)`` and out through ``x.to_json()``; both are built
+on one cattrs converter so that the rules hold everywhere:
+
+* unknown fields are ignored (the Go master and agent add fields freely);
+* times are RFC 3339, read with nanoseconds and any offset, written in UTC;
+* statuses accept the Go synonyms ``queued``/``running``/``assigned``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import re
+from typing import Any, TypeVar
+
+import attrs
+import cattrs
+
+__all__ = [
+    "Engine",
+    "FailureReason",
+    "HeartbeatReply",
+    "HeartbeatReport",
+    "Job",
+    "JobProgress",
+    "JobRequest",
+    "JobResult",
+    "JobStatus",
+    "Node",
+    "NodeRegistration",
+    "Priority",
+    "Queue",
+    "ResultAck",
+    "format_time",
+    "parse_time",
+    "utcnow",
+]
+
+
+class JobStatus(str, enum.Enum):
+    PENDING = "pending"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    PAUSED = "paused"
+
+    @classmethod
+    def _missing_(cls, value: object) -> JobStatus | None:
+        return _STATUS_SYNONYMS.get(str(value).lower())
+
+    @property
+    def is_final(self) -> bool:
+        return self in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELED)
+
+
+_STATUS_SYNONYMS = {
+    "queued": JobStatus.PENDING,
+    "running": JobStatus.PROCESSING,
+    "assigned": JobStatus.PROCESSING,
+    "cancelled": JobStatus.CANCELED,
+}
+
+
+class FailureReason(str, enum.Enum):
+    USER_ERROR = "user_error"
+    INPUT_ERROR = "input_error"
+    CAPABILITY_MISMATCH = "capability_mismatch"
+    RUNTIME_ERROR = "runtime_error"
+    NETWORK_ERROR = "network_error"
+    TIMEOUT = "timeout"
+    PLATFORM_ERROR = "platform_error"
+    RESOURCE_ERROR = "resource_error"
+
+
+class Engine(str, enum.Enum):
+    AUTO = "auto"
+    FFMPEG = "ffmpeg"
+    GSTREAMER = "gstreamer"
+
+
+class Queue(str, enum.Enum):
+    """Queues in dispatch order: live jobs first, batch jobs last."""
+
+    LIVE = "live"
+    DEFAULT = "default"
+    BATCH = "batch"
+
+    @property
+    def rank(self) -> int:
+        return list(Queue).index(self)
+
+
+class Priority(str, enum.Enum):
+    HIGH = "high"
+    MEDIUM = "medium"
+    LOW = "low"
+
+    @property
+    def rank(self) -> int:
+        return list(Priority).index(self)
+
+
+# --- times -------------------------------------------------------------------
+
+_FRACTION = re.compile(r"\.(\d+)")
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def parse_time(text: str) -> dt.datetime:
+    """Read an RFC 3339 time as Go writes it.
+
+    Go writes up to nine fractional digits and ``Z`` or ``+hh:mm``; Python keeps
+    microseconds, so the fraction is cut to six digits.
+
+    Raises:
+        ValueError: the text is not an RFC 3339 time.
+    """
+    text = text.strip().replace("z", "Z")
+    text = _FRACTION.sub(lambda m: "." + m.group(1)[:6].ljust(6, "0"), text, count=1)
+    if text.endswith("Z"):
+        text = text[:-1] + "+00:00"
+    value = dt.datetime.fromisoformat(text)
+    if value.tzinfo is None:
+        raise ValueError(f"time {text!r} has no offset; RFC 3339 needs one")
+    return value
+
+
+def format_time(value: dt.datetime) -> str:
+    return value.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+# --- the converter -----------------------------------------------------------
+
+_converter = cattrs.Converter(omit_if_default=False)
+_converter.register_structure_hook(dt.datetime, lambda value, _: parse_time(value))
+_converter.register_unstructure_hook(dt.datetime, format_time)
+_converter.register_unstructure_hook_func(
+    lambda cls: isinstance(cls, type) and issubclass(cls, enum.Enum), lambda member: member.value
+)
+
+_T = TypeVar("_T")
+
+
+def _from_json(cls: type[_T], data: Any) -> _T:
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a JSON object for {cls.__name__}, got {type(data).__name__}")
+    known = {a.name for a in attrs.fields(cls)}  # type: ignore[arg-type]
+    # JSON null means "not set": let the attrs default apply.
+    present = {k: v for k, v in data.items() if k in known and v is not None}
+    try:
+        return _converter.structure(present, cls)
+    except cattrs.BaseValidationError as exc:
+        detail = "; ".join(cattrs.transform_error(exc))
+        raise ValueError(f"invalid {cls.__name__}: {detail}") from None
+
+
+class _Wire:
+    """Mix-in giving an attrs class its JSON form."""
+
+    @classmethod
+    def from_json(cls: type[_T], data: Any) -> _T:
+        """Build from decoded JSON.
+
+        Raises:
+            ValueError: a field has the wrong type or value; the message names it.
+        """
+        return _from_json(cls, data)
+
+    def to_json(self) -> dict[str, Any]:
+        result: dict[str, Any] = _converter.unstructure(self)
+        return result
+
+
+# --- messages ----------------------------------------------------------------
+
+
+@attrs.define
+class Job(_Wire):
+    id: str
+    scenario: str
+    sequence_number: int = 0
+    confidence: str = "auto"
+    engine: Engine = Engine.AUTO
+    parameters: dict[str, Any] = attrs.field(factory=dict)
+    status: JobStatus = JobStatus.PENDING
+    queue: Queue = Queue.DEFAULT
+    priority: Priority = Priority.MEDIUM
+    progress: float = 0.0
+    node_id: str = ""
+    node_name: str = ""
+    created_at: dt.datetime | None = None
+    started_at: dt.datetime | None = None
+    completed_at: dt.datetime | None = None
+    retry_count: int = 0
+    max_retries: int = 3
+    error: str = ""
+    failure_reason: str = ""
+    logs: str = ""
+
+
+@attrs.define
+class JobRequest(_Wire):
+    """Body of ``POST /jobs``."""
+
+    scenario: str
+    confidence: str = "auto"
+    engine: Engine = Engine.AUTO
+    parameters: dict[str, Any] = attrs.field(factory=dict)
+    queue: Queue = Queue.DEFAULT
+    priority: Priority = Priority.MEDIUM
+
+
+@attrs.define
+class JobResult(_Wire):
+    """Body of ``POST /results``: what a worker says about a job it ran."""
+
+    job_id: str
+    node_id: str
+    status: JobStatus
+    progress: float = 0.0
+    metrics: dict[str, Any] = attrs.field(factory=dict)
+    error: str = ""
+    failure_reason: str = ""
+    logs: str = ""
+    completed_at: dt.datetime = attrs.field(factory=utcnow)
+
+    @classmethod
+    def failure(
+        cls, job: Job, node_id: str, reason: FailureReason, error: str, **fields: Any
+    ) -> JobResult:
+        return cls(
+            job_id=job.id,
+            node_id=node_id,
+            status=JobStatus.FAILED,
+            failure_reason=reason.value,
+            error=error,
+            **fields,
+        )
+
+
+@attrs.define
+class ResultAck(_Wire):
+    """Answer to ``POST /results``: ``success``, or ``retrying`` with the count."""
+
+    status: str
+    retry: int = 0
+    max_retries: int = 0
+
+
+@attrs.define
+class NodeRegistration(_Wire):
+    """Body of ``POST /nodes/register``."""
+
+    address: str
+    type: str = "server"
+    cpu_threads: int = 1
+    cpu_model: str = ""
+    has_gpu: bool = False
+    gpu_type: str = ""
+    gpu_capabilities: list[str] = attrs.field(factory=list)
+    ram_total_bytes: int = 0
+    labels: dict[str, str] = attrs.field(factory=dict)
+
+
+@attrs.define
+class Node(_Wire):
+    id: str
+    address: str
+    type: str = "server"
+    cpu_threads: int = 1
+    cpu_model: str = ""
+    has_gpu: bool = False
+    gpu_type: str = ""
+    gpu_capabilities: list[str] = attrs.field(factory=list)
+    ram_total_bytes: int = 0
+    labels: dict[str, str] = attrs.field(factory=dict)
+    status: str = "available"
+    current_job_id: str = ""
+    active_job_ids: list[str] = attrs.field(factory=list)
+    max_concurrent_jobs: int = 1
+    registered_at: dt.datetime | None = None
+    last_heartbeat: dt.datetime | None = None
+
+
+@attrs.define
+class HeartbeatReport(_Wire):
+    """Extension body of ``POST /nodes/{id}/heartbeat``; the Go master ignores it."""
+
+    active_job_ids: list[str] = attrs.field(factory=list)
+    max_concurrent_jobs: int = 1
+    cpu_load_percent: float = 0.0
+
+
+@attrs.define
+class HeartbeatReply(_Wire):
+    """Extension answer to a heartbeat: a cancel channel that needs no websocket."""
+
+    cancel_job_ids: list[str] = attrs.field(factory=list)
+    drain: bool = False
+
+
+@attrs.define
+class JobProgress(_Wire):
+    """Extension body of ``POST /jobs/{id}/progress``."""
+
+    node_id: str
+    progress: float
+    fps: float = 0.0
+    speed: float = 0.0
+    bitrate_kbps: float = 0.0
+    out_time_s: float = 0.0
