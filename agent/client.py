@@ -1,0 +1,212 @@
+"""The master's HTTP API as typed calls, shared by the worker agent and the CLI.
+
+Transport failures and HTTP errors are translated here, once, into a small
+hierarchy whose classes say what the caller can do about them:
+
+* ``MasterUnavailable`` — connection refused, timeout, 5xx: back off and retry;
+* ``AuthError`` — 401/403: a configuration error, retrying cannot help;
+* ``NotFound`` / ``Conflict`` — normal answers (unknown node, lost lease);
+* ``RequestRejected`` — any other 4xx, with the master's message.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any
+
+import attrs
+import httpx
+
+from agent.config import API_KEY_ENV
+from agent.models import (
+    HeartbeatReply,
+    HeartbeatReport,
+    Job,
+    JobProgress,
+    JobRequest,
+    JobResult,
+    Node,
+    NodeRegistration,
+    ResultAck,
+)
+
+__all__ = [
+    "AuthError",
+    "Conflict",
+    "MasterClient",
+    "MasterError",
+    "MasterUnavailable",
+    "NotFound",
+    "RequestRejected",
+]
+
+# Long enough for a loaded SQLite master, short enough that a dead one is noticed.
+DEFAULT_TIMEOUT_S = 10.0
+
+
+class MasterError(Exception):
+    """Any failure talking to the master."""
+
+
+class MasterUnavailable(MasterError):
+    """The master cannot be reached or failed (5xx): transient, worth retrying."""
+
+
+class AuthError(MasterError):
+    """The master refused our credentials (401/403); only a configuration change helps."""
+
+
+class NotFound(MasterError):
+    """404: the node or job is unknown to the master (or the call is an extension it lacks)."""
+
+
+class Conflict(MasterError):
+    """409: the job is no longer leased to this node."""
+
+
+class RequestRejected(MasterError):
+    """Another 4xx: the master says the request is wrong, and why."""
+
+
+def _error_text(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip()
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        return str(body["error"])
+    return response.text.strip()
+
+
+def _auth_message(url: str, response: httpx.Response) -> str:
+    said = _error_text(response) or response.reason_phrase
+    if "missing" in said.lower():
+        advice = "the master requires an API key: pass it with --api-key or set " + API_KEY_ENV
+    else:
+        advice = "the master refused the API key: check --api-key or " + API_KEY_ENV
+    return f"{url} answered {response.status_code} ({said}); {advice}"
+
+
+@attrs.define
+class MasterClient:
+    """Typed calls to one master. Use as ``async with MasterClient(url, key) as client``.
+
+    Args:
+        base_url: the master, e.g. ``http://localhost:8080``.
+        api_key: sent as ``Authorization: Bearer``; empty sends nothing.
+        timeout: seconds per request; a long-poll adds its own wait on top.
+        transport: replaces the network, for injecting faults in tests.
+    """
+
+    base_url: str
+    api_key: str = attrs.field(default="", repr=False)
+    timeout: float = DEFAULT_TIMEOUT_S
+    verify: bool | str = True
+    transport: httpx.AsyncBaseTransport | None = None
+    _http: httpx.AsyncClient = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        self.base_url = self.base_url.rstrip("/")
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers=headers,
+            timeout=self.timeout,
+            verify=self.verify,
+            transport=self.transport,
+        )
+
+    async def __aenter__(self) -> MasterClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _call(self, method: str, path: str, *, timeout: float | None = None, **kwargs: Any) -> Any:
+        """One request; returns the decoded JSON body (None when empty)."""
+        if timeout is not None:
+            kwargs["timeout"] = timeout
+        try:
+            response = await self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise MasterUnavailable(
+                f"cannot reach the master at {self.base_url}: {exc!r}"
+            ) from exc
+        status = response.status_code
+        if status in (401, 403):
+            raise AuthError(_auth_message(self.base_url, response))
+        if status >= 500:
+            raise MasterUnavailable(
+                f"the master at {self.base_url} answered {status} to {method} {path}: {_error_text(response)}"
+            )
+        if status == 404:
+            raise NotFound(f"{method} {path}: {_error_text(response)}")
+        if status == 409:
+            raise Conflict(f"{method} {path}: {_error_text(response)}")
+        if status >= 400:
+            raise RequestRejected(f"{method} {path} was rejected ({status}): {_error_text(response)}")
+        if not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            raise MasterUnavailable(
+                f"the master at {self.base_url} sent a body that is not JSON for {method} {path}"
+            ) from None
+
+    # --- worker calls ---------------------------------------------------------
+
+    async def register(self, registration: NodeRegistration) -> Node:
+        return Node.from_json(await self._call("POST", "/nodes/register", json=registration.to_json()))
+
+    async def heartbeat(self, node_id: str, report: HeartbeatReport) -> HeartbeatReply:
+        """Raises NotFound when the master forgot the node: register again."""
+        body = await self._call("POST", f"/nodes/{node_id}/heartbeat", json=report.to_json())
+        # The Go master answers with a status message or nothing: no cancel channel.
+        return HeartbeatReply.from_json(body) if isinstance(body, dict) else HeartbeatReply()
+
+    async def claim_next(self, node_id: str, *, wait: float = 0.0) -> Job | None:
+        """The next job leased to this node, or None when the queue is empty.
+
+        Args:
+            wait: long-poll seconds (extension); a master without it answers at once.
+        """
+        params: dict[str, Any] = {"node_id": node_id}
+        if wait > 0:
+            params["wait"] = int(wait)
+        body = await self._call("GET", "/jobs/next", params=params, timeout=self.timeout + wait)
+        job = body.get("job") if isinstance(body, dict) else None
+        return Job.from_json(job) if job else None
+
+    async def send_result(self, result: JobResult) -> ResultAck:
+        """Raises Conflict when the master gave the job to another node meanwhile."""
+        body = await self._call("POST", "/results", json=result.to_json())
+        return ResultAck.from_json(body) if isinstance(body, dict) else ResultAck(status="success")
+
+    async def send_progress(self, job_id: str, progress: JobProgress) -> None:
+        await self._call("POST", f"/jobs/{job_id}/progress", json=progress.to_json())
+
+    # --- operator calls -------------------------------------------------------
+
+    async def submit_job(self, request: JobRequest) -> Job:
+        return Job.from_json(await self._call("POST", "/jobs", json=request.to_json()))
+
+    async def get_job(self, job_id: str) -> Job:
+        return Job.from_json(await self._call("GET", f"/jobs/{job_id}"))
+
+    async def list_jobs(self, status: str = "") -> list[Job]:
+        params = {"status": status} if status else {}
+        body = await self._call("GET", "/jobs", params=params)
+        return [Job.from_json(item) for item in body.get("jobs") or []]
+
+    async def list_nodes(self) -> list[Node]:
+        body = await self._call("GET", "/nodes")
+        return [Node.from_json(item) for item in body.get("nodes") or []]
+
+    async def cancel_job(self, job_id: str) -> Job:
+        return Job.from_json(await self._call("POST", f"/jobs/{job_id}/cancel"))

@@ -1,0 +1,109 @@
+"""Configuration of every role, as attrs classes, plus the value parsers flags share.
+
+The CLI turns flags and environment variables into these classes; nothing
+below the CLI reads ``os.environ`` or ``sys.argv``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from pathlib import Path
+
+import attrs
+
+__all__ = [
+    "AgentConfig",
+    "ConfigError",
+    "MasterConfig",
+    "parse_duration",
+]
+
+DEFAULT_MASTER_URL = "http://localhost:8080"
+API_KEY_ENV = "FFMPEG_RTMP_API_KEY"
+
+
+class ConfigError(ValueError):
+    """A flag or environment variable has a value we cannot use; the message says which."""
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_UNIT_SECONDS = {
+    "ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0,
+}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a Go duration (``5s``, ``1m30s``, ``250ms``) or a bare number of seconds.
+
+    Go syntax keeps the original agent's scripts working; a bare number is what
+    people type.
+
+    Raises:
+        ConfigError: the text is neither.
+    """
+    text = text.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        pos, seconds = 0, 0.0
+        for match in _DURATION_PART.finditer(text):
+            if match.start() != pos:
+                break
+            seconds += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+            pos = match.end()
+        if pos != len(text) or not text:
+            raise ConfigError(
+                f"{text!r} is not a duration; write it as 30s, 1m30s, 250ms or a number of seconds"
+            ) from None
+    if seconds < 0:
+        raise ConfigError(f"{text!r} is negative; a duration must be zero or more")
+    return seconds
+
+
+def default_work_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ffrtmp-agent"
+
+
+@attrs.define
+class AgentConfig:
+    """How a worker agent runs. Defaults are the original Go agent's."""
+
+    master_url: str = DEFAULT_MASTER_URL
+    api_key: str = ""
+    max_concurrent_jobs: int = 1
+    poll_interval: float = 5.0
+    heartbeat_interval: float = 30.0
+    metrics_host: str = "0.0.0.0"
+    # 0 asks the OS for a free port (tests, the one-process mode).
+    metrics_port: int = 9091
+    node_name: str = ""
+    work_dir: Path = attrs.field(factory=default_work_dir, converter=Path)
+    ffmpeg: str = ""
+    generate_input: bool = True
+    shutdown_grace: float = 30.0
+    # Extra seconds the encoder gets after the graceful stop, before SIGKILL.
+    kill_timeout: float = 10.0
+    register: bool = True
+    log_level: str = "info"
+    # Unattended runs (systemd, containers) pause for long on 401 instead of exiting.
+    exit_on_auth_error: bool = True
+
+    def node_address(self, bound_port: int) -> str:
+        """The identity we register under: one node per agent, even several on one host."""
+        return self.node_name or f"{socket.gethostname()}:{bound_port}"
+
+
+@attrs.define
+class MasterConfig:
+    """How the master runs."""
+
+    host: str = "0.0.0.0"
+    port: int = 8080
+    # SQLite file; "" keeps the store in memory (tests, the one-process mode).
+    db: str = "master.db"
+    api_key: str = ""
+    max_retries: int = 3
+    heartbeat_interval: float = 30.0
+    log_level: str = "info"
