@@ -1,0 +1,316 @@
+"""Command-line parsing for every role; the roles themselves live elsewhere.
+
+``python -m agent [worker flags]`` runs the worker agent (console script
+``ffrtmp-agent``); ``python -m agent master|local|jobs|nodes ...`` run the
+other roles; ``ffrtmp jobs|nodes ...`` is the operator CLI alone.
+
+Worker flags keep the original Go agent's names. Every flag also reads an
+environment variable, ``FFRTMP_<FLAG>`` (``--poll-interval`` ->
+``FFRTMP_POLL_INTERVAL``); the API key reads ``FFMPEG_RTMP_API_KEY`` as the
+original did.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, NoReturn, Sequence
+
+import trio
+
+from agent.config import (
+    API_KEY_ENV,
+    DEFAULT_MASTER_URL,
+    AgentConfig,
+    ConfigError,
+    MasterConfig,
+    default_work_dir,
+    parse_duration,
+)
+
+def _env(flag: str, default: str) -> str:
+    return os.environ.get("FFRTMP_" + flag.upper().replace("-", "_"), default)
+
+
+def _checked(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """Make argparse print our message instead of 'invalid <function> value'."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = parse.__name__
+    return convert
+
+
+def _parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{text!r} is not a boolean; write true or false")
+
+
+def _parse_concurrency(text: str) -> int:
+    """A positive number, or ``auto``: a quarter of the cores, as the seed recommends."""
+    if text.strip().lower() == "auto":
+        return max(1, (os.cpu_count() or 1) // 4)
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(f"{text!r} is not a number of jobs; write a number such as 4, or auto") from None
+    if value < 1:
+        raise ConfigError(f"max concurrent jobs must be at least 1, not {value}")
+    return value
+
+
+def _parse_port(text: str) -> int:
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"port {port} is out of range 0-65535 (0 picks a free port)")
+    return port
+
+
+def _parse_param(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"{text!r} is not key=value; write for example --param preset=veryfast")
+    return key, value
+
+
+duration = _checked(parse_duration)
+boolean = _checked(_parse_bool)
+concurrency = _checked(_parse_concurrency)
+port_number = _checked(_parse_port)
+param = _checked(_parse_param)
+
+
+def _add_logging_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-level", default=_env("log-level", "info"),
+        choices=["debug", "info", "warning", "error"], help="log verbosity (default info)",
+    )
+
+
+def _add_master_access_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--master", default=_env("master", DEFAULT_MASTER_URL),
+        help=f"master URL (default {DEFAULT_MASTER_URL}; env FFRTMP_MASTER)",
+    )
+    parser.add_argument(
+        "--api-key", default=os.environ.get(API_KEY_ENV, ""),
+        help=f"API key for the master (env {API_KEY_ENV})",
+    )
+
+
+def worker_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m agent",
+        description="The ffrtmp worker agent: claims transcoding jobs from a master and runs "
+        "up to --max-concurrent-jobs encoders at once. Other roles: python -m agent "
+        "master|local|jobs|nodes --help.",
+    )
+    _add_master_access_flags(parser)
+    parser.add_argument("--register", type=boolean, nargs="?", const=True, default=_env("register", "true"),
+                        help="register with the master at start (default true)")
+    parser.add_argument("--max-concurrent-jobs", type=concurrency, default=_env("max-concurrent-jobs", "1"),
+                        help="jobs run at once: a number, or auto (cores/4) (default 1)")
+    parser.add_argument("--poll-interval", type=duration, default=_env("poll-interval", "5s"),
+                        help="wait between polls while the queue is empty (default 5s)")
+    parser.add_argument("--heartbeat-interval", type=duration, default=_env("heartbeat-interval", "30s"),
+                        help="heartbeat period (default 30s)")
+    parser.add_argument("--metrics-port", type=port_number, default=_env("metrics-port", "9091"),
+                        help="port of /metrics /health /ready (default 9091; 0 picks a free one)")
+    parser.add_argument("--metrics-host", default=_env("metrics-host", "0.0.0.0"),
+                        help="address the metrics server binds (default 0.0.0.0)")
+    parser.add_argument("--node-name", default=_env("node-name", ""),
+                        help="identity registered with the master (default <hostname>:<metrics port>)")
+    parser.add_argument("--work-dir", type=Path, default=_env("work-dir", str(default_work_dir())),
+                        help="where inputs are cached and outputs written")
+    parser.add_argument("--ffmpeg", default=_env("ffmpeg", ""),
+                        help="encoder binary (default: ffmpeg on PATH, else the imageio-ffmpeg wheel's)")
+    parser.add_argument("--generate-input", type=boolean, nargs="?", const=True,
+                        default=_env("generate-input", "true"),
+                        help="generate a test input for jobs that name none (default true)")
+    parser.add_argument("--shutdown-grace", type=duration, default=_env("shutdown-grace", "30s"),
+                        help="time running jobs get to finish after SIGTERM (default 30s)")
+    parser.add_argument("--kill-timeout", type=duration, default=_env("kill-timeout", "10s"),
+                        help="time from asking an encoder to stop to SIGKILL (default 10s)")
+    _add_logging_flags(parser)
+    return parser
+
+
+def master_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m agent master", description="The ffrtmp job master.")
+    parser.add_argument("--host", default=_env("host", "0.0.0.0"), help="address to bind (default 0.0.0.0)")
+    parser.add_argument("--port", type=port_number, default=_env("port", "8080"), help="port (default 8080)")
+    parser.add_argument("--db", default=_env("db", "master.db"),
+                        help="SQLite file (default master.db; '' keeps the queue in memory)")
+    parser.add_argument("--api-key", default=os.environ.get(API_KEY_ENV, ""),
+                        help=f"require this API key from every client (env {API_KEY_ENV})")
+    parser.add_argument("--max-retries", type=int, default=int(_env("max-retries", "3")),
+                        help="times a failed job is re-queued (default 3)")
+    parser.add_argument("--heartbeat-interval", type=duration, default=_env("heartbeat-interval", "30s"),
+                        help="expected agent heartbeat period; 3 missed = offline (default 30s)")
+    _add_logging_flags(parser)
+    return parser
+
+
+def local_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m agent local",
+        description="One machine, no set-up: an embedded master and one worker in one process. "
+        "Submits --jobs jobs, shows progress, prints a result table; exits 1 if any job failed.",
+    )
+    parser.add_argument("--scenario", default="720p30-h264", help="scenario of every job (default 720p30-h264)")
+    parser.add_argument("--jobs", type=int, default=4, help="number of jobs (default 4)")
+    parser.add_argument("--max-concurrent-jobs", type=concurrency, default="2",
+                        help="jobs run at once (default 2; auto = cores/4)")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds of video per job (default 5)")
+    parser.add_argument("--param", type=param, action="append", default=[],
+                        help="job parameter key=value, repeatable (e.g. --param preset=veryfast)")
+    parser.add_argument("--work-dir", type=Path, default=_env("work-dir", str(default_work_dir())),
+                        help="where inputs are cached and outputs written")
+    parser.add_argument("--ffmpeg", default=_env("ffmpeg", ""), help="encoder binary")
+    _add_logging_flags(parser)
+    return parser
+
+
+def console_parser(prog: str) -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    _add_master_access_flags(common)
+    common.add_argument("--output", choices=["table", "json"], default="table",
+                        help="tables for people, json for scripts (default table)")
+    parser = argparse.ArgumentParser(prog=prog, description="Submit and watch ffrtmp jobs.")
+    roles = parser.add_subparsers(dest="role", required=True)
+
+    jobs = roles.add_parser("jobs", help="submit, list, watch and cancel jobs").add_subparsers(
+        dest="command", required=True
+    )
+    submit = jobs.add_parser("submit", help="queue new jobs", parents=[common])
+    submit.add_argument("--scenario", required=True, help="e.g. 720p30-h264, 1080p60-h265, 480p30-vp9")
+    submit.add_argument("--duration", type=float, help="seconds of video")
+    submit.add_argument("--bitrate", help="e.g. 2500k or 5M")
+    submit.add_argument("--engine", default="auto", choices=["auto", "ffmpeg", "gstreamer"])
+    submit.add_argument("--queue", default="default", choices=["live", "default", "batch"])
+    submit.add_argument("--priority", default="medium", choices=["high", "medium", "low"])
+    submit.add_argument("--param", type=param, action="append", default=[], help="key=value, repeatable")
+    submit.add_argument("--count", type=int, default=1, help="how many identical jobs (default 1)")
+    status = jobs.add_parser("status", help="show one job, or all", parents=[common])
+    status.add_argument("job_id", nargs="?", help="id or sequence number")
+    status.add_argument("--follow", action="store_true", help="keep showing until the job ends")
+    listing = jobs.add_parser("list", help="list jobs", parents=[common])
+    listing.add_argument("--status", default="", help="only jobs with this status")
+    cancel = jobs.add_parser("cancel", help="cancel a job", parents=[common])
+    cancel.add_argument("job_id")
+
+    nodes = roles.add_parser("nodes", help="list worker nodes").add_subparsers(dest="command", required=True)
+    nodes.add_parser("list", help="list nodes", parents=[common])
+    return parser
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # Per-request lines from the HTTP stack drown the agent's own story.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def _run_worker(argv: Sequence[str]) -> int:
+    from agent.worker.agent import run_agent
+
+    args = worker_parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    config = AgentConfig(
+        master_url=args.master,
+        api_key=args.api_key,
+        max_concurrent_jobs=args.max_concurrent_jobs,
+        poll_interval=args.poll_interval,
+        heartbeat_interval=args.heartbeat_interval,
+        metrics_host=args.metrics_host,
+        metrics_port=args.metrics_port,
+        node_name=args.node_name,
+        work_dir=args.work_dir,
+        ffmpeg=args.ffmpeg,
+        generate_input=args.generate_input,
+        shutdown_grace=args.shutdown_grace,
+        kill_timeout=args.kill_timeout,
+        register=args.register,
+        log_level=args.log_level,
+    )
+    return trio.run(run_agent, config)
+
+
+def _run_master(argv: Sequence[str]) -> int:
+    from agent.master.server import run_master
+
+    args = master_parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    return run_master(
+        MasterConfig(
+            host=args.host,
+            port=args.port,
+            db=args.db,
+            api_key=args.api_key,
+            max_retries=args.max_retries,
+            heartbeat_interval=args.heartbeat_interval,
+            log_level=args.log_level,
+        )
+    )
+
+
+def _run_local(argv: Sequence[str]) -> int:
+    from agent.local import LocalRun, run_local
+
+    args = local_parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    run = LocalRun(
+        scenario=args.scenario,
+        jobs=args.jobs,
+        max_concurrent_jobs=args.max_concurrent_jobs,
+        duration=args.duration,
+        parameters=dict(args.param),
+        work_dir=args.work_dir,
+        ffmpeg=args.ffmpeg,
+    )
+    return trio.run(run_local, run)
+
+
+def _run_console(argv: Sequence[str], prog: str) -> int:
+    from agent.console import run_console
+
+    args = console_parser(prog).parse_args(argv)
+    return trio.run(run_console, args)
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """``python -m agent``: the worker, or the role named first."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    role = argv[0] if argv else ""
+    try:
+        if role == "master":
+            code = _run_master(argv[1:])
+        elif role == "local":
+            code = _run_local(argv[1:])
+        elif role in ("jobs", "nodes"):
+            code = _run_console(argv, "python -m agent")
+        else:
+            code = _run_worker(argv)
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
+
+
+def ffrtmp_main(argv: Sequence[str] | None = None) -> NoReturn:
+    """``ffrtmp``: the operator CLI."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    sys.exit(_run_console(argv, "ffrtmp"))

@@ -1,0 +1,131 @@
+"""The operator commands behind ``ffrtmp jobs ...`` and ``ffrtmp nodes ...``.
+
+Tables for people, ``--output json`` for scripts. Errors from the master end in
+one line on stderr and exit code 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Sequence, TextIO
+
+import trio
+
+from agent.client import MasterClient, MasterError
+from agent.models import Job, JobRequest, Node
+
+# How often `jobs status --follow` asks the master.
+FOLLOW_INTERVAL_S = 1.0
+
+JOB_COLUMNS = ("seq", "id", "scenario", "status", "progress", "node", "error")
+NODE_COLUMNS = ("id", "address", "status", "cpu_threads", "max_jobs", "active", "last_heartbeat")
+
+
+def format_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(value) for value in row] for row in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
+    return "\n".join(lines)
+
+
+def _job_row(job: Job) -> list[Any]:
+    return [
+        job.sequence_number, job.id, job.scenario, job.status.value, f"{job.progress:.0f}%",
+        job.node_name or job.node_id or "-", (job.failure_reason + " " + job.error).strip()[:60] or "-",
+    ]
+
+
+def _node_row(node: Node) -> list[Any]:
+    heartbeat = node.last_heartbeat.strftime("%H:%M:%S") if node.last_heartbeat else "-"
+    return [
+        node.id, node.address, node.status, node.cpu_threads, node.max_concurrent_jobs,
+        len(node.active_job_ids), heartbeat,
+    ]
+
+
+def _coerce(value: str) -> Any:
+    """``--param k=v`` values: numbers and booleans as JSON would carry them."""
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+def submission(args: argparse.Namespace) -> JobRequest:
+    parameters: dict[str, Any] = {key: _coerce(value) for key, value in args.param}
+    if args.duration is not None:
+        parameters["duration"] = args.duration
+    if args.bitrate:
+        parameters["bitrate"] = args.bitrate
+    return JobRequest.from_json(
+        {
+            "scenario": args.scenario, "engine": args.engine, "queue": args.queue,
+            "priority": args.priority, "parameters": parameters,
+        }
+    )
+
+
+def _show_jobs(jobs: list[Job], args: argparse.Namespace, out: TextIO) -> None:
+    if args.output == "json":
+        out.write(json.dumps({"jobs": [job.to_json() for job in jobs], "count": len(jobs)}, indent=2) + "\n")
+    else:
+        out.write(format_table(JOB_COLUMNS, [_job_row(job) for job in jobs]) + "\n")
+
+
+async def _follow(client: MasterClient, job_id: str, args: argparse.Namespace, out: TextIO) -> Job:
+    last = ""
+    while True:
+        job = await client.get_job(job_id)
+        if args.output == "json":
+            line = json.dumps(job.to_json())
+        else:
+            line = f"{job.id} {job.status.value} {job.progress:.0f}% {job.node_name or '-'} {job.error}".rstrip()
+        if line != last:
+            out.write(line + "\n")
+            out.flush()
+            last = line
+        if job.status.is_final:
+            return job
+        await trio.sleep(FOLLOW_INTERVAL_S)
+
+
+async def run_command(client: MasterClient, args: argparse.Namespace, out: TextIO) -> int:
+    if args.role == "nodes":
+        nodes = await client.list_nodes()
+        if args.output == "json":
+            out.write(json.dumps({"nodes": [n.to_json() for n in nodes], "count": len(nodes)}, indent=2) + "\n")
+        else:
+            out.write(format_table(NODE_COLUMNS, [_node_row(n) for n in nodes]) + "\n")
+        return 0
+    if args.command == "submit":
+        request = submission(args)
+        jobs = [await client.submit_job(request) for _ in range(args.count)]
+        _show_jobs(jobs, args, out)
+        return 0
+    if args.command == "list":
+        _show_jobs(await client.list_jobs(args.status), args, out)
+        return 0
+    if args.command == "cancel":
+        _show_jobs([await client.cancel_job(args.job_id)], args, out)
+        return 0
+    # status
+    if args.job_id is None:
+        _show_jobs(await client.list_jobs(), args, out)
+        return 0
+    if args.follow:
+        job = await _follow(client, args.job_id, args, out)
+        return 0 if job.status.value == "completed" else 1
+    _show_jobs([await client.get_job(args.job_id)], args, out)
+    return 0
+
+
+async def run_console(args: argparse.Namespace) -> int:
+    try:
+        async with MasterClient(args.master, args.api_key) as client:
+            return await run_command(client, args, sys.stdout)
+    except (MasterError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,166 @@
+"""Real processes for tests: the master and agents as separate OS processes.
+
+Each process logs to stderr; a background task keeps every line, so a test
+can wait for a line (the bound URL, a log message) and show the whole log
+when it fails. Network rules: everything binds 127.0.0.1 and port 0.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import attrs
+import httpx
+import trio
+
+from agent.client import MasterClient
+from agent.config import API_KEY_ENV
+from agent.models import Job
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Start-up of a Python process with trio, httpx and hypercorn: about a second.
+START_TIMEOUT_S = 20.0
+
+
+@attrs.define
+class RunningProcess:
+    """A child process whose stderr lines are collected as they come."""
+
+    name: str
+    process: trio.Process
+    lines: list[str] = attrs.field(factory=list)
+    _changed: trio.Event = attrs.field(factory=trio.Event)
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    async def collect(self) -> None:
+        assert self.process.stderr is not None
+        pending = b""
+        async for chunk in self.process.stderr:
+            *done, pending = (pending + chunk).split(b"\n")
+            self.lines.extend(line.decode(errors="replace") for line in done)
+            self._changed.set()
+            self._changed = trio.Event()
+        if pending:
+            self.lines.append(pending.decode(errors="replace"))
+        self._changed.set()
+
+    async def wait_for(self, pattern: str, timeout: float = START_TIMEOUT_S) -> re.Match[str]:
+        """The first log line matching ``pattern``; fails with the log if none comes in time."""
+        regex = re.compile(pattern)
+        with trio.move_on_after(timeout):
+            seen = 0
+            while True:
+                for line in self.lines[seen:]:
+                    if match := regex.search(line):
+                        return match
+                seen = len(self.lines)
+                if self.process.returncode is not None and self._changed.is_set():
+                    break
+                await self._changed.wait()
+        raise AssertionError(f"{self.name}: no line matching {pattern!r}; log:\n{self.log}")
+
+    def signal(self, sig: signal.Signals) -> None:
+        if self.process.returncode is None:
+            self.process.send_signal(sig)
+
+    async def wait(self, timeout: float = 30.0) -> int:
+        with trio.fail_after(timeout):
+            return await self.process.wait()
+
+    async def stop(self) -> None:
+        """SIGTERM, then SIGKILL; used when a test ends with the process still up."""
+        if self.process.returncode is None:
+            self.signal(signal.SIGTERM)
+            with trio.move_on_after(15):
+                await self.process.wait()
+        if self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+
+
+@attrs.define
+class Processes:
+    """Starts processes for one test and stops every one of them when the test ends."""
+
+    nursery: trio.Nursery
+    started: list[RunningProcess] = attrs.field(factory=list)
+
+    async def stop_all(self) -> None:
+        with trio.CancelScope(shield=True):
+            for running in self.started:
+                await running.stop()
+
+
+async def start_process(procs: Processes, name: str, args: Sequence[str], **env: str) -> RunningProcess:
+    """Start ``python -m agent ARGS`` and collect its log."""
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    environment.pop(API_KEY_ENV, None)  # a key from the developer's shell must not leak in
+    environment.update(env)
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "agent", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=REPO,
+        env=environment,
+    )
+    running = RunningProcess(name=name, process=process)
+    procs.started.append(running)
+    procs.nursery.start_soon(running.collect)
+    return running
+
+
+async def start_master(procs: Processes, tmp_path: Path, *extra: str, **env: str) -> tuple[RunningProcess, str]:
+    master = await start_process(
+        procs, "master",
+        ["master", "--host", "127.0.0.1", "--port", "0", "--db", str(tmp_path / "master.db"), *extra],
+        **env,
+    )
+    match = await master.wait_for(r"listening on (http://\S+)")
+    return master, match.group(1)
+
+
+async def start_agent(
+    procs: Processes, name: str, master_url: str, work_dir: Path, *extra: str, **env: str
+) -> tuple[RunningProcess, str]:
+    """An agent with its own work dir and metrics port; returns it and its status URL."""
+    agent = await start_process(
+        procs, name,
+        ["--master", master_url, "--metrics-host", "127.0.0.1", "--metrics-port", "0",
+         "--work-dir", str(work_dir), "--heartbeat-interval", "2s", *extra],
+        **env,
+    )
+    match = await agent.wait_for(r"Metrics and health on (http://\S+)")
+    return agent, match.group(1)
+
+
+async def wait_for_jobs(client: MasterClient, ids: Sequence[str], timeout: float) -> list[Job]:
+    """Poll the master until every job is final; fails with their states if they are not in time."""
+    wanted = set(ids)
+    jobs: list[Job] = []
+    with trio.move_on_after(timeout):
+        while True:
+            jobs = [job for job in await client.list_jobs() if job.id in wanted]
+            if len(jobs) == len(wanted) and all(job.status.is_final for job in jobs):
+                return jobs
+            await trio.sleep(0.2)
+    states = {job.id: job.status.value for job in jobs}
+    raise AssertionError(f"jobs not final after {timeout}s: {states}")
+
+
+async def scrape_gauge(http: httpx.AsyncClient, name: str) -> float:
+    """The value of an unlabelled metric on an agent's /metrics page."""
+    text = (await http.get("/metrics")).text
+    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    assert match, f"{name} not on /metrics:\n{text}"
+    return float(match.group(1))
