@@ -154,7 +154,7 @@ class Scenario:
             JobRejected: field ``scenario``; the name does not follow the grammar,
                 or names an unknown codec, an odd or out-of-range height or fps.
         """
-        match = _SCENARIO.match(name.strip()) if isinstance(name, str) else None
+        match = _SCENARIO.fullmatch(name.strip(" ")) if isinstance(name, str) else None
         if match is None:
             raise JobRejected(
                 "scenario",
@@ -309,13 +309,13 @@ def _text(field: str, value: Any, max_len: int = 2048) -> str:
     """A string that can go into argv: no option look-alike, no control or shell characters."""
     if not isinstance(value, str):
         raise JobRejected(field, f"must be a string, got {type(value).__name__}")
-    value = value.strip()
+    if ";" in value or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise JobRejected(field, f"{_shown(value)} must not contain ';', newlines or control characters")
+    value = value.strip(" ")
     if not value or len(value) > max_len:
         raise JobRejected(field, f"must be 1 to {max_len} characters")
     if value.startswith("-"):
         raise JobRejected(field, f"{_shown(value)} must not start with '-'")
-    if ";" in value or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-        raise JobRejected(field, f"{_shown(value)} must not contain ';', newlines or control characters")
     return value
 
 
@@ -323,8 +323,8 @@ def _number(field: str, value: Any, low: float, high: float, *, allow_low: bool 
     """A JSON number or a plain decimal string within bounds; booleans are not numbers."""
     if isinstance(value, bool):
         raise JobRejected(field, f"must be a number, got {value!r}")
-    if isinstance(value, str) and _NUMBER.match(value.strip()):
-        number = float(value.strip())
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip(" ")):
+        number = float(value)
     elif isinstance(value, (int, float)):
         number = float(value)
     else:
@@ -337,7 +337,7 @@ def _number(field: str, value: Any, low: float, high: float, *, allow_low: bool 
 
 
 def _resolution(value: Any) -> tuple[int, int]:
-    match = _RESOLUTION.match(_text("resolution", value, 16))
+    match = _RESOLUTION.fullmatch(_text("resolution", value, 16))
     if match:
         width, height = int(match[1]), int(match[2])
         if (
@@ -371,7 +371,7 @@ def _bitrate(value: Any) -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         kbps = float(value)
     else:
-        match = _BITRATE.match(value.strip()) if isinstance(value, str) else None
+        match = _BITRATE.fullmatch(value.strip(" ")) if isinstance(value, str) else None
         if match is None:
             raise JobRejected("bitrate", f"{_shown(value)} must look like 2500k, 5M or a number of kbit/s")
         kbps = float(match[1]) * (1000 if match[2].lower() == "m" else 1)
@@ -402,8 +402,8 @@ def _timeout(value: Any) -> float | None:
 def _bool(field: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
-        return value.strip().lower() in _TRUE
+    if isinstance(value, str) and value.strip(" ").lower() in _TRUE + _FALSE:
+        return value.strip(" ").lower() in _TRUE
     raise JobRejected(field, f"{_shown(value)} must be true or false")
 
 
@@ -418,7 +418,7 @@ def _output_mode(value: Any) -> OutputMode:
 
 def _output(value: Any) -> str:
     name = _text("output", value, 128)
-    if not _FILE_NAME.match(name) or ".." in name:
+    if not _FILE_NAME.fullmatch(name) or ".." in name:
         raise JobRejected(
             "output",
             f"{_shown(value)} must be a plain file name: letters, digits, '_', '.', '-', "
@@ -429,7 +429,7 @@ def _output(value: Any) -> str:
 
 def _stream_key(value: Any) -> str:
     key = _text("stream_key", value, 256)
-    if not _STREAM_KEY.match(key):
+    if not _STREAM_KEY.fullmatch(key):
         raise JobRejected("stream_key", f"{_shown(value)} may hold letters, digits and _ . ~ = & ? + - only")
     return key
 
@@ -439,7 +439,7 @@ def _host(host: str, field: str) -> str:
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
-        if _HOST_NAME.match(host):
+        if _HOST_NAME.fullmatch(host):
             return host
         raise JobRejected(field, f"host {_shown(host)} is not a DNS name or an IP address") from None
     return f"[{address}]" if address.version == 6 else str(address)
@@ -447,7 +447,7 @@ def _host(host: str, field: str) -> str:
 
 def _url(field: str, value: Any, schemes: Sequence[str]) -> str:
     url = _text(field, value)
-    if not _URL_SAFE.match(url):
+    if not _URL_SAFE.fullmatch(url):
         raise JobRejected(field, f"{_shown(value)} has characters a URL may not hold; percent-encode them")
     parts = urllib.parse.urlsplit(url)
     if parts.scheme.lower() not in schemes:
