@@ -390,3 +390,13 @@ def test_any_parameters_give_a_rejection_or_an_argv_of_clean_values(
         i += 1 + OPTION_ARITY[option]
     assert i == len(argv) - 1
     assert not output.startswith("-")
+
+
+def test_the_public_names_are_pinned() -> None:
+    """Adding or dropping an export is a deliberate change."""
+    import agent.scenarios
+
+    assert sorted(agent.scenarios.__all__) == [
+        "CODECS", "DEFAULT_DURATION_S", "EncodeSpec", "JobRejected", "Scenario", "VP9_PRESETS",
+        "build_spec", "default_bitrate",
+    ]
