@@ -154,7 +154,7 @@ class Scenario:
             JobRejected: field ``scenario``; the name does not follow the grammar,
                 or names an unknown codec, an odd or out-of-range height or fps.
         """
-        match = _SCENARIO.fullmatch(name.strip(" ")) if isinstance(name, str) else None
+        match = _SCENARIO.fullmatch(name.strip(" "))
         if match is None:
             raise JobRejected(
                 "scenario",
@@ -224,7 +224,7 @@ def default_bitrate(width: int, height: int, fps: float, codec: str) -> str:
     pixel count would have at 16:9, so 1080x1920 portrait gets the 1080p rate.
     """
     equivalent_height = math.sqrt(width * height * 9 / 16)
-    kbps = next((k for h, k in _H264_KBPS_AT_30FPS if equivalent_height <= h * 1.01), _H264_KBPS_ABOVE)
+    kbps = float(next((k for h, k in _H264_KBPS_AT_30FPS if equivalent_height <= h * 1.01), _H264_KBPS_ABOVE))
     if fps > 30:
         kbps *= _HIGH_FPS_FACTOR
     kbps *= _CODEC_BITRATE_FACTOR[codec]
@@ -252,7 +252,7 @@ def build_spec(job: Job, *, input_dirs: Sequence[Path] = (), default_rtmp_host: 
         JobRejected: naming the field with the bad value and what is allowed.
     """
     scenario = Scenario.parse(job.scenario)
-    params = job.parameters if isinstance(job.parameters, dict) else {}
+    params = job.parameters
 
     def given(key: str) -> bool:
         return params.get(key) is not None
@@ -311,12 +311,12 @@ def _text(field: str, value: Any, max_len: int = 2048) -> str:
         raise JobRejected(field, f"must be a string, got {type(value).__name__}")
     if ";" in value or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
         raise JobRejected(field, f"{_shown(value)} must not contain ';', newlines or control characters")
-    value = value.strip(" ")
-    if not value or len(value) > max_len:
+    text: str = value.strip(" ")
+    if not text or len(text) > max_len:
         raise JobRejected(field, f"must be 1 to {max_len} characters")
-    if value.startswith("-"):
-        raise JobRejected(field, f"{_shown(value)} must not start with '-'")
-    return value
+    if text.startswith("-"):
+        raise JobRejected(field, f"{_shown(text)} must not start with '-'")
+    return text
 
 
 def _number(field: str, value: Any, low: float, high: float, *, allow_low: bool = True) -> float:

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-import imageio_ffmpeg
+import imageio_ffmpeg  # type: ignore[import-untyped]
 import pytest
 
 from agent.models import Job

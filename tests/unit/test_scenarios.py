@@ -230,7 +230,7 @@ def test_input_urls_with_known_schemes_and_sane_hosts_are_accepted(url: str) -> 
 
 # --- rejections name their field ----------------------------------------------------
 
-BAD_VALUES: list[tuple[str, object, str]] = [
+BAD_VALUES: list[tuple[str, Any, str]] = [
     ("bitrate", "1M; rm -rf /", "bitrate"),
     ("bitrate", "-5M", "bitrate"),
     ("bitrate", "5G", "bitrate"),
@@ -289,7 +289,7 @@ BAD_VALUES: list[tuple[str, object, str]] = [
 
 
 @pytest.mark.parametrize(("key", "value", "field"), BAD_VALUES)
-def test_a_bad_value_is_rejected_naming_its_field(key: str, value: object, field: str) -> None:
+def test_a_bad_value_is_rejected_naming_its_field(key: str, value: Any, field: str) -> None:
     """Every validator reports the parameter the submitter has to fix."""
     exc = rejection(**{key: value})
     assert exc.field == field

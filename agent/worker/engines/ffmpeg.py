@@ -92,7 +92,7 @@ def find_ffmpeg(override: str = "") -> str:
         return path
     try:
         # Imported late: with ffmpeg on PATH the wheel is optional (distro packages).
-        import imageio_ffmpeg
+        import imageio_ffmpeg  # type: ignore[import-untyped]
 
         return str(imageio_ffmpeg.get_ffmpeg_exe())
     except (ImportError, RuntimeError) as exc:
