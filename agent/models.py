@@ -203,6 +203,8 @@ class Job(_Wire):
     error: str = ""
     failure_reason: str = ""
     logs: str = ""
+    # The last result's metrics (duration, bandwidth_mbps, fps, ...), kept for the CLI and reports.
+    metrics: dict[str, Any] = attrs.field(factory=dict)
 
 
 @attrs.define
