@@ -1,0 +1,364 @@
+"""Lease, retry and node-liveness rules of the master, as plain functions.
+
+Nothing here does I/O or imports trio: a store reads a job, asks a function
+below what becomes of it, and writes the answer back inside one transaction.
+That keeps every rule testable with plain objects, and lets another store
+(PostgreSQL) reuse them unchanged.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import attrs
+
+from ..models import (
+    FailureReason,
+    HeartbeatReport,
+    Job,
+    JobProgress,
+    JobResult,
+    JobStatus,
+    Node,
+    NodeRegistration,
+    ResultAck,
+)
+
+__all__ = [
+    "HARDWARE_CODECS",
+    "OFFLINE_AFTER_BEATS",
+    "Conflict",
+    "ResultOutcome",
+    "apply_heartbeat",
+    "can_run",
+    "cancel",
+    "choose_job",
+    "claim",
+    "claim_key",
+    "decide_result",
+    "is_silent",
+    "jobs_to_cancel",
+    "mark_offline",
+    "mark_seen",
+    "merge_registration",
+    "pause",
+    "record_progress",
+    "requeue_from_lost_node",
+    "resume",
+    "retry",
+]
+
+# A node that misses this many heartbeats in a row is offline: one late beat is
+# network jitter, three are a dead or partitioned agent.
+OFFLINE_AFTER_BEATS = 3
+
+# Encoder families that need a GPU; a job naming one only goes to a node that has it.
+HARDWARE_CODECS = ("nvenc", "qsv", "vaapi")
+
+# The agent's prefix for a job it claimed but handed back unrun (drain, full slots).
+_NOT_STARTED = "not started"
+
+
+class Conflict(Exception):
+    """The job's current state forbids the change: it is final, or leased to another node.
+
+    The HTTP layer answers 409 with this message; the caller should re-read the job.
+    """
+
+
+@attrs.frozen
+class ResultOutcome:
+    """What a worker's result does: the job as it must be stored, and the answer to send."""
+
+    job: Job
+    ack: ResultAck
+    changed: bool
+
+
+# --- ordering and claims -----------------------------------------------------
+
+
+def claim_key(job: Job) -> tuple[int, int, int]:
+    """Dispatch order: queue (live first), then priority (high first), then age."""
+    return (job.queue.rank, job.priority.rank, job.sequence_number)
+
+
+def _hardware_codec(job: Job) -> str:
+    wanted = f"{job.scenario} {job.parameters.get('codec', '')}".lower()
+    return next((codec for codec in HARDWARE_CODECS if codec in wanted), "")
+
+
+def can_run(job: Job, node: Node) -> bool:
+    """Whether ``node`` can encode ``job``: a hardware codec needs a GPU that offers it.
+
+    A GPU node that lists no capabilities is trusted with any hardware codec,
+    as the Go agent reports none.
+    """
+    codec = _hardware_codec(job)
+    if not codec:
+        return True
+    if not node.has_gpu:
+        return False
+    return not node.gpu_capabilities or any(codec in cap.lower() for cap in node.gpu_capabilities)
+
+
+def choose_job(candidates: Iterable[Job], node: Node) -> Job | None:
+    """The first job in ``candidates`` (already in :func:`claim_key` order) the node can run.
+
+    Skipping, not stopping, means a GPU job at the head of the queue does not
+    block the CPU jobs behind it.
+    """
+    return next((job for job in candidates if can_run(job, node)), None)
+
+
+def claim(job: Job, node: Node, now: dt.datetime) -> Job:
+    """Lease a pending job to ``node``."""
+    return attrs.evolve(
+        job,
+        status=JobStatus.PROCESSING,
+        node_id=node.id,
+        node_name=node.address,
+        started_at=now,
+        completed_at=None,
+        progress=0.0,
+    )
+
+
+def _unleased(job: Job, **changes: Any) -> Job:
+    """The job back in the queue, with no trace of the node that held it."""
+    fields: dict[str, Any] = {
+        "status": JobStatus.PENDING,
+        "node_id": "",
+        "node_name": "",
+        "started_at": None,
+        "completed_at": None,
+        "progress": 0.0,
+    }
+    fields.update(changes)
+    return attrs.evolve(job, **fields)
+
+
+def _is_leased_to(job: Job, node_id: str) -> bool:
+    return job.status is JobStatus.PROCESSING and job.node_id == node_id
+
+
+# --- results -----------------------------------------------------------------
+
+_SUCCESS = ResultAck(status="success")
+
+
+def decide_result(job: Job, result: JobResult, now: dt.datetime) -> ResultOutcome:
+    """Apply a worker's final result to the job it names.
+
+    * canceled on the master: accepted, the job stays canceled; the holder's logs are kept;
+    * the same final result again from the node that finished it: accepted, nothing changes,
+      so a worker may safely resend after a lost answer;
+    * completed: final, progress 100;
+    * canceled by the worker: final, never retried;
+    * failed with ``platform_error`` and an error starting "not started": back to the queue
+      without counting a retry (the job never ran: the node was draining);
+    * failed with ``user_error``: final at once, a bad job does not get better;
+    * any other failure: retried while ``retry_count < max_retries``, then final.
+
+    Raises:
+        Conflict: the job is not leased to ``result.node_id`` (another node holds it,
+            or it went back to the queue); the worker should drop its result.
+        ValueError: ``result.status`` is not a final status.
+    """
+    if not result.status.is_final:
+        raise ValueError(
+            f"status must be completed, failed or canceled in a result, not {result.status.value!r}"
+        )
+    if job.status is JobStatus.CANCELED:
+        if job.node_id != result.node_id:
+            return ResultOutcome(job, _SUCCESS, False)
+        noted = attrs.evolve(
+            job, logs=result.logs or job.logs, metrics=result.metrics or job.metrics
+        )
+        return ResultOutcome(noted, _SUCCESS, noted != job)
+    if job.status.is_final and job.status is result.status and job.node_id == result.node_id:
+        return ResultOutcome(job, _SUCCESS, False)
+    if not _is_leased_to(job, result.node_id):
+        holder = f"node {job.node_id}" if job.status is JobStatus.PROCESSING else job.status.value
+        raise Conflict(f"job {job.id} is not leased to node {result.node_id} (it is {holder})")
+
+    kept: dict[str, Any] = {"logs": result.logs, "metrics": result.metrics}
+    if result.status is JobStatus.COMPLETED:
+        done = attrs.evolve(
+            job, status=JobStatus.COMPLETED, progress=100.0, completed_at=now,
+            error="", failure_reason="", **kept,
+        )
+        return ResultOutcome(done, _SUCCESS, True)
+    failure: dict[str, Any] = {"error": result.error, "failure_reason": result.failure_reason, **kept}
+    if result.status is JobStatus.CANCELED:
+        done = attrs.evolve(
+            job, status=JobStatus.CANCELED, progress=result.progress, completed_at=now, **failure
+        )
+        return ResultOutcome(done, _SUCCESS, True)
+
+    reason = result.failure_reason
+    if reason == FailureReason.PLATFORM_ERROR.value and result.error.startswith(_NOT_STARTED):
+        back = _unleased(job, **failure)
+        return ResultOutcome(back, _retrying(back), True)
+    if reason != FailureReason.USER_ERROR.value and job.retry_count < job.max_retries:
+        back = _unleased(job, retry_count=job.retry_count + 1, **failure)
+        return ResultOutcome(back, _retrying(back), True)
+    done = attrs.evolve(
+        job, status=JobStatus.FAILED, progress=result.progress, completed_at=now, **failure
+    )
+    return ResultOutcome(done, _SUCCESS, True)
+
+
+def _retrying(job: Job) -> ResultAck:
+    return ResultAck(status="retrying", retry=job.retry_count, max_retries=job.max_retries)
+
+
+def record_progress(job: Job, report: JobProgress) -> Job:
+    """Take a running job's progress, clamped to 0-100.
+
+    Raises:
+        Conflict: the job is not leased to ``report.node_id``.
+    """
+    if not _is_leased_to(job, report.node_id):
+        raise Conflict(f"job {job.id} is not leased to node {report.node_id}")
+    return attrs.evolve(job, progress=min(100.0, max(0.0, report.progress)))
+
+
+# --- operator actions ----------------------------------------------------------
+
+
+def cancel(job: Job, now: dt.datetime) -> Job:
+    """Cancel a job that has not finished; its node learns it on the next heartbeat.
+
+    The node stays recorded so its late result is recognised and its logs kept.
+
+    Raises:
+        Conflict: the job is already final.
+    """
+    if job.status.is_final:
+        raise Conflict(f"job {job.id} is already {job.status.value}")
+    return attrs.evolve(job, status=JobStatus.CANCELED, completed_at=now)
+
+
+def pause(job: Job) -> Job:
+    """Hold a job out of the queue; a running one is stopped and will restart from scratch.
+
+    Raises:
+        Conflict: the job is final or already paused.
+    """
+    if job.status not in (JobStatus.PENDING, JobStatus.PROCESSING):
+        raise Conflict(f"job {job.id} is {job.status.value}; only pending or running jobs pause")
+    return _unleased(job, status=JobStatus.PAUSED)
+
+
+def resume(job: Job) -> Job:
+    """Put a paused job back in the queue.
+
+    Raises:
+        Conflict: the job is not paused.
+    """
+    if job.status is not JobStatus.PAUSED:
+        raise Conflict(f"job {job.id} is {job.status.value}, not paused")
+    return _unleased(job)
+
+
+def retry(job: Job) -> Job:
+    """Run a failed or canceled job again, with a fresh retry budget.
+
+    Raises:
+        Conflict: the job is not failed or canceled.
+    """
+    if job.status not in (JobStatus.FAILED, JobStatus.CANCELED):
+        raise Conflict(f"job {job.id} is {job.status.value}; only failed or canceled jobs retry")
+    return _unleased(job, retry_count=0, error="", failure_reason="", logs="", metrics={})
+
+
+# --- nodes ---------------------------------------------------------------------
+
+
+def merge_registration(
+    existing: Node | None, registration: NodeRegistration, new_id: str, now: dt.datetime
+) -> Node:
+    """The node a registration describes: the same id when its address registered before.
+
+    A returning agent is alive, so its status goes back to available.
+    """
+    described = attrs.asdict(registration, recurse=False)
+    if existing is None:
+        return Node(id=new_id, registered_at=now, last_heartbeat=now, **described)
+    return attrs.evolve(existing, status="available", last_heartbeat=now, **described)
+
+
+def apply_heartbeat(
+    node: Node, report: HeartbeatReport | None, leased_job_ids: list[str], now: dt.datetime
+) -> Node:
+    """The node after a heartbeat.
+
+    Without a report (the Go agent sends none) the node's jobs are the ones the
+    master leased to it. ``busy`` means every slot is taken, so an operator sees
+    at a glance which nodes could take more work.
+    """
+    if report is None:
+        active, slots = leased_job_ids, node.max_concurrent_jobs
+    else:
+        active, slots = list(report.active_job_ids), max(1, report.max_concurrent_jobs)
+    return attrs.evolve(
+        node,
+        status="busy" if len(active) >= slots else "available",
+        active_job_ids=active,
+        current_job_id=active[0] if active else "",
+        max_concurrent_jobs=slots,
+        last_heartbeat=now,
+    )
+
+
+def jobs_to_cancel(node_id: str, reported: Iterable[str], jobs: Mapping[str, Job]) -> list[str]:
+    """Jobs a node runs that it should stop: canceled, unknown, or no longer its lease.
+
+    A job this node has just finished is left alone: its result and the
+    heartbeat may simply have crossed.
+    """
+    stop = []
+    for job_id in reported:
+        job = jobs.get(job_id)
+        finished_here = (
+            job is not None
+            and job.node_id == node_id
+            and job.status in (JobStatus.COMPLETED, JobStatus.FAILED)
+        )
+        if job is None or not (_is_leased_to(job, node_id) or finished_here):
+            stop.append(job_id)
+    return stop
+
+
+def is_silent(node: Node, now: dt.datetime, heartbeat_interval: float) -> bool:
+    """Whether a node missed :data:`OFFLINE_AFTER_BEATS` heartbeats and counts as offline."""
+    seen = node.last_heartbeat or node.registered_at
+    if node.status == "offline" or seen is None:
+        return False
+    return (now - seen).total_seconds() > OFFLINE_AFTER_BEATS * heartbeat_interval
+
+
+def mark_seen(node: Node, now: dt.datetime) -> Node:
+    """The node after any sign of life: a claim proves it is alive as well as a heartbeat."""
+    status = "available" if node.status == "offline" else node.status
+    return attrs.evolve(node, status=status, last_heartbeat=now)
+
+
+def mark_offline(node: Node) -> Node:
+    """A silent node: offline, holding no jobs (they go back to the queue)."""
+    return attrs.evolve(node, status="offline", active_job_ids=[], current_job_id="")
+
+
+def requeue_from_lost_node(job: Job, node: Node) -> Job:
+    """A job whose node went away goes back to the queue, without counting a retry.
+
+    The node failed, not the job; the error says where it was lost.
+    """
+    return _unleased(
+        job,
+        error=f"node {node.address} was lost while running the job",
+        failure_reason=FailureReason.PLATFORM_ERROR.value,
+    )

@@ -1,0 +1,89 @@
+"""What the master's routes need from a store, and the errors every store raises."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+import attrs
+
+if TYPE_CHECKING:
+    import trio
+
+    from ...models import (
+        HeartbeatReply,
+        HeartbeatReport,
+        Job,
+        JobRequest,
+        JobResult,
+        JobStatus,
+        Node,
+        NodeRegistration,
+    )
+    from ..scheduler import ResultOutcome
+
+__all__ = ["NotFound", "Store", "StoreCounts", "StoreError"]
+
+
+class StoreError(Exception):
+    """The database cannot be opened or used; the message names it and the cause."""
+
+
+class NotFound(LookupError):
+    """No job or node has that id; the HTTP layer answers 404 with this message."""
+
+
+@attrs.frozen
+class StoreCounts:
+    """Jobs and nodes by status, for the master's own metrics."""
+
+    jobs: dict[str, int]
+    nodes: dict[str, int]
+
+
+class Store(Protocol):
+    """The master's state. Each method is one transaction; the lease rules live in
+    :mod:`agent.master.scheduler`, so every store applies the same ones.
+
+    Methods raise :class:`NotFound` for an unknown job or node and
+    :class:`~agent.master.scheduler.Conflict` when a rule forbids the change.
+    """
+
+    @property
+    def job_available(self) -> trio.Event:
+        """Set (and replaced) whenever a job becomes pending; long-polls wait on it.
+
+        Take it *before* a claim that came back empty, so a submit in between is not missed.
+        """
+
+    async def submit(self, request: JobRequest, max_retries: int) -> Job: ...
+
+    async def get_job(self, ref: str) -> Job:
+        """A job by id, or by sequence number when ``ref`` is all digits."""
+
+    async def list_jobs(self, status: JobStatus | None = None) -> list[Job]: ...
+
+    async def claim(self, node_id: str) -> Job | None:
+        """Lease the first job in dispatch order this node can run, or ``None``."""
+
+    async def record_result(self, result: JobResult) -> ResultOutcome: ...
+
+    async def change_job(self, ref: str, change: Callable[[Job], Job]) -> Job:
+        """Apply one scheduler rule (cancel, pause, progress ...) to a job atomically."""
+
+    async def register_node(self, registration: NodeRegistration) -> tuple[Node, bool]:
+        """The node, and whether it is new (``False``: its address registered before)."""
+
+    async def heartbeat(self, node_id: str, report: HeartbeatReport | None) -> HeartbeatReply: ...
+
+    async def list_nodes(self) -> list[Node]: ...
+
+    async def delete_node(self, node_id: str) -> None:
+        """Forget a node; the jobs it held go back to the queue."""
+
+    async def mark_silent_nodes_offline(self, heartbeat_interval: float) -> list[Node]:
+        """Mark offline the nodes that missed their heartbeats and requeue their jobs."""
+
+    async def counts(self) -> StoreCounts: ...
+
+    async def aclose(self) -> None: ...
