@@ -91,10 +91,10 @@ port_number = _checked(_parse_port)
 param = _checked(_parse_param)
 
 
-def _add_logging_flags(parser: argparse.ArgumentParser) -> None:
+def _add_logging_flags(parser: argparse.ArgumentParser, default: str = "info") -> None:
     parser.add_argument(
-        "--log-level", default=_env("log-level", "info"),
-        choices=["debug", "info", "warning", "error"], help="log verbosity (default info)",
+        "--log-level", default=_env("log-level", default),
+        choices=["debug", "info", "warning", "error"], help=f"log verbosity (default {default})",
     )
 
 
@@ -178,7 +178,8 @@ def local_parser() -> argparse.ArgumentParser:
     parser.add_argument("--work-dir", type=Path, default=_env("work-dir", str(default_work_dir())),
                         help="where inputs are cached and outputs written")
     parser.add_argument("--ffmpeg", default=_env("ffmpeg", ""), help="encoder binary")
-    _add_logging_flags(parser)
+    # The progress line and the result table are the output; logs only for trouble.
+    _add_logging_flags(parser, default="warning")
     return parser
 
 

@@ -1,0 +1,246 @@
+"""The worker agent: one nursery holding the status server, heartbeats and the poller.
+
+::
+
+    Agent.serve
+     ├─ status server   /metrics /health /ready /jobs
+     ├─ heartbeat task  every heartbeat_interval; re-registers on 404
+     └─ poller          claims while a slot is free; its job nursery holds one task per job
+
+Shutdown is a cancel scope, not a flag: ``drain()`` cancels the poller's scope
+and gives the job nursery a deadline of ``shutdown_grace`` seconds; when it
+passes, each job's encoder is stopped and its result reported. ``cancel_now()``
+skips the grace.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import urllib.parse
+
+import attrs
+import trio
+
+from agent.client import AuthError, MasterClient, MasterError, MasterUnavailable, NotFound
+from agent.config import AgentConfig
+from agent.models import HeartbeatReport, NodeRegistration
+from agent.worker.backoff import Backoff
+from agent.worker.encoder import StopPolicy
+from agent.worker.engines.ffmpeg import EncoderNotFound, find_ffmpeg
+from agent.worker.hardware import HostFacts
+from agent.worker.inputs import InputCache
+from agent.worker.jobrunner import JobRunner
+from agent.worker.metrics import AgentMetrics
+from agent.worker.poller import REPORT_TIMEOUT_S, Poller
+from agent.worker.state import AgentState
+from agent.worker.status_server import create_status_app, serve_status
+
+log = logging.getLogger(__name__)
+
+
+@attrs.define
+class Agent:
+    config: AgentConfig
+    client: MasterClient
+    runner: JobRunner
+    state: AgentState = attrs.field(factory=AgentState)
+    metrics: AgentMetrics = attrs.field(factory=AgentMetrics.create)
+    poller: Poller = attrs.field(init=False)
+    _registration: NodeRegistration | None = None
+    _startup_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    _poll_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    _jobs_scope: trio.CancelScope | None = None
+
+    def __attrs_post_init__(self) -> None:
+        self.poller = Poller(
+            client=self.client,
+            runner=self.runner,
+            state=self.state,
+            metrics=self.metrics,
+            limiter=trio.CapacityLimiter(self.config.max_concurrent_jobs),
+            poll_interval=self.config.poll_interval,
+            reregister=self.register,
+        )
+        self.metrics.max_concurrent_jobs.set(self.config.max_concurrent_jobs)
+
+    @classmethod
+    def from_config(cls, config: AgentConfig, client: MasterClient) -> Agent:
+        """Find the encoder and lay out the work dir; raises EncoderNotFound."""
+        ffmpeg = find_ffmpeg(config.ffmpeg)
+        config.work_dir.mkdir(parents=True, exist_ok=True)
+        runner = JobRunner(
+            ffmpeg=ffmpeg,
+            work_dir=config.work_dir,
+            inputs=InputCache(config.work_dir / "inputs"),
+            stop=StopPolicy(interrupt_wait=config.kill_timeout * 2 / 3, terminate_wait=config.kill_timeout / 3),
+            rtmp_host=urllib.parse.urlsplit(config.master_url).hostname or "localhost",
+        )
+        log.info("Encoder: %s", ffmpeg)
+        return cls(config=config, client=client, runner=runner)
+
+    @property
+    def worst_case_stop_s(self) -> float:
+        return self.config.shutdown_grace + self.runner.stop.worst_case + REPORT_TIMEOUT_S
+
+    async def serve(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until drained; ``started()`` hands back the status server's URL."""
+        async with trio.open_nursery() as nursery:
+            app = create_status_app(self.state, self.metrics)
+            urls = await nursery.start(serve_status, app, self.config.metrics_host, self.config.metrics_port)
+            port = urllib.parse.urlsplit(urls[0]).port or self.config.metrics_port
+            log.info("Metrics and health on %s (/metrics /health /ready /jobs)", urls[0])
+            self._registration = self._describe_node(port)
+            with self._startup_scope:  # a drain while the master is still unreachable ends here
+                await self.register()
+            if self.state.draining:
+                task_status.started(urls[0])
+                nursery.cancel_scope.cancel()
+                return
+            nursery.start_soon(self._heartbeats)
+            log.info(
+                "Worst-case stop time %.0fs (grace %.0fs + encoder stop %.0fs + result report %.0fs)",
+                self.worst_case_stop_s, self.config.shutdown_grace, self.runner.stop.worst_case,
+                REPORT_TIMEOUT_S,
+            )
+            task_status.started(urls[0])
+            await self._run_jobs_until_drained()
+            nursery.cancel_scope.cancel()
+        log.info("Agent stopped")
+
+    async def _run_jobs_until_drained(self) -> None:
+        async with trio.open_nursery() as job_nursery:
+            self._jobs_scope = job_nursery.cancel_scope
+            with self._poll_scope:
+                await self.poller.poll(job_nursery)
+            if self.state.running:
+                log.info(
+                    "Draining: %d running job(s) get %.0fs to finish",
+                    len(self.state.running), self.config.shutdown_grace,
+                )
+            job_nursery.cancel_scope.deadline = trio.current_time() + self.config.shutdown_grace
+
+    def drain(self) -> None:
+        """Stop claiming; running jobs get the shutdown grace."""
+        if not self.state.draining:
+            log.info("Draining: no new jobs will be claimed")
+        self.state.draining = True
+        self._startup_scope.cancel()
+        self._poll_scope.cancel()
+
+    def cancel_now(self) -> None:
+        """Stop everything now: encoders are stopped and their results reported."""
+        log.info("Stopping running jobs now")
+        self.drain()
+        if self._jobs_scope is not None:
+            self._jobs_scope.cancel()
+
+    def cancel_job(self, job_id: str) -> None:
+        running = self.state.running.get(job_id)
+        if running is not None:
+            log.info("Job %s was canceled on the master; stopping its encoder", job_id)
+            running.stop_reason = "canceled"
+            running.scope.cancel()
+
+    def _describe_node(self, port: int) -> NodeRegistration:
+        host = HostFacts.detect()
+        return NodeRegistration(
+            address=self.config.node_address(port),
+            type="server",
+            cpu_threads=host.cpu_threads,
+            cpu_model=host.cpu_model,
+            ram_total_bytes=host.ram_total_bytes,
+            labels={
+                "engines": "ffmpeg",
+                "max_concurrent_jobs": str(self.config.max_concurrent_jobs),
+                "metrics_port": str(port),
+            },
+        )
+
+    async def register(self) -> None:
+        """Register (again), retrying while the master is unreachable.
+
+        Raises:
+            AuthError: the master refused our credentials; retrying cannot help.
+        """
+        assert self._registration is not None
+        backoff = Backoff(base=1.0, cap=30.0)
+        while True:
+            try:
+                node = await self.client.register(self._registration)
+            except MasterUnavailable as exc:
+                delay = backoff.next()
+                if backoff.failures == 1:
+                    log.warning("Cannot register with %s: %s; retrying", self.config.master_url, exc)
+                else:
+                    log.debug("still cannot register (%s); retrying in %.1fs", exc, delay)
+                await trio.sleep(delay)
+                continue
+            break
+        self.state.node_id = node.id
+        log.info("Registered with %s as node %s (%s)", self.config.master_url, node.id, node.address)
+
+    async def _heartbeats(self) -> None:
+        warned = False
+        while True:
+            await trio.sleep(self.config.heartbeat_interval)
+            report = HeartbeatReport(
+                active_job_ids=list(self.state.running),
+                max_concurrent_jobs=self.config.max_concurrent_jobs,
+            )
+            try:
+                reply = await self.client.heartbeat(self.state.node_id, report)
+            except NotFound:
+                log.warning("The master forgot node %s; registering again", self.state.node_id)
+                await self.register()
+                continue
+            except MasterError as exc:
+                if isinstance(exc, AuthError):
+                    raise
+                if not warned:
+                    log.warning("Heartbeat failed: %s", exc)
+                warned = True
+                continue
+            warned = False
+            for job_id in reply.cancel_job_ids:
+                self.cancel_job(job_id)
+            if reply.drain:
+                self.drain()
+
+
+async def watch_signals(agent: Agent, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """First SIGTERM/SIGINT drains, the second stops running jobs at once."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        task_status.started()
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if agent.state.draining:
+                log.info("%s again: stopping running jobs now", name)
+                agent.cancel_now()
+            else:
+                log.info("%s: draining (send it again to stop running jobs now)", name)
+                agent.drain()
+
+
+async def run_agent(config: AgentConfig) -> int:
+    """The worker agent as a program: returns the exit code.
+
+    0 after a clean drain; 2 when the master refused our credentials, after
+    one message that says which setting to fix.
+    """
+    code = 0
+    async with MasterClient(config.master_url, config.api_key) as client:
+        try:
+            agent = Agent.from_config(config, client)
+        except EncoderNotFound as exc:
+            log.error("%s", exc)
+            return 2
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(watch_signals, agent)
+                await agent.serve()
+                nursery.cancel_scope.cancel()
+        except* AuthError as group:
+            log.error("%s", group.exceptions[0])
+            code = 2
+    return code
