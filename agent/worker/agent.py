@@ -222,6 +222,14 @@ async def watch_signals(agent: Agent, *, task_status: trio.TaskStatus[None] = tr
                 agent.drain()
 
 
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first leaf of nested nursery groups: one error, said once."""
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
+
+
 async def run_agent(config: AgentConfig) -> int:
     """The worker agent as a program: returns the exit code.
 
@@ -241,6 +249,6 @@ async def run_agent(config: AgentConfig) -> int:
                 await agent.serve()
                 nursery.cancel_scope.cancel()
         except* AuthError as group:
-            log.error("%s", group.exceptions[0])
+            log.error("%s", _first(group))
             code = 2
     return code
