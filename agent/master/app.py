@@ -74,7 +74,7 @@ def create_app(store: Store, config: MasterConfig) -> Starlette:
             the one-process mode) and ``max_retries`` for new jobs.
 
     Returns:
-        An ASGI app; serve it with hypercorn on Trio (see :func:`~agent.master.server.serve_master`).
+        An ASGI app for hypercorn on Trio; :func:`~agent.master.server.serve_master` serves it.
     """
     api = _Api(store, config)
     routes = [
@@ -149,7 +149,9 @@ class _BearerAuth:
                 await _go_http_error("Missing Authorization header", 401)(scope, receive, send)
                 return
             scheme, _, token = header.partition(" ")
-            valid = scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self._key)
+            valid = scheme.lower() == "bearer" and hmac.compare_digest(
+                token.strip().encode(), self._key
+            )
             if not valid:
                 await _go_http_error("Invalid API key", 401)(scope, receive, send)
                 return
@@ -233,15 +235,21 @@ class _Metrics:
     def __init__(self) -> None:
         self.registry = prometheus_client.CollectorRegistry()
         self.jobs = prometheus_client.Gauge(
-            "ffrtmp_master_jobs", "Jobs in the master's store by status.", ["status"],
+            "ffrtmp_master_jobs",
+            "Jobs in the master's store by status.",
+            ["status"],
             registry=self.registry,
         )
         self.nodes = prometheus_client.Gauge(
-            "ffrtmp_master_nodes", "Registered nodes by status.", ["status"],
+            "ffrtmp_master_nodes",
+            "Registered nodes by status.",
+            ["status"],
             registry=self.registry,
         )
         self.results = prometheus_client.Counter(
-            "ffrtmp_master_results", "Worker results by what they did to the job.", ["outcome"],
+            "ffrtmp_master_results",
+            "Worker results by what they did to the job.",
+            ["outcome"],
             registry=self.registry,
         )
 
@@ -273,7 +281,9 @@ class _Api:
     async def register_node(self, request: Request) -> Response:
         registration = _parse(NodeRegistration, await _read_json(request))
         node, created = await self._store.register_node(registration)
-        log.info("Node %s %s as %s", node.address, "registered" if created else "re-registered", node.id)
+        log.info(
+            "Node %s %s as %s", node.address, "registered" if created else "re-registered", node.id
+        )
         return JSONResponse(node.to_json(), status_code=201 if created else 200)
 
     async def heartbeat(self, request: Request) -> Response:
@@ -281,7 +291,11 @@ class _Api:
         report = None if data is None else _parse(HeartbeatReport, data)
         reply = await self._store.heartbeat(request.path_params["node_id"], report)
         if reply.cancel_job_ids:
-            log.info("Telling node %s to stop jobs %s", request.path_params["node_id"], reply.cancel_job_ids)
+            log.info(
+                "Telling node %s to stop jobs %s",
+                request.path_params["node_id"],
+                reply.cancel_job_ids,
+            )
         return JSONResponse(reply.to_json())
 
     async def list_nodes(self, request: Request) -> Response:
@@ -321,7 +335,7 @@ class _Api:
         return JSONResponse({"job_id": job.id, "logs": job.logs})
 
     async def next_job(self, request: Request) -> Response:
-        """Lease the next job; with ``wait=N``, hold the request up to N s until one is submitted."""
+        """Lease the next job; with ``wait=N``, hold the request up to N s for a submit."""
         node_id = request.query_params.get("node_id", "")
         if not node_id:
             raise HTTPException(400, "node_id query parameter is required")
@@ -351,7 +365,7 @@ class _Api:
     def changer(
         self, rule: Callable[[], Callable[[Job], Job]]
     ) -> Callable[[Request], Awaitable[Response]]:
-        """A POST route applying one operator action (``rule()`` is built per request, for its clock)."""
+        """A POST route applying one operator action; ``rule()`` runs per request, for its clock."""
 
         async def change(request: Request) -> Response:
             job = await self._store.change_job(request.path_params["ref"], rule())
@@ -372,11 +386,16 @@ class _Api:
             self._metrics.results.labels("rejected").inc()
             raise
         if outcome.changed:
-            label = outcome.ack.status if outcome.ack.status == "retrying" else outcome.job.status.value
+            label = (
+                outcome.ack.status if outcome.ack.status == "retrying" else outcome.job.status.value
+            )
             self._metrics.results.labels(label).inc()
             log.info(
                 "Result for job %s from node %s: %s -> %s%s",
-                result.job_id, result.node_id, result.status.value, outcome.job.status.value,
+                result.job_id,
+                result.node_id,
+                result.status.value,
+                outcome.job.status.value,
                 f" ({result.failure_reason}: {result.error})" if result.error else "",
             )
         return JSONResponse(_ack_json(outcome.ack))

@@ -158,7 +158,8 @@ def decide_result(job: Job, result: JobResult, now: dt.datetime) -> ResultOutcom
     * completed: final, progress 100;
     * canceled by the worker: final, never retried;
     * failed with ``platform_error`` and an error starting "not started": back to the queue
-      without counting a retry (the job never ran: the node was draining);
+      without counting a retry (the job never ran: the node was draining); answered as
+      ``retrying`` with the count unchanged, the shape agents already read;
     * failed with ``user_error``: final at once, a bad job does not get better;
     * any other failure: retried while ``retry_count < max_retries``, then final.
 
@@ -187,11 +188,20 @@ def decide_result(job: Job, result: JobResult, now: dt.datetime) -> ResultOutcom
     kept: dict[str, Any] = {"logs": result.logs, "metrics": result.metrics}
     if result.status is JobStatus.COMPLETED:
         done = attrs.evolve(
-            job, status=JobStatus.COMPLETED, progress=100.0, completed_at=now,
-            error="", failure_reason="", **kept,
+            job,
+            status=JobStatus.COMPLETED,
+            progress=100.0,
+            completed_at=now,
+            error="",
+            failure_reason="",
+            **kept,
         )
         return ResultOutcome(done, _SUCCESS, True)
-    failure: dict[str, Any] = {"error": result.error, "failure_reason": result.failure_reason, **kept}
+    failure: dict[str, Any] = {
+        "error": result.error,
+        "failure_reason": result.failure_reason,
+        **kept,
+    }
     if result.status is JobStatus.CANCELED:
         done = attrs.evolve(
             job, status=JobStatus.CANCELED, progress=result.progress, completed_at=now, **failure

@@ -41,7 +41,9 @@ async def sweep_offline_nodes(store: Store, heartbeat_interval: float) -> None:
         for node in await store.mark_silent_nodes_offline(heartbeat_interval):
             log.warning(
                 "Node %s (%s) silent for %d heartbeats: offline, its jobs went back to the queue",
-                node.address, node.id, OFFLINE_AFTER_BEATS,
+                node.address,
+                node.id,
+                OFFLINE_AFTER_BEATS,
             )
 
 

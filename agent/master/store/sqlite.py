@@ -226,7 +226,9 @@ class SqliteStore:
 
         def insert() -> Job:
             with self._write() as db:
-                (last,) = db.execute("SELECT COALESCE(MAX(sequence_number), 0) FROM jobs").fetchone()
+                (last,) = db.execute(
+                    "SELECT COALESCE(MAX(sequence_number), 0) FROM jobs"
+                ).fetchone()
                 job = Job(
                     id=str(uuid.uuid4()),
                     sequence_number=last + 1,
@@ -373,7 +375,9 @@ class SqliteStore:
         def sweep() -> tuple[list[Node], int]:
             with self._write() as db:
                 rows = db.execute("SELECT body FROM nodes WHERE status != 'offline'")
-                silent = [n for n in _nodes(rows) if scheduler.is_silent(n, now, heartbeat_interval)]
+                silent = [
+                    n for n in _nodes(rows) if scheduler.is_silent(n, now, heartbeat_interval)
+                ]
                 requeued = 0
                 for node in silent:
                     self._save_node(scheduler.mark_offline(node))

@@ -1,0 +1,306 @@
+"""The master's lease, retry and liveness rules, on plain objects."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import attrs
+import pytest
+
+from agent.master import scheduler
+from agent.master.scheduler import Conflict
+from agent.models import (
+    FailureReason,
+    HeartbeatReport,
+    Job,
+    JobProgress,
+    JobResult,
+    JobStatus,
+    Node,
+    NodeRegistration,
+    Priority,
+    Queue,
+)
+
+T0 = dt.datetime(2025, 1, 1, 12, 0, tzinfo=dt.UTC)
+NODE = Node(id="n1", address="host:9091")
+OTHER = Node(id="n2", address="other:9091")
+
+
+def job(seq: int = 1, **fields: Any) -> Job:
+    fields.setdefault("scenario", "720p30-h264")
+    return Job(id=f"j{seq}", sequence_number=seq, **fields)
+
+
+def leased(seq: int = 1, node: Node = NODE, **fields: Any) -> Job:
+    return scheduler.claim(job(seq, **fields), node, T0)
+
+
+def result(status: JobStatus, node: Node = NODE, **fields: Any) -> JobResult:
+    return JobResult(job_id="j1", node_id=node.id, status=status, completed_at=T0, **fields)
+
+
+def failed(reason: FailureReason, error: str = "boom", node: Node = NODE) -> JobResult:
+    return result(JobStatus.FAILED, node, failure_reason=reason.value, error=error)
+
+
+# --- ordering and claims --------------------------------------------------------
+
+
+def test_claim_order_is_queue_then_priority_then_age() -> None:
+    """live before default before batch; high before low within a queue; older first."""
+    jobs = [
+        job(1, queue=Queue.BATCH, priority=Priority.HIGH),
+        job(2, queue=Queue.DEFAULT, priority=Priority.LOW),
+        job(3, queue=Queue.DEFAULT, priority=Priority.HIGH),
+        job(4, queue=Queue.LIVE, priority=Priority.LOW),
+        job(5, queue=Queue.DEFAULT, priority=Priority.HIGH),
+        job(6, queue=Queue.DEFAULT, priority=Priority.MEDIUM),
+    ]
+    ordered = sorted(jobs, key=scheduler.claim_key)
+    assert [j.sequence_number for j in ordered] == [4, 3, 5, 6, 2, 1]
+
+
+def test_a_gpu_job_does_not_block_the_cpu_jobs_behind_it() -> None:
+    """choose_job skips what the node cannot run instead of stopping there."""
+    gpu_job = job(1, parameters={"codec": "h264_nvenc"})
+    assert scheduler.choose_job([gpu_job, job(2)], NODE) == job(2)
+
+
+def test_hardware_codecs_need_a_gpu_that_offers_them() -> None:
+    """nvenc goes to an NVIDIA node, not to a CPU node or a QSV-only one."""
+    nvenc = job(1, scenario="1080p60-h264_nvenc")
+    assert not scheduler.can_run(nvenc, NODE)
+    assert scheduler.can_run(
+        nvenc, attrs.evolve(NODE, has_gpu=True, gpu_capabilities=["h264_nvenc"])
+    )
+    assert not scheduler.can_run(nvenc, attrs.evolve(NODE, has_gpu=True, gpu_capabilities=["qsv"]))
+    assert scheduler.can_run(nvenc, attrs.evolve(NODE, has_gpu=True))
+    assert scheduler.can_run(job(2), NODE)
+
+
+def test_claim_leases_the_job_to_the_node() -> None:
+    """status processing, node id and address, started now."""
+    claimed = leased()
+    assert (claimed.status, claimed.node_id, claimed.node_name) == (
+        JobStatus.PROCESSING,
+        "n1",
+        "host:9091",
+    )
+    assert claimed.started_at == T0
+
+
+# --- results --------------------------------------------------------------------
+
+
+def test_completed_result_finishes_the_job() -> None:
+    """progress 100, completed_at set, metrics and logs kept, answer success."""
+    outcome = scheduler.decide_result(
+        leased(), result(JobStatus.COMPLETED, metrics={"fps": 30.0}, logs="tail"), T0
+    )
+    assert outcome.changed
+    assert outcome.job.status is JobStatus.COMPLETED
+    assert (outcome.job.progress, outcome.job.completed_at) == (100.0, T0)
+    assert (outcome.job.metrics, outcome.job.logs) == ({"fps": 30.0}, "tail")
+    assert outcome.ack.status == "success"
+
+
+def test_a_failure_is_retried_while_retries_remain() -> None:
+    """retry_count grows, the job is pending and unleased, the error is kept."""
+    outcome = scheduler.decide_result(
+        leased(max_retries=2), failed(FailureReason.RUNTIME_ERROR), T0
+    )
+    back = outcome.job
+    assert (back.status, back.node_id, back.node_name, back.started_at) == (
+        JobStatus.PENDING,
+        "",
+        "",
+        None,
+    )
+    assert (back.retry_count, back.error, back.failure_reason) == (1, "boom", "runtime_error")
+    assert outcome.ack.to_json() == {"status": "retrying", "retry": 1, "max_retries": 2}
+
+
+def test_a_failure_is_final_once_retries_are_used_up() -> None:
+    """retry_count == max_retries: failed, and the count stays."""
+    outcome = scheduler.decide_result(
+        leased(retry_count=3, max_retries=3), failed(FailureReason.RUNTIME_ERROR), T0
+    )
+    assert outcome.job.status is JobStatus.FAILED
+    assert outcome.job.retry_count == 3
+    assert outcome.ack.status == "success"
+
+
+def test_a_user_error_fails_at_once() -> None:
+    """a bad job does not get better with retries."""
+    outcome = scheduler.decide_result(leased(), failed(FailureReason.USER_ERROR), T0)
+    assert outcome.job.status is JobStatus.FAILED
+    assert outcome.job.retry_count == 0
+
+
+def test_a_job_handed_back_unstarted_is_requeued_without_counting_a_retry() -> None:
+    """platform_error + "not started: ..." is a drain, not a failure of the job."""
+    outcome = scheduler.decide_result(
+        leased(retry_count=3, max_retries=3),
+        failed(FailureReason.PLATFORM_ERROR, "not started: worker draining"),
+        T0,
+    )
+    assert outcome.job.status is JobStatus.PENDING
+    assert outcome.job.retry_count == 3
+    assert outcome.ack.status == "retrying"
+
+
+def test_a_platform_error_that_ran_counts_as_a_retry() -> None:
+    """ "worker shutdown" interrupted a running encode: that is a retry."""
+    outcome = scheduler.decide_result(
+        leased(), failed(FailureReason.PLATFORM_ERROR, "worker shutdown"), T0
+    )
+    assert (outcome.job.status, outcome.job.retry_count) == (JobStatus.PENDING, 1)
+
+
+def test_a_canceled_result_is_final() -> None:
+    """canceled by the worker is never retried."""
+    outcome = scheduler.decide_result(leased(), result(JobStatus.CANCELED), T0)
+    assert outcome.job.status is JobStatus.CANCELED
+
+
+def test_a_result_from_a_node_without_the_lease_is_a_conflict() -> None:
+    """another node holds the job, or it went back to the queue."""
+    with pytest.raises(Conflict, match="not leased to node n2"):
+        scheduler.decide_result(leased(), result(JobStatus.COMPLETED, OTHER), T0)
+    with pytest.raises(Conflict):
+        scheduler.decide_result(job(), result(JobStatus.COMPLETED), T0)
+
+
+def test_the_same_final_result_again_changes_nothing() -> None:
+    """a worker resending after a lost answer gets success, and the job stays as it was."""
+    done = scheduler.decide_result(leased(), result(JobStatus.COMPLETED), T0).job
+    later = T0 + dt.timedelta(minutes=1)
+    again = scheduler.decide_result(done, result(JobStatus.COMPLETED), later)
+    assert not again.changed
+    assert again.job == done
+    assert again.ack.status == "success"
+
+
+def test_a_different_result_for_a_finished_job_is_a_conflict() -> None:
+    """only the identical final result is idempotent."""
+    done = scheduler.decide_result(leased(), result(JobStatus.COMPLETED), T0).job
+    with pytest.raises(Conflict):
+        scheduler.decide_result(done, failed(FailureReason.RUNTIME_ERROR), T0)
+    with pytest.raises(Conflict):
+        scheduler.decide_result(done, result(JobStatus.COMPLETED, OTHER), T0)
+
+
+def test_a_result_for_a_job_canceled_on_the_master_keeps_it_canceled() -> None:
+    """accepted, still canceled; the holder's logs are kept."""
+    canceled = scheduler.cancel(leased(), T0)
+    outcome = scheduler.decide_result(canceled, failed(FailureReason.RUNTIME_ERROR), T0)
+    assert outcome.job.status is JobStatus.CANCELED
+    assert outcome.ack.status == "success"
+    with_logs = scheduler.decide_result(canceled, result(JobStatus.COMPLETED, logs="tail"), T0)
+    assert (with_logs.job.status, with_logs.job.logs) == (JobStatus.CANCELED, "tail")
+
+
+def test_a_result_must_have_a_final_status() -> None:
+    """processing is progress, not a result."""
+    with pytest.raises(ValueError, match="status must be"):
+        scheduler.decide_result(leased(), result(JobStatus.PROCESSING), T0)
+
+
+def test_progress_is_taken_only_from_the_lease_holder_and_clamped() -> None:
+    """0-100, and a 409 for any other node."""
+    report = JobProgress(node_id="n1", progress=140.0)
+    assert scheduler.record_progress(leased(), report).progress == 100.0
+    with pytest.raises(Conflict):
+        scheduler.record_progress(leased(node=OTHER), report)
+
+
+# --- operator actions -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [JobStatus.PENDING, JobStatus.PROCESSING, JobStatus.PAUSED])
+def test_unfinished_jobs_can_be_canceled(status: JobStatus) -> None:
+    """canceled, with completed_at set."""
+    canceled = scheduler.cancel(job(status=status), T0)
+    assert (canceled.status, canceled.completed_at) == (JobStatus.CANCELED, T0)
+
+
+@pytest.mark.parametrize("status", [JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELED])
+def test_final_jobs_cannot_be_canceled(status: JobStatus) -> None:
+    """already final -> Conflict (409)."""
+    with pytest.raises(Conflict, match=f"already {status.value}"):
+        scheduler.cancel(job(status=status), T0)
+
+
+def test_pause_resume_and_retry_move_jobs_between_states() -> None:
+    """paused leaves the queue; resume and retry put jobs back, retry with a fresh budget."""
+    paused = scheduler.pause(leased())
+    assert (paused.status, paused.node_id) == (JobStatus.PAUSED, "")
+    assert scheduler.resume(paused).status is JobStatus.PENDING
+    with pytest.raises(Conflict):
+        scheduler.resume(job())
+    again = scheduler.retry(job(status=JobStatus.FAILED, retry_count=3, error="x"))
+    assert (again.status, again.retry_count, again.error) == (JobStatus.PENDING, 0, "")
+    with pytest.raises(Conflict):
+        scheduler.retry(job(status=JobStatus.COMPLETED))
+
+
+# --- nodes ----------------------------------------------------------------------
+
+
+def test_registering_an_address_again_keeps_its_id() -> None:
+    """same node, fields updated, back to available."""
+    registration = NodeRegistration(address="host:9091", cpu_threads=4)
+    first = scheduler.merge_registration(None, registration, "n1", T0)
+    offline = scheduler.mark_offline(first)
+    later = T0 + dt.timedelta(hours=1)
+    again = scheduler.merge_registration(
+        offline, attrs.evolve(registration, cpu_threads=8), "unused", later
+    )
+    assert (again.id, again.cpu_threads, again.status) == ("n1", 8, "available")
+    assert (again.registered_at, again.last_heartbeat) == (T0, later)
+
+
+def test_a_heartbeat_reports_busy_only_when_every_slot_is_taken() -> None:
+    """busy means the node cannot take more work."""
+    report = HeartbeatReport(active_job_ids=["a", "b"], max_concurrent_jobs=4)
+    assert scheduler.apply_heartbeat(NODE, report, [], T0).status == "available"
+    full = attrs.evolve(report, max_concurrent_jobs=2)
+    beat = scheduler.apply_heartbeat(NODE, full, [], T0)
+    assert (beat.status, beat.current_job_id, beat.last_heartbeat) == ("busy", "a", T0)
+
+
+def test_an_empty_heartbeat_takes_the_jobs_leased_to_the_node() -> None:
+    """the Go agent sends no body; the master knows what it leased."""
+    beat = scheduler.apply_heartbeat(NODE, None, ["j1"], T0)
+    assert (beat.active_job_ids, beat.status) == (["j1"], "busy")
+
+
+def test_heartbeat_cancels_what_the_node_should_no_longer_run() -> None:
+    """canceled, requeued, leased elsewhere or unknown: stop; ours or just finished: keep."""
+    jobs = {
+        "mine": leased(1),
+        "canceled": scheduler.cancel(leased(2), T0),
+        "requeued": job(3),
+        "elsewhere": leased(4, OTHER),
+        "finished": scheduler.decide_result(leased(5), result(JobStatus.COMPLETED), T0).job,
+    }
+    jobs = {key: attrs.evolve(value, id=key) for key, value in jobs.items()}
+    stop = scheduler.jobs_to_cancel("n1", [*jobs, "unknown"], jobs)
+    assert stop == ["canceled", "requeued", "elsewhere", "unknown"]
+
+
+def test_a_node_is_silent_after_three_missed_heartbeats() -> None:
+    """3 intervals pass: silent; an offline node is not reported again."""
+    node = attrs.evolve(NODE, last_heartbeat=T0)
+    assert not scheduler.is_silent(node, T0 + dt.timedelta(seconds=89), 30.0)
+    assert scheduler.is_silent(node, T0 + dt.timedelta(seconds=91), 30.0)
+    assert not scheduler.is_silent(scheduler.mark_offline(node), T0 + dt.timedelta(hours=1), 30.0)
+
+
+def test_a_job_of_a_lost_node_is_requeued_without_a_retry() -> None:
+    """the node failed, not the job; the error says where."""
+    back = scheduler.requeue_from_lost_node(leased(retry_count=1), NODE)
+    assert (back.status, back.node_id, back.retry_count) == (JobStatus.PENDING, "", 1)
+    assert "host:9091" in back.error
