@@ -23,10 +23,6 @@ __all__ = ["run_master", "serve_master", "sweep_offline_nodes"]
 
 log = logging.getLogger("agent.master")
 
-# In-flight requests get this long to finish when the server stops.
-GRACEFUL_TIMEOUT_S = 5.0
-
-
 def _bind(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -71,7 +67,6 @@ async def serve_master(
     """
     http = hypercorn.Config()
     http.bind = [_bind(config.host, config.port)]
-    http.graceful_timeout = GRACEFUL_TIMEOUT_S
     http.errorlog = logging.getLogger("agent.master.http")
     async with open_store(config.db) as store:
         app = create_app(store, config)
