@@ -70,6 +70,16 @@ def _parse_concurrency(text: str) -> int:
     return value
 
 
+def _parse_positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise ConfigError(f"{value} must be at least 1")
+    return value
+
+
 def _parse_port(text: str) -> int:
     port = int(text)
     if not 0 <= port <= 65535:
@@ -88,6 +98,7 @@ duration = _checked(parse_duration)
 boolean = _checked(_parse_bool)
 concurrency = _checked(_parse_concurrency)
 port_number = _checked(_parse_port)
+positive = _checked(_parse_positive)
 param = _checked(_parse_param)
 
 
@@ -142,6 +153,14 @@ def worker_parser() -> argparse.ArgumentParser:
                         help="time running jobs get to finish after SIGTERM (default 30s)")
     parser.add_argument("--kill-timeout", type=duration, default=_env("kill-timeout", "10s"),
                         help="time from asking an encoder to stop to SIGKILL (default 10s)")
+    parser.add_argument("--job-timeout", type=duration, default=_env("job-timeout", "0"),
+                        help="stop a job that runs longer, unless it sets its own timeout (default 0: none)")
+    parser.add_argument("--breaker-threshold", type=positive, default=_env("breaker-threshold", "5"),
+                        help="consecutive master errors or platform job failures that pause claiming (default 5)")
+    parser.add_argument("--breaker-cooldown", type=duration, default=_env("breaker-cooldown", "10s"),
+                        help="first pause of the circuit breaker; doubles on each re-open (default 10s)")
+    parser.add_argument("--breaker-max-cooldown", type=duration, default=_env("breaker-max-cooldown", "5m"),
+                        help="longest pause of the circuit breaker (default 5m)")
     _add_logging_flags(parser)
     return parser
 
@@ -245,6 +264,10 @@ def _run_worker(argv: Sequence[str]) -> int:
         generate_input=args.generate_input,
         shutdown_grace=args.shutdown_grace,
         kill_timeout=args.kill_timeout,
+        job_timeout=args.job_timeout or None,
+        breaker_threshold=args.breaker_threshold,
+        breaker_cooldown=args.breaker_cooldown,
+        breaker_max_cooldown=args.breaker_max_cooldown,
         register=args.register,
         log_level=args.log_level,
     )

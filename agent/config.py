@@ -86,6 +86,12 @@ class AgentConfig:
     # Extra seconds the encoder gets after the graceful stop, before SIGKILL.
     kill_timeout: float = 10.0
     register: bool = True
+    # Consecutive master errors, or jobs failing for platform reasons, that pause claiming.
+    breaker_threshold: int = 5
+    breaker_cooldown: float = 10.0
+    breaker_max_cooldown: float = 300.0
+    # Seconds a job may run when it sets no resource_limits.timeout_sec; None = no limit.
+    job_timeout: float | None = None
     log_level: str = "info"
     # Unattended runs (systemd, containers) pause for long on 401 instead of exiting.
     exit_on_auth_error: bool = True

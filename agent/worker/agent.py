@@ -5,12 +5,15 @@
     Agent.serve
      ├─ status server   /metrics /health /ready /jobs
      ├─ heartbeat task  every heartbeat_interval; re-registers on 404
-     └─ poller          claims while a slot is free; its job nursery holds one task per job
+     ├─ outbox task     delivers results the master could not take when they were ready
+     └─ poller          claims while a slot is free and the breaker is closed;
+                        its job nursery holds one task per job
 
 Shutdown is a cancel scope, not a flag: ``drain()`` cancels the poller's scope
 and gives the job nursery a deadline of ``shutdown_grace`` seconds; when it
 passes, each job's encoder is stopped and its result reported. ``cancel_now()``
-skips the grace.
+skips the grace; ``quit()`` also skips the encoders' graceful stop and keeps
+the results in the outbox for the next start.
 """
 
 from __future__ import annotations
@@ -26,13 +29,15 @@ from agent.client import AuthError, MasterClient, MasterError, MasterUnavailable
 from agent.config import AgentConfig
 from agent.models import HeartbeatReport, NodeRegistration
 from agent.worker.backoff import Backoff
+from agent.worker.breaker import BreakerState, CircuitBreaker
 from agent.worker.encoder import StopPolicy
 from agent.worker.engines.ffmpeg import EncoderNotFound, find_ffmpeg
 from agent.worker.hardware import HostFacts
 from agent.worker.inputs import InputCache
 from agent.worker.jobrunner import JobRunner
 from agent.worker.metrics import AgentMetrics
-from agent.worker.poller import REPORT_TIMEOUT_S, Poller
+from agent.worker.poller import Poller
+from agent.worker.reporter import DELIVERY_ATTEMPT_S, Outbox, ResultReporter
 from agent.worker.state import AgentState
 from agent.worker.status_server import create_status_app, serve_status
 
@@ -47,15 +52,25 @@ class Agent:
     state: AgentState = attrs.field(factory=AgentState)
     metrics: AgentMetrics = attrs.field(factory=AgentMetrics.create)
     poller: Poller = attrs.field(init=False)
+    reporter: ResultReporter = attrs.field(init=False)
     _registration: NodeRegistration | None = None
     _startup_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     _poll_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     _jobs_scope: trio.CancelScope | None = None
 
     def __attrs_post_init__(self) -> None:
+        self.reporter = ResultReporter(self.client, Outbox(self.config.work_dir / "outbox"))
+        breaker = CircuitBreaker(
+            threshold=self.config.breaker_threshold,
+            cooldown=self.config.breaker_cooldown,
+            max_cooldown=self.config.breaker_max_cooldown,
+            on_change=self._breaker_changed,
+        )
         self.poller = Poller(
             client=self.client,
             runner=self.runner,
+            reporter=self.reporter,
+            breaker=breaker,
             state=self.state,
             metrics=self.metrics,
             limiter=trio.CapacityLimiter(self.config.max_concurrent_jobs),
@@ -75,13 +90,20 @@ class Agent:
             inputs=InputCache(config.work_dir / "inputs"),
             stop=StopPolicy(interrupt_wait=config.kill_timeout * 2 / 3, terminate_wait=config.kill_timeout / 3),
             rtmp_host=urllib.parse.urlsplit(config.master_url).hostname or "localhost",
+            job_timeout=config.job_timeout,
         )
         log.info("Encoder: %s", ffmpeg)
         return cls(config=config, client=client, runner=runner)
 
     @property
     def worst_case_stop_s(self) -> float:
-        return self.config.shutdown_grace + self.runner.stop.worst_case + REPORT_TIMEOUT_S
+        return self.config.shutdown_grace + self.runner.stop.worst_case + DELIVERY_ATTEMPT_S
+
+    def _breaker_changed(self, state: BreakerState, reason: str) -> None:
+        self.state.breaker_open = state is not BreakerState.CLOSED
+        self.metrics.breaker_state.set(state.value)
+        level = logging.INFO if state is BreakerState.CLOSED else logging.WARNING
+        log.log(level, "Circuit breaker %s: %s", state.name.lower().replace("_", "-"), reason)
 
     async def serve(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until drained; ``started()`` hands back the status server's URL."""
@@ -98,10 +120,11 @@ class Agent:
                 nursery.cancel_scope.cancel()
                 return
             nursery.start_soon(self._heartbeats)
+            await nursery.start(self.reporter.serve_outbox)
             log.info(
                 "Worst-case stop time %.0fs (grace %.0fs + encoder stop %.0fs + result report %.0fs)",
                 self.worst_case_stop_s, self.config.shutdown_grace, self.runner.stop.worst_case,
-                REPORT_TIMEOUT_S,
+                DELIVERY_ATTEMPT_S,
             )
             task_status.started(urls[0])
             await self._run_jobs_until_drained()
@@ -135,12 +158,12 @@ class Agent:
         if self._jobs_scope is not None:
             self._jobs_scope.cancel()
 
-    def cancel_job(self, job_id: str) -> None:
-        running = self.state.running.get(job_id)
-        if running is not None:
-            log.info("Job %s was canceled on the master; stopping its encoder", job_id)
-            running.stop_reason = "canceled"
-            running.scope.cancel()
+    def quit(self) -> None:
+        """Kill the encoders at once and exit; results wait in the outbox for the next start."""
+        log.info("Quitting: killing encoders now")
+        self.runner.stop.interrupt_wait = self.runner.stop.terminate_wait = 0.0
+        self.reporter.offline = True
+        self.cancel_now()
 
     def _describe_node(self, port: int) -> NodeRegistration:
         host = HostFacts.detect()
@@ -203,18 +226,20 @@ class Agent:
                 continue
             warned = False
             for job_id in reply.cancel_job_ids:
-                self.cancel_job(job_id)
+                self.poller.stop_job(job_id, "canceled")
             if reply.drain:
                 self.drain()
 
 
 async def watch_signals(agent: Agent, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """First SIGTERM/SIGINT drains, the second stops running jobs at once."""
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    """First SIGTERM/SIGINT drains, the second stops running jobs at once, SIGQUIT quits."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGQUIT) as signals:
         task_status.started()
         async for signum in signals:
             name = signal.Signals(signum).name
-            if agent.state.draining:
+            if signum == signal.SIGQUIT:
+                agent.quit()
+            elif agent.state.draining:
                 log.info("%s again: stopping running jobs now", name)
                 agent.cancel_now()
             else:

@@ -23,6 +23,7 @@ class AgentMetrics:
     job_duration: Histogram
     input_bytes: Counter
     output_bytes: Counter
+    breaker_state: Gauge
 
     @classmethod
     def create(cls) -> AgentMetrics:
@@ -53,5 +54,10 @@ class AgentMetrics:
             ),
             output_bytes=Counter(
                 "ffrtmp_output_bytes", "Bytes of output the encoders wrote", registry=registry
+            ),
+            breaker_state=Gauge(
+                "ffrtmp_circuit_breaker_state",
+                "Circuit breaker: 0 closed (claiming), 1 open (paused), 2 half-open (one probe job)",
+                registry=registry,
             ),
         )

@@ -1,0 +1,123 @@
+"""Gets every result to the master, even across master outages and agent restarts.
+
+A result is tried for a short while; if the master is still unreachable it
+goes to the outbox, a directory of one JSON file per job in the work dir, and
+a background task delivers it later, also after a restart. The master accepts
+a repeated result once, so a result whose answer was lost may safely go again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import attrs
+import trio
+
+from agent.client import AuthError, Conflict, MasterClient, MasterError, MasterUnavailable, NotFound
+from agent.models import JobResult
+from agent.worker.backoff import Backoff
+
+log = logging.getLogger(__name__)
+
+# How long a job task tries before it leaves the result to the outbox and frees its slot.
+DELIVERY_ATTEMPT_S = 10.0
+# The outbox retries at least this often while it holds results.
+OUTBOX_RETRY_CAP_S = 30.0
+
+
+@attrs.define
+class Outbox:
+    """Results not yet delivered, one ``<job id>.json`` each; written atomically."""
+
+    directory: Path
+
+    def save(self, result: JobResult) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"{result.job_id}.json"
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(result.to_json()))
+        os.replace(temporary, path)
+
+    def pending(self) -> list[JobResult]:
+        results = []
+        for path in sorted(self.directory.glob("*.json")):
+            try:
+                results.append(JobResult.from_json(json.loads(path.read_text())))
+            except (OSError, ValueError) as exc:
+                # Keep the file for a person to look at, out of the retry loop.
+                log.error("Unreadable result %s (%s); moved aside as .bad", path, exc)
+                path.rename(path.with_suffix(".bad"))
+        return results
+
+    def remove(self, job_id: str) -> None:
+        (self.directory / f"{job_id}.json").unlink(missing_ok=True)
+
+
+@attrs.define
+class ResultReporter:
+    client: MasterClient
+    outbox: Outbox
+    # Quitting: no time to talk to the master, results go straight to the outbox.
+    offline: bool = False
+    _queued: trio.Event = attrs.field(factory=trio.Event)
+
+    async def deliver(self, result: JobResult, *, patience: float = DELIVERY_ATTEMPT_S) -> None:
+        """Send now, retrying for ``patience`` seconds; else keep it in the outbox.
+
+        Shielded: a result is never lost to a cancel (shutdown, a second signal).
+        """
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(0 if self.offline else patience):
+                backoff = Backoff(base=0.25, cap=2.0)
+                while True:
+                    try:
+                        await self._send(result)
+                        return
+                    except (MasterUnavailable, AuthError) as exc:
+                        log.debug("result of job %s not delivered yet: %s", result.job_id, exc)
+                        await trio.sleep(backoff.next())
+            self.outbox.save(result)
+            log.warning(
+                "The master did not take the result of job %s; kept in %s and retried until it does",
+                result.job_id, self.outbox.directory,
+            )
+            self._queued.set()
+
+    async def _send(self, result: JobResult) -> None:
+        """One attempt; any answer but "unreachable" or "refused credentials" settles the result.
+
+        Raises:
+            MasterUnavailable, AuthError: keep the result and try again later.
+        """
+        try:
+            ack = await self.client.send_result(result)
+        except (MasterUnavailable, AuthError):
+            raise
+        except (Conflict, NotFound) as exc:
+            log.warning("The master no longer expects the result of job %s (%s); dropped", result.job_id, exc)
+        except MasterError as exc:
+            log.error("The master refused the result of job %s: %s", result.job_id, exc)
+        else:
+            detail = f" [{result.failure_reason}] {result.error}" if result.error else ""
+            log.info("Job %s %s%s (master: %s)", result.job_id, result.status.value, detail, ack.status)
+
+    async def serve_outbox(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Deliver what the outbox holds, now and whenever it gets more; runs until cancelled."""
+        task_status.started()
+        backoff = Backoff(base=1.0, cap=OUTBOX_RETRY_CAP_S)
+        while True:
+            self._queued = trio.Event()
+            waiting = self.outbox.pending()
+            try:
+                for result in waiting:
+                    await self._send(result)
+                    self.outbox.remove(result.job_id)
+                    log.info("Delivered the kept result of job %s", result.job_id)
+            except (MasterUnavailable, AuthError):
+                await trio.sleep(backoff.next())
+                continue
+            backoff.reset()
+            await self._queued.wait()
