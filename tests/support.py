@@ -101,13 +101,15 @@ class Processes:
                 await running.stop()
 
 
-async def start_process(procs: Processes, name: str, args: Sequence[str], **env: str) -> RunningProcess:
-    """Start ``python -m agent ARGS`` and collect its log."""
+async def start_process(
+    procs: Processes, name: str, args: Sequence[str], wrapper: Sequence[str] = (), **env: str
+) -> RunningProcess:
+    """Start ``[WRAPPER...] python -m agent ARGS`` and collect its log."""
     environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
     environment.pop(API_KEY_ENV, None)  # a key from the developer's shell must not leak in
     environment.update(env)
     process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "agent", *args],
+        [*wrapper, sys.executable, "-m", "agent", *args],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

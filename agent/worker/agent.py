@@ -32,6 +32,7 @@ from agent.worker.backoff import Backoff
 from agent.worker.breaker import BreakerState, CircuitBreaker
 from agent.worker.encoder import StopPolicy
 from agent.worker.engines.ffmpeg import EncoderNotFound, find_ffmpeg
+from agent.worker.guardian import Guardian
 from agent.worker.hardware import HostFacts
 from agent.worker.inputs import InputCache
 from agent.worker.jobrunner import JobRunner
@@ -91,6 +92,7 @@ class Agent:
             stop=StopPolicy(interrupt_wait=config.kill_timeout * 2 / 3, terminate_wait=config.kill_timeout / 3),
             rtmp_host=urllib.parse.urlsplit(config.master_url).hostname or "localhost",
             job_timeout=config.job_timeout,
+            guardian=Guardian(),
         )
         log.info("Encoder: %s", ffmpeg)
         return cls(config=config, client=client, runner=runner)
@@ -109,6 +111,8 @@ class Agent:
         """Run until drained; ``started()`` hands back the status server's URL."""
         async with trio.open_nursery() as nursery:
             app = create_status_app(self.state, self.metrics)
+            if self.runner.guardian is not None:
+                await nursery.start(self.runner.guardian.serve)
             urls = await nursery.start(serve_status, app, self.config.metrics_host, self.config.metrics_port)
             port = urllib.parse.urlsplit(urls[0]).port or self.config.metrics_port
             log.info("Metrics and health on %s (/metrics /health /ready /jobs)", urls[0])

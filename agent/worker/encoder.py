@@ -21,6 +21,7 @@ from typing import Callable
 import attrs
 import trio
 
+from agent.worker.guardian import Guardian
 from agent.worker.progress import ProgressParser, ProgressSnapshot
 
 log = logging.getLogger(__name__)
@@ -86,15 +87,26 @@ async def stop_process_group(policy: StopPolicy, process: trio.Process) -> None:
 
 
 async def run_encoder(
-    argv: list[str], watch: EncoderWatch, *, cwd: Path, stop: StopPolicy
+    argv: list[str], watch: EncoderWatch, *, cwd: Path, stop: StopPolicy, guardian: Guardian | None = None
 ) -> int:
     """Run ``argv`` to its end and return its exit code.
 
     Progress (``-progress pipe:1`` on stdout) and the stderr tail go into
     ``watch`` as they arrive. On cancel the process group is stopped per
     ``stop`` and this returns only once the encoder has exited, then raises
-    Cancelled.
+    Cancelled. ``guardian`` kills the process group should the agent die first.
     """
+    try:
+        return await _run_encoder(argv, watch, cwd=cwd, stop=stop, guardian=guardian)
+    finally:
+        if guardian is not None and watch.pid is not None:
+            with trio.CancelScope(shield=True):
+                await guardian.release(watch.pid)
+
+
+async def _run_encoder(
+    argv: list[str], watch: EncoderWatch, *, cwd: Path, stop: StopPolicy, guardian: Guardian | None
+) -> int:
     async with trio.open_nursery() as nursery:
         process: trio.Process = await nursery.start(
             partial(
@@ -111,6 +123,9 @@ async def run_encoder(
             )
         )
         watch.pid = process.pid
+        log.debug("encoder started, pid %d: %s", process.pid, " ".join(argv))
+        if guardian is not None:
+            await guardian.watch(process.pid)
         assert process.stdout is not None and process.stderr is not None
         nursery.start_soon(_read_progress, process.stdout, watch)
         nursery.start_soon(_read_stderr, process.stderr, watch)

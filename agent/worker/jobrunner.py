@@ -20,6 +20,7 @@ from agent.models import FailureReason, Job, JobResult, JobStatus
 from agent.scenarios import EncodeSpec, JobRejected, build_spec
 from agent.worker.encoder import EncoderWatch, StopPolicy, run_encoder
 from agent.worker.engines.ffmpeg import encode_argv
+from agent.worker.guardian import Guardian
 from agent.worker.inputs import InputCache, InputGenerationFailed
 from agent.worker.progress import ProgressSnapshot, percent
 
@@ -53,6 +54,7 @@ class JobRunner:
         input_dirs: directories a job may read local input files from.
         rtmp_host: host of the default RTMP URL (the master's, as the original does).
         job_timeout: seconds a job may run when it sets no ``timeout_sec``; None = no limit.
+        guardian: kills the encoders should the agent die without stopping them.
     """
 
     ffmpeg: str
@@ -62,6 +64,7 @@ class JobRunner:
     input_dirs: Sequence[Path] = ()
     rtmp_host: str = "localhost"
     job_timeout: float | None = None
+    guardian: Guardian | None = None
 
     async def run(
         self, job: Job, node_id: str, on_progress: Callable[[float, ProgressSnapshot], None]
@@ -84,7 +87,7 @@ class JobRunner:
         started = time.monotonic()
         log.debug("job %s: %s", job.id, argv)
         with trio.move_on_after(timeout if timeout else float("inf")) as timer:
-            await run_encoder(argv, watch, cwd=output_path.parent, stop=self.stop)
+            await run_encoder(argv, watch, cwd=output_path.parent, stop=self.stop, guardian=self.guardian)
         elapsed = time.monotonic() - started
 
         input_bytes = _file_size(Path(input_path)) if "://" not in input_path else 0

@@ -1,0 +1,94 @@
+"""A watchdog process that kills the encoders if the agent dies without stopping them.
+
+Encoders run in sessions of their own (so that a stop reaches their whole
+process group), which also means nothing stops them when the agent is killed
+with SIGKILL or by the OOM killer. ``PR_SET_PDEATHSIG`` cannot help: trio
+starts processes from worker threads, and that signal fires when the *thread*
+that forked exits, which would kill healthy encoders.
+
+So each agent starts one guardian: ``python -m agent.worker.guardian``, in a
+session of its own, reading the agent's pipe. The agent writes ``+<pgid>``
+when an encoder starts and ``-<pgid>`` when it has exited. When the pipe
+reaches end of file — the agent is gone, however it went — the guardian
+kills every process group still listed and exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+from functools import partial
+
+import attrs
+import trio
+
+log = logging.getLogger(__name__)
+
+
+def kill_groups(groups: set[int]) -> None:
+    for pgid in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+
+
+def guard() -> None:
+    """The guardian's main loop over its stdin (blocking; it is a process of its own)."""
+    # Terminal signals are for the agent: the guardian leaves only on end of file.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    groups: set[int] = set()
+    for line in sys.stdin.buffer:
+        sign, digits = line[:1], line[1:].strip()
+        if digits.isdigit():
+            (groups.add if sign == b"+" else groups.discard)(int(digits))
+    kill_groups(groups)
+
+
+@attrs.define
+class Guardian:
+    """The agent's side: registers encoder process groups with the guardian process."""
+
+    _stdin: trio.abc.SendStream | None = None
+    _lock: trio.Lock = attrs.field(factory=trio.Lock)
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the guardian process until cancelled; closing its pipe lets it exit quietly."""
+
+        async def close_pipe(process: trio.Process) -> None:
+            if self._stdin is not None:
+                await self._stdin.aclose()
+
+        async with trio.open_nursery() as nursery:
+            process = await nursery.start(
+                partial(
+                    trio.run_process,
+                    [sys.executable, "-m", "agent.worker.guardian"],
+                    stdin=subprocess.PIPE,
+                    start_new_session=True,
+                    check=False,
+                    deliver_cancel=close_pipe,
+                )
+            )
+            self._stdin = process.stdin
+            task_status.started()
+
+    async def watch(self, pgid: int) -> None:
+        await self._send(b"+%d\n" % pgid)
+
+    async def release(self, pgid: int) -> None:
+        await self._send(b"-%d\n" % pgid)
+
+    async def _send(self, line: bytes) -> None:
+        if self._stdin is None:
+            return
+        async with self._lock:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await self._stdin.send_all(line)
+
+
+if __name__ == "__main__":
+    guard()
