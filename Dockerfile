@@ -5,9 +5,9 @@
 #
 # The agent handles SIGTERM itself, also as PID 1: it stops claiming, lets
 # running jobs finish for --shutdown-grace (30s), then stops the encoders and
-# reports them. It logs its worst-case stop time at start (75s by default):
-# give the container at least that, e.g. `docker stop -t 90` or Kubernetes'
-# terminationGracePeriodSeconds: 90.
+# reports them. It logs its worst-case stop time at start (50s by default):
+# give the container more than that, e.g. `docker stop -t 60` or Kubernetes'
+# terminationGracePeriodSeconds: 60.
 FROM python:3.11-slim
 
 RUN useradd --create-home --uid 10001 ffrtmp

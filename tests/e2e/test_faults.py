@@ -278,3 +278,22 @@ async def test_a_result_the_master_missed_arrives_once_after_both_restart(
     assert not list((work / "outbox").glob("*.json"))
     assert (agent.log + second.log).count(f"Received job: {job_id}") == 1, "the job ran once"
     assert again.log.count(f"Result for job {job_id}") == 1
+
+
+async def test_an_agent_registers_again_when_the_master_restarts_empty(procs: Processes, tmp_path: Path) -> None:
+    """A master restarted with an in-memory store forgets the node: the agent registers again and works on."""
+    args = ["master", "--host", "127.0.0.1", "--port", "0", "--db", ""]
+    first = await start_process(procs, "master", args)
+    master_url = (await first.wait_for(r"listening on (http://\S+)")).group(1)
+    agent, _ = await start_agent(procs, "agent", master_url, tmp_path / "work", "--heartbeat-interval", "0.5s")
+    await agent.wait_for("Registered with")
+    first.signal(signal.SIGTERM)
+    await first.wait()
+    port = master_url.rsplit(":", 1)[1]
+    second = await start_process(procs, "master-again", [*args[:-3], port, "--db", ""])
+    await second.wait_for("listening on")
+    await agent.wait_for("registering again")
+    async with MasterClient(master_url) as client:
+        job = await client.submit_job(live_job(0.5))
+        [done] = await wait_for_jobs(client, [job.id], timeout=30)
+    assert done.status is JobStatus.COMPLETED
