@@ -27,6 +27,7 @@ from ..models import (
 )
 
 __all__ = [
+    "DRAINING",
     "HARDWARE_CODECS",
     "OFFLINE_AFTER_BEATS",
     "Conflict",
@@ -34,10 +35,12 @@ __all__ = [
     "apply_heartbeat",
     "can_run",
     "cancel",
-    "choose_job",
     "claim",
     "claim_key",
     "decide_result",
+    "drain",
+    "expire",
+    "is_overdue",
     "is_silent",
     "jobs_to_cancel",
     "mark_offline",
@@ -48,6 +51,8 @@ __all__ = [
     "requeue_from_lost_node",
     "resume",
     "retry",
+    "runnable",
+    "timeout_of",
 ]
 
 # A node that misses this many heartbeats in a row is offline: one late beat is
@@ -59,6 +64,9 @@ HARDWARE_CODECS = ("nvenc", "qsv", "vaapi")
 
 # The agent's prefix for a job it claimed but handed back unrun (drain, full slots).
 _NOT_STARTED = "not started"
+
+# Node status set by the operator: the node finishes its jobs and is given no more.
+DRAINING = "draining"
 
 
 class Conflict(Exception):
@@ -104,13 +112,15 @@ def can_run(job: Job, node: Node) -> bool:
     return not node.gpu_capabilities or any(codec in cap.lower() for cap in node.gpu_capabilities)
 
 
-def choose_job(candidates: Iterable[Job], node: Node) -> Job | None:
-    """The first job in ``candidates`` (already in :func:`claim_key` order) the node can run.
+def runnable(candidates: Iterable[Job], node: Node) -> list[Job]:
+    """The jobs in ``candidates`` the node can run, in the order given (:func:`claim_key`).
 
     Skipping, not stopping, means a GPU job at the head of the queue does not
-    block the CPU jobs behind it.
+    block the CPU jobs behind it. A draining node runs nothing new.
     """
-    return next((job for job in candidates if can_run(job, node)), None)
+    if node.status == DRAINING:
+        return []
+    return [job for job in candidates if can_run(job, node)]
 
 
 def claim(job: Job, node: Node, now: dt.datetime) -> Job:
@@ -221,6 +231,50 @@ def decide_result(job: Job, result: JobResult, now: dt.datetime) -> ResultOutcom
     return ResultOutcome(done, _SUCCESS, True)
 
 
+def timeout_of(job: Job, default: float | None) -> float | None:
+    """Seconds the job may run: its ``resource_limits.timeout_sec``, else ``default``.
+
+    A value the agent would reject counts as none here; the agent fails such a
+    job as a user error before it starts.
+    """
+    limits = job.parameters.get("resource_limits")
+    given = limits.get("timeout_sec") if isinstance(limits, dict) else None
+    if isinstance(given, (int, float)) and not isinstance(given, bool) and given > 0:
+        return float(given)
+    return default
+
+
+def is_overdue(job: Job, now: dt.datetime, default_timeout: float | None, grace: float) -> bool:
+    """Whether a running job passed its timeout by ``grace`` seconds without a result.
+
+    The agent enforces the timeout itself and reports ``timeout``; the grace
+    gives that result time to arrive, so the master only acts for an agent
+    that hangs or lost its way while still heartbeating.
+    """
+    timeout = timeout_of(job, default_timeout)
+    if job.status is not JobStatus.PROCESSING or job.started_at is None or timeout is None:
+        return False
+    return (now - job.started_at).total_seconds() > timeout + grace
+
+
+def expire(job: Job, now: dt.datetime) -> ResultOutcome:
+    """An overdue job, failed on its node's behalf with reason ``timeout``.
+
+    It follows the retry rules of any failure; the node's own result, if it
+    still comes, then gets 409, and its next heartbeat is told to stop the job.
+    """
+    overdue = JobResult.failure(
+        job,
+        job.node_id,
+        FailureReason.TIMEOUT,
+        f"no result from node {job.node_name or job.node_id} within the job's timeout; "
+        "timed out on the master",
+        progress=job.progress,
+        completed_at=now,
+    )
+    return decide_result(job, overdue, now)
+
+
 def _retrying(job: Job) -> ResultAck:
     return ResultAck(status="retrying", retry=job.retry_count, max_retries=job.max_retries)
 
@@ -314,9 +368,13 @@ def apply_heartbeat(
         active, slots = leased_job_ids, node.max_concurrent_jobs
     else:
         active, slots = list(report.active_job_ids), max(1, report.max_concurrent_jobs)
+    if node.status == DRAINING:
+        status = DRAINING
+    else:
+        status = "busy" if len(active) >= slots else "available"
     return attrs.evolve(
         node,
-        status="busy" if len(active) >= slots else "available",
+        status=status,
         active_job_ids=active,
         current_job_id=active[0] if active else "",
         max_concurrent_jobs=slots,
@@ -355,6 +413,17 @@ def mark_seen(node: Node, now: dt.datetime) -> Node:
     """The node after any sign of life: a claim proves it is alive as well as a heartbeat."""
     status = "available" if node.status == "offline" else node.status
     return attrs.evolve(node, status=status, last_heartbeat=now)
+
+
+def drain(node: Node) -> Node:
+    """A node told to finish its jobs and take no more; registering again undoes it.
+
+    Raises:
+        Conflict: the node is offline, so it cannot be told.
+    """
+    if node.status == "offline":
+        raise Conflict(f"node {node.address} is offline; there is nothing to drain")
+    return attrs.evolve(node, status=DRAINING)
 
 
 def mark_offline(node: Node) -> Node:

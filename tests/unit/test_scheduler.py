@@ -63,9 +63,21 @@ def test_claim_order_is_queue_then_priority_then_age() -> None:
 
 
 def test_a_gpu_job_does_not_block_the_cpu_jobs_behind_it() -> None:
-    """choose_job skips what the node cannot run instead of stopping there."""
+    """runnable skips what the node cannot run instead of stopping there."""
     gpu_job = job(1, parameters={"codec": "h264_nvenc"})
-    assert scheduler.choose_job([gpu_job, job(2)], NODE) == job(2)
+    assert scheduler.runnable([gpu_job, job(2), job(3)], NODE) == [job(2), job(3)]
+
+
+def test_a_draining_node_is_given_nothing_and_keeps_draining() -> None:
+    """Heartbeats keep the draining status; registering again ends it; offline nodes refuse."""
+    draining = scheduler.drain(NODE)
+    assert scheduler.runnable([job(1)], draining) == []
+    beaten = scheduler.apply_heartbeat(draining, HeartbeatReport(), [], T0)
+    assert beaten.status == scheduler.DRAINING
+    again = scheduler.merge_registration(beaten, NodeRegistration(address=NODE.address), "new", T0)
+    assert again.status == "available"
+    with pytest.raises(Conflict, match="offline"):
+        scheduler.drain(scheduler.mark_offline(NODE))
 
 
 def test_hardware_codecs_need_a_gpu_that_offers_them() -> None:
@@ -200,6 +212,33 @@ def test_a_result_for_a_job_canceled_on_the_master_keeps_it_canceled() -> None:
     assert outcome.ack.status == "success"
     with_logs = scheduler.decide_result(canceled, result(JobStatus.COMPLETED, logs="tail"), T0)
     assert (with_logs.job.status, with_logs.job.logs) == (JobStatus.CANCELED, "tail")
+
+
+def test_a_job_s_own_timeout_wins_over_the_default() -> None:
+    """timeout_sec from resource_limits; else the default; nonsense counts as none."""
+    assert scheduler.timeout_of(job(parameters={"resource_limits": {"timeout_sec": 5}}), 60) == 5
+    assert scheduler.timeout_of(job(), 60) == 60
+    assert scheduler.timeout_of(job(), None) is None
+    assert scheduler.timeout_of(job(parameters={"resource_limits": {"timeout_sec": "x"}}), None) is None
+
+
+def test_a_running_job_is_overdue_only_past_its_timeout_and_the_grace() -> None:
+    """started at T0 with timeout 10 s and grace 5 s: overdue after 15 s, not at 14 s."""
+    running = leased(parameters={"resource_limits": {"timeout_sec": 10}})
+    assert not scheduler.is_overdue(running, T0 + dt.timedelta(seconds=14), None, 5)
+    assert scheduler.is_overdue(running, T0 + dt.timedelta(seconds=16), None, 5)
+    assert not scheduler.is_overdue(job(), T0 + dt.timedelta(days=1), 10, 5), "pending jobs are not running"
+    assert not scheduler.is_overdue(leased(), T0 + dt.timedelta(days=1), None, 5), "no timeout, no limit"
+
+
+def test_an_overdue_job_is_retried_then_failed_with_reason_timeout() -> None:
+    """A timeout counts as a try; the last one fails the job, naming the node."""
+    first = scheduler.expire(leased(max_retries=1), T0)
+    assert (first.job.status, first.job.retry_count, first.job.node_id) == (JobStatus.PENDING, 1, "")
+    assert first.job.failure_reason == FailureReason.TIMEOUT.value
+    last = scheduler.expire(scheduler.claim(first.job, NODE, T0), T0)
+    assert (last.job.status, last.job.retry_count) == (JobStatus.FAILED, 1)
+    assert NODE.address in last.job.error and "timed out on the master" in last.job.error
 
 
 def test_a_result_must_have_a_final_status() -> None:
