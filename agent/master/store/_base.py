@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
@@ -26,7 +27,10 @@ __all__ = ["NotFound", "Store", "StoreCounts", "StoreError"]
 
 
 class StoreError(Exception):
-    """The database cannot be opened or used; the message names it and the cause."""
+    """The database cannot be opened or used; the message names it and the cause.
+
+    The HTTP layer answers 503 with it: the request may succeed once the database is back.
+    """
 
 
 class NotFound(LookupError):
@@ -35,10 +39,11 @@ class NotFound(LookupError):
 
 @attrs.frozen
 class StoreCounts:
-    """Jobs and nodes by status, for the master's own metrics."""
+    """Jobs and nodes by status, and pending jobs by queue, for the master's own metrics."""
 
     jobs: dict[str, int]
     nodes: dict[str, int]
+    pending_by_queue: dict[str, int]
 
 
 class Store(Protocol):
@@ -68,8 +73,22 @@ class Store(Protocol):
 
     async def record_result(self, result: JobResult) -> ResultOutcome: ...
 
-    async def change_job(self, ref: str, change: Callable[[Job], Job]) -> Job:
-        """Apply one scheduler rule (cancel, pause, progress ...) to a job atomically."""
+    async def change_job(self, ref: str, change: Callable[[Job], Job]) -> tuple[Job, Job]:
+        """Apply one scheduler rule (cancel, pause, progress ...) to a job atomically.
+
+        Returns the job before and after, so the caller can tell the node that held it.
+        """
+
+    async def expire_overdue_jobs(
+        self, default_timeout: float | None, grace: float
+    ) -> list[tuple[Job, Job]]:
+        """Fail the running jobs past their timeout plus ``grace`` (see ``scheduler.expire``).
+
+        Returns each such job before and after, so the caller can tell its node.
+        """
+
+    async def delete_finished_before(self, cutoff: dt.datetime) -> int:
+        """Delete completed, failed and canceled jobs that finished before ``cutoff``; the count."""
 
     async def register_node(self, registration: NodeRegistration) -> tuple[Node, bool]:
         """The node, and whether it is new (``False``: its address registered before)."""
@@ -77,6 +96,9 @@ class Store(Protocol):
     async def heartbeat(self, node_id: str, report: HeartbeatReport | None) -> HeartbeatReply: ...
 
     async def list_nodes(self) -> list[Node]: ...
+
+    async def drain_node(self, node_id: str) -> Node:
+        """Give the node no more jobs and tell it to drain on its next heartbeat."""
 
     async def delete_node(self, node_id: str) -> None:
         """Forget a node; the jobs it held go back to the queue."""

@@ -1,0 +1,450 @@
+"""The master's store on any SQL database: the transactions, written once.
+
+:class:`SqlStore` implements :class:`~agent.master.store.Store` over a
+:class:`Database`, which runs one function as one transaction in a worker
+thread and says how its SQL differs (:class:`Dialect`). SQLite and PostgreSQL
+differ only there; what a claim, a result or a silent node does to a job is
+decided by :mod:`agent.master.scheduler`.
+
+Each job and node is kept as its JSON body plus the few columns queries need
+(status, dispatch ranks, node, finish time). SQL is written with ``?``
+placeholders; a database that wants another style translates them.
+
+Rows a transaction will change are read with :attr:`Dialect.lock` (``FOR
+UPDATE``), so two masters on one database never both apply a rule to the same
+row; locks are always taken node first, then jobs, so they cannot deadlock.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Protocol, Self, TypeVar
+
+import attrs
+import trio
+
+from ...models import (
+    HeartbeatReply,
+    HeartbeatReport,
+    Job,
+    JobRequest,
+    JobResult,
+    JobStatus,
+    Node,
+    NodeRegistration,
+    Queue,
+    utcnow,
+)
+from .. import scheduler
+from ._base import NotFound, StoreCounts
+
+__all__ = ["Database", "Dialect", "SqlStore", "Transaction"]
+
+_T = TypeVar("_T")
+
+# Candidates read per step of a claim: enough that a few GPU jobs at the head
+# of the queue cost one query, few enough to stay cheap with thousands queued.
+CLAIM_PAGE = 64
+
+_JOB_COLUMNS = "id, sequence_number, status, queue_rank, priority_rank, node_id, finished_at, body"
+_FINAL = tuple(status.value for status in JobStatus if status.is_final)
+
+
+class Transaction(Protocol):
+    """One open transaction, used from the worker thread that runs it."""
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run a query and return every row."""
+
+    def run(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run a statement and return the number of rows it changed."""
+
+
+@attrs.frozen
+class Dialect:
+    """Where one database's SQL differs from the common statements."""
+
+    # Appended to reads of rows the transaction will change.
+    lock: str
+    # Appended to the claim's read: rows another transaction holds are passed over.
+    skip_locked: str
+    # A query returning the next job sequence number.
+    next_sequence: str
+    # Run in a transaction that made a job pending, to wake other masters ("" for none).
+    announce: str
+
+
+class Database(Protocol):
+    """Runs functions as transactions in worker threads; the seam between SQL and drivers.
+
+    Raises from either method: :class:`~agent.master.store.StoreError` when
+    the database cannot be reached or fails.
+    """
+
+    dialect: Dialect
+
+    async def write(self, work: Callable[[Transaction], _T]) -> _T:
+        """Run ``work`` as one transaction that may change rows; commit, or roll back on error."""
+
+    async def read(self, work: Callable[[Transaction], _T]) -> _T:
+        """Run ``work`` as one transaction that only reads."""
+
+    async def aclose(self) -> None: ...
+
+
+def _placeholders(count: int) -> str:
+    return ",".join("?" * count)
+
+
+def _job_params(job: Job) -> list[Any]:
+    queue_rank, priority_rank, sequence_number = scheduler.claim_key(job)
+    finished = job.completed_at.timestamp() if job.status.is_final and job.completed_at else None
+    body = json.dumps(job.to_json())
+    return [job.id, sequence_number, job.status.value, queue_rank, priority_rank, job.node_id, finished, body]
+
+
+def _node_params(node: Node) -> list[Any]:
+    return [node.id, node.address, node.status, json.dumps(node.to_json())]
+
+
+def _jobs(rows: Iterable[tuple[Any, ...]]) -> Iterator[Job]:
+    return (Job.from_json(json.loads(row[-1])) for row in rows)
+
+
+def _nodes(rows: Iterable[tuple[Any, ...]]) -> Iterator[Node]:
+    return (Node.from_json(json.loads(row[-1])) for row in rows)
+
+
+class SqlStore:
+    """The :class:`~agent.master.store.Store` on one :class:`Database`.
+
+    Close it with :meth:`aclose` or ``async with``; that closes the database.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._sql = db.dialect
+        self._job_available = trio.Event()
+
+    async def aclose(self) -> None:
+        await self._db.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # --- waking long-polls -------------------------------------------------------------
+
+    @property
+    def job_available(self) -> trio.Event:
+        return self._job_available
+
+    def ring(self) -> None:
+        """Wake everyone waiting for a job; also called when another master announces one."""
+        self._job_available.set()
+        self._job_available = trio.Event()
+
+    def _announce(self, tx: Transaction) -> None:
+        if self._sql.announce:
+            tx.run(self._sql.announce)
+
+    # --- rows --------------------------------------------------------------------------
+
+    def _load_job(self, tx: Transaction, ref: str, *, lock: bool = True) -> Job:
+        """The job by id, or by sequence number when ``ref`` is all digits; locked unless reading."""
+        locking = self._sql.lock if lock else ""
+        rows = tx.rows(f"SELECT body FROM jobs WHERE id = ?{locking}", [ref])
+        if not rows and ref.isdigit():
+            rows = tx.rows(f"SELECT body FROM jobs WHERE sequence_number = ?{locking}", [int(ref)])
+        if not rows:
+            raise NotFound(f"job {ref} not found")
+        return next(_jobs(rows))
+
+    def _insert_job(self, tx: Transaction, job: Job) -> None:
+        tx.run(f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({_placeholders(8)})", _job_params(job))
+
+    def _save_job(self, tx: Transaction, job: Job) -> None:
+        job_id, *values = _job_params(job)
+        tx.run(
+            "UPDATE jobs SET sequence_number = ?, status = ?, queue_rank = ?, priority_rank = ?,"
+            " node_id = ?, finished_at = ?, body = ? WHERE id = ?",
+            [*values, job_id],
+        )
+
+    def _load_node(self, tx: Transaction, node_id: str) -> Node:
+        rows = tx.rows(f"SELECT body FROM nodes WHERE id = ?{self._sql.lock}", [node_id])
+        if not rows:
+            raise NotFound(f"node {node_id} not found; register it first")
+        return next(_nodes(rows))
+
+    def _save_node(self, tx: Transaction, node: Node) -> None:
+        node_id, *values = _node_params(node)
+        tx.run("UPDATE nodes SET address = ?, status = ?, body = ? WHERE id = ?", [*values, node_id])
+
+    def _leased_jobs(self, tx: Transaction, node_id: str, *, lock: bool = False) -> list[Job]:
+        rows = tx.rows(
+            "SELECT body FROM jobs WHERE node_id = ? AND status = ? ORDER BY sequence_number"
+            + (self._sql.lock if lock else ""),
+            [node_id, JobStatus.PROCESSING.value],
+        )
+        return list(_jobs(rows))
+
+    def _requeue_jobs_of(self, tx: Transaction, node: Node) -> int:
+        leased = self._leased_jobs(tx, node.id, lock=True)
+        for job in leased:
+            self._save_job(tx, scheduler.requeue_from_lost_node(job, node))
+        if leased:
+            self._announce(tx)
+        return len(leased)
+
+    # --- jobs --------------------------------------------------------------------------
+
+    async def submit(self, request: JobRequest, max_retries: int) -> Job:
+        now = utcnow()
+
+        def insert(tx: Transaction) -> Job:
+            ((sequence_number,),) = tx.rows(self._sql.next_sequence)
+            job = Job(
+                id=str(uuid.uuid4()),
+                sequence_number=sequence_number,
+                created_at=now,
+                max_retries=max_retries,
+                **attrs.asdict(request, recurse=False),
+            )
+            self._insert_job(tx, job)
+            self._announce(tx)
+            return job
+
+        job = await self._db.write(insert)
+        self.ring()
+        return job
+
+    async def get_job(self, ref: str) -> Job:
+        return await self._db.read(lambda tx: self._load_job(tx, ref, lock=False))
+
+    async def list_jobs(self, status: JobStatus | None = None) -> list[Job]:
+        def select(tx: Transaction) -> list[Job]:
+            if status is None:
+                return list(_jobs(tx.rows("SELECT body FROM jobs ORDER BY sequence_number")))
+            rows = tx.rows(
+                "SELECT body FROM jobs WHERE status = ? ORDER BY sequence_number", [status.value]
+            )
+            return list(_jobs(rows))
+
+        return await self._db.read(select)
+
+    def _pending_pages(self, tx: Transaction) -> Iterator[list[Job]]:
+        """Pending jobs in claim order, a page at a time, read without locks."""
+        after = (-1, -1, -1)
+        while True:
+            rows = tx.rows(
+                "SELECT body FROM jobs WHERE status = ?"
+                " AND (queue_rank, priority_rank, sequence_number) > (?, ?, ?)"
+                " ORDER BY queue_rank, priority_rank, sequence_number LIMIT ?",
+                [JobStatus.PENDING.value, *after, CLAIM_PAGE],
+            )
+            page = list(_jobs(rows))
+            if not page:
+                return
+            yield page
+            after = scheduler.claim_key(page[-1])
+
+    def _lock_first_pending(self, tx: Transaction, jobs: list[Job]) -> Job | None:
+        """The first of ``jobs`` still pending and not being claimed by another master."""
+        rows = tx.rows(
+            f"SELECT body FROM jobs WHERE id IN ({_placeholders(len(jobs))}) AND status = ?"
+            " ORDER BY queue_rank, priority_rank, sequence_number LIMIT 1" + self._sql.skip_locked,
+            [*(job.id for job in jobs), JobStatus.PENDING.value],
+        )
+        return next(_jobs(rows), None)
+
+    async def claim(self, node_id: str) -> Job | None:
+        now = utcnow()
+
+        def take(tx: Transaction) -> Job | None:
+            # Locking the node first makes claims of one node take turns across masters.
+            node = scheduler.mark_seen(self._load_node(tx, node_id), now)
+            # Polling proves the node is alive, so a claim keeps it from going offline.
+            self._save_node(tx, node)
+            for page in self._pending_pages(tx):
+                candidates = scheduler.runnable(page, node)
+                chosen = self._lock_first_pending(tx, candidates) if candidates else None
+                if chosen is not None:
+                    job = scheduler.claim(chosen, node, now)
+                    self._save_job(tx, job)
+                    return job
+            return None
+
+        return await self._db.write(take)
+
+    async def record_result(self, result: JobResult) -> scheduler.ResultOutcome:
+        now = utcnow()
+
+        def apply(tx: Transaction) -> scheduler.ResultOutcome:
+            outcome = scheduler.decide_result(self._load_job(tx, result.job_id), result, now)
+            if outcome.changed:
+                self._save_job(tx, outcome.job)
+                if outcome.job.status is JobStatus.PENDING:
+                    self._announce(tx)
+            return outcome
+
+        outcome = await self._db.write(apply)
+        if outcome.job.status is JobStatus.PENDING:
+            self.ring()
+        return outcome
+
+    async def change_job(self, ref: str, change: Callable[[Job], Job]) -> tuple[Job, Job]:
+        def apply(tx: Transaction) -> tuple[Job, Job]:
+            before = self._load_job(tx, ref)
+            after = change(before)
+            self._save_job(tx, after)
+            if after.status is JobStatus.PENDING:
+                self._announce(tx)
+            return before, after
+
+        before, after = await self._db.write(apply)
+        if after.status is JobStatus.PENDING:
+            self.ring()
+        return before, after
+
+    async def expire_overdue_jobs(
+        self, default_timeout: float | None, grace: float
+    ) -> list[tuple[Job, Job]]:
+        now = utcnow()
+
+        def sweep(tx: Transaction) -> list[tuple[Job, Job]]:
+            running = tx.rows("SELECT body FROM jobs WHERE status = ?", [JobStatus.PROCESSING.value])
+            expired = []
+            for seen in _jobs(running):
+                if not scheduler.is_overdue(seen, now, default_timeout, grace):
+                    continue
+                job = self._load_job(tx, seen.id)  # locked now; its result may have come first
+                if scheduler.is_overdue(job, now, default_timeout, grace):
+                    after = scheduler.expire(job, now).job
+                    self._save_job(tx, after)
+                    expired.append((job, after))
+            if any(after.status is JobStatus.PENDING for _, after in expired):
+                self._announce(tx)
+            return expired
+
+        expired = await self._db.write(sweep)
+        if any(after.status is JobStatus.PENDING for _, after in expired):
+            self.ring()
+        return expired
+
+    async def delete_finished_before(self, cutoff: dt.datetime) -> int:
+        return await self._db.write(
+            lambda tx: tx.run(
+                f"DELETE FROM jobs WHERE finished_at < ? AND status IN ({_placeholders(len(_FINAL))})",
+                [cutoff.timestamp(), *_FINAL],
+            )
+        )
+
+    # --- nodes -------------------------------------------------------------------------
+
+    async def register_node(self, registration: NodeRegistration) -> tuple[Node, bool]:
+        now = utcnow()
+
+        def upsert(tx: Transaction) -> tuple[Node, bool]:
+            rows = tx.rows(
+                f"SELECT body FROM nodes WHERE address = ?{self._sql.lock}", [registration.address]
+            )
+            existing = next(_nodes(rows), None)
+            node = scheduler.merge_registration(existing, registration, str(uuid.uuid4()), now)
+            if existing is None:
+                tx.run(
+                    "INSERT INTO nodes (id, address, status, body) VALUES (?, ?, ?, ?)",
+                    _node_params(node),
+                )
+            else:
+                self._save_node(tx, node)
+            return node, existing is None
+
+        return await self._db.write(upsert)
+
+    async def heartbeat(self, node_id: str, report: HeartbeatReport | None) -> HeartbeatReply:
+        now = utcnow()
+
+        def beat(tx: Transaction) -> HeartbeatReply:
+            node = self._load_node(tx, node_id)
+            leased = [job.id for job in self._leased_jobs(tx, node_id)]
+            reported = report.active_job_ids if report is not None else []
+            known: dict[str, Job] = {}
+            if reported:
+                rows = tx.rows(
+                    f"SELECT body FROM jobs WHERE id IN ({_placeholders(len(reported))})", reported
+                )
+                known = {job.id: job for job in _jobs(rows)}
+            node = scheduler.apply_heartbeat(node, report, leased, now)
+            self._save_node(tx, node)
+            return HeartbeatReply(
+                cancel_job_ids=scheduler.jobs_to_cancel(node_id, reported, known),
+                drain=node.status == scheduler.DRAINING,
+            )
+
+        return await self._db.write(beat)
+
+    async def list_nodes(self) -> list[Node]:
+        return await self._db.read(
+            lambda tx: list(_nodes(tx.rows("SELECT body FROM nodes ORDER BY address")))
+        )
+
+    async def drain_node(self, node_id: str) -> Node:
+        def apply(tx: Transaction) -> Node:
+            node = scheduler.drain(self._load_node(tx, node_id))
+            self._save_node(tx, node)
+            return node
+
+        return await self._db.write(apply)
+
+    async def delete_node(self, node_id: str) -> None:
+        def delete(tx: Transaction) -> int:
+            requeued = self._requeue_jobs_of(tx, self._load_node(tx, node_id))
+            tx.run("DELETE FROM nodes WHERE id = ?", [node_id])
+            return requeued
+
+        if await self._db.write(delete):
+            self.ring()
+
+    async def mark_silent_nodes_offline(self, heartbeat_interval: float) -> list[Node]:
+        now = utcnow()
+
+        def sweep(tx: Transaction) -> tuple[list[Node], int]:
+            seen = tx.rows("SELECT body FROM nodes WHERE status != 'offline'")
+            silent, requeued = [], 0
+            for candidate in _nodes(seen):
+                if not scheduler.is_silent(candidate, now, heartbeat_interval):
+                    continue
+                node = self._load_node(tx, candidate.id)  # locked now; it may have just beaten
+                if scheduler.is_silent(node, now, heartbeat_interval):
+                    self._save_node(tx, scheduler.mark_offline(node))
+                    requeued += self._requeue_jobs_of(tx, node)
+                    silent.append(node)
+            return silent, requeued
+
+        silent, requeued = await self._db.write(sweep)
+        if requeued:
+            self.ring()
+        return silent
+
+    async def counts(self) -> StoreCounts:
+        def count(tx: Transaction) -> StoreCounts:
+            jobs = tx.rows("SELECT status, COUNT(*) FROM jobs GROUP BY status")
+            nodes = tx.rows("SELECT status, COUNT(*) FROM nodes GROUP BY status")
+            queued = tx.rows(
+                "SELECT queue_rank, COUNT(*) FROM jobs WHERE status = ? GROUP BY queue_rank",
+                [JobStatus.PENDING.value],
+            )
+            queues = list(Queue)
+            return StoreCounts(
+                jobs={status: int(n) for status, n in jobs},
+                nodes={status: int(n) for status, n in nodes},
+                pending_by_queue={queues[rank].value: int(n) for rank, n in queued},
+            )
+
+        return await self._db.read(count)

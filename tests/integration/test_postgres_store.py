@@ -1,0 +1,152 @@
+"""The PostgreSQL store on a real server: the same rules as SQLite, safe for several masters.
+
+The server is a throw-away cluster started for the session (``tests.postgres``);
+each test gets a database of its own. Rule tests run on both stores, so the
+two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import trio
+
+from agent.master import scheduler
+from agent.master.store import (
+    NotFound,
+    PostgresStore,
+    SqliteStore,
+    Store,
+    StoreError,
+    open_store,
+)
+from agent.models import JobRequest, JobResult, JobStatus, NodeRegistration, utcnow
+from tests.postgres import fresh_database, postgres_dsn  # noqa: F401  (the fixture)
+
+pytestmark = pytest.mark.timeout(30)
+
+JOBS = 200
+CLAIMERS = 8
+H264 = JobRequest(scenario="144p30-h264")
+
+
+@pytest.fixture
+def database(postgres_dsn: str) -> str:  # noqa: F811
+    return fresh_database(postgres_dsn)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    if request.param == "sqlite":
+        async with open_store(str(tmp_path / "master.db")) as sqlite:
+            yield sqlite
+    else:
+        dsn = fresh_database(request.getfixturevalue("postgres_dsn"))
+        async with open_store("", dsn=dsn) as postgres:
+            yield postgres
+
+
+async def test_a_result_from_a_node_without_the_lease_changes_nothing(store: Store) -> None:
+    """409 rule: the holder's result counts once; another node's is a conflict; a repeat is harmless."""
+    await store.submit(H264, max_retries=3)
+    holder, _ = await store.register_node(NodeRegistration(address="a:1"))
+    other, _ = await store.register_node(NodeRegistration(address="b:1"))
+    job = await store.claim(holder.id)
+    assert job is not None
+    done = JobResult(job_id=job.id, node_id=holder.id, status=JobStatus.COMPLETED)
+    with pytest.raises(scheduler.Conflict):
+        await store.record_result(JobResult(job_id=job.id, node_id=other.id, status=JobStatus.COMPLETED))
+    assert (await store.record_result(done)).changed
+    assert not (await store.record_result(done)).changed
+    assert (await store.get_job(str(job.sequence_number))).status is JobStatus.COMPLETED
+
+
+async def test_a_gpu_job_first_in_line_does_not_hold_up_a_cpu_node(store: Store) -> None:
+    """The CPU node gets the job behind the nvenc one; the GPU node then gets the nvenc job."""
+    gpu_job = await store.submit(JobRequest(scenario="720p30-h264", parameters={"codec": "h264_nvenc"}), 3)
+    cpu_job = await store.submit(H264, max_retries=3)
+    cpu, _ = await store.register_node(NodeRegistration(address="cpu:1"))
+    gpu, _ = await store.register_node(NodeRegistration(address="gpu:1", has_gpu=True))
+    assert (await store.claim(cpu.id)).id == cpu_job.id  # type: ignore[union-attr]
+    assert await store.claim(cpu.id) is None
+    assert (await store.claim(gpu.id)).id == gpu_job.id  # type: ignore[union-attr]
+
+
+async def test_overdue_jobs_are_expired_and_old_finished_ones_deleted(store: Store) -> None:
+    """A job past its timeout is requeued with reason timeout; finished jobs go after the cutoff."""
+    slow = await store.submit(JobRequest(scenario="144p30-h264", parameters={"resource_limits": {"timeout_sec": 1}}), 3)
+    node, _ = await store.register_node(NodeRegistration(address="a:1"))
+    assert await store.claim(node.id) is not None
+    assert await store.expire_overdue_jobs(None, grace=60) == []
+    await trio.sleep(1.1)
+    [(before, after)] = await store.expire_overdue_jobs(None, grace=0)
+    assert (before.node_id, after.status, after.failure_reason) == (node.id, JobStatus.PENDING, "timeout")
+    await store.change_job(slow.id, lambda job: scheduler.cancel(job, utcnow()))
+    kept = await store.submit(H264, max_retries=3)
+    assert await store.delete_finished_before(utcnow() - dt.timedelta(days=1)) == 0
+    assert await store.delete_finished_before(utcnow() + dt.timedelta(seconds=1)) == 1
+    with pytest.raises(NotFound):
+        await store.get_job(slow.id)
+    assert [job.id for job in await store.list_jobs()] == [kept.id]
+
+
+async def test_two_masters_on_one_database_lease_every_job_exactly_once(database: str) -> None:
+    """Two stores (two pools, as two masters have) and 8 claimers split 200 jobs with no overlap."""
+    async with open_store("", dsn=database) as first, open_store("", dsn=database) as second:
+        for _ in range(JOBS):
+            await first.submit(H264, max_retries=3)
+        nodes = [(await first.register_node(NodeRegistration(address=f"w:{i}")))[0] for i in range(CLAIMERS)]
+        claims: list[str] = []
+
+        async def claimer(store: Store, node_id: str) -> None:
+            while (job := await store.claim(node_id)) is not None:
+                claims.append(job.id)
+
+        async with trio.open_nursery() as nursery:
+            for index, node in enumerate(nodes):
+                nursery.start_soon(claimer, (first, second)[index % 2], node.id)
+        processing = await second.list_jobs(JobStatus.PROCESSING)
+    assert len(claims) == JOBS == len(set(claims))
+    assert len(processing) == JOBS
+
+
+async def test_a_claim_passes_over_a_row_another_master_has_locked(database: str) -> None:
+    """FOR UPDATE SKIP LOCKED: while job 1 is locked elsewhere the claim takes job 2 at once."""
+    async with open_store("", dsn=database) as store:
+        first = await store.submit(H264, max_retries=3)
+        second = await store.submit(H264, max_retries=3)
+        node, _ = await store.register_node(NodeRegistration(address="w:1"))
+        with psycopg.connect(database) as other:
+            other.execute("SELECT id FROM jobs WHERE id = %s FOR UPDATE", [first.id])
+            with trio.fail_after(2):
+                got = await store.claim(node.id)
+            other.rollback()
+        assert got is not None and got.id == second.id
+        assert (await store.claim(node.id)).id == first.id  # type: ignore[union-attr]
+
+
+async def test_a_job_queued_through_one_master_wakes_the_other(database: str) -> None:
+    """NOTIFY/LISTEN: the second store's job_available is set by a submit on the first."""
+    async with open_store("", dsn=database) as first, open_store("", dsn=database) as second:
+        woken = second.job_available
+        await first.submit(H264, max_retries=3)
+        with trio.fail_after(5):
+            await woken.wait()
+
+
+async def test_an_unreachable_database_is_a_store_error_naming_it_without_the_password(tmp_path: Path) -> None:
+    """The master logs this and exits 1 (run_master), the password stays out of it."""
+    dsn = f"postgresql://user:hunter2@/nowhere?host={tmp_path}&connect_timeout=2"
+    with pytest.raises(StoreError) as raised:
+        await PostgresStore.open(dsn)
+    assert "postgresql://user@/nowhere" in str(raised.value)
+    assert "hunter2" not in str(raised.value)
+
+
+async def test_sqlite_and_postgres_run_the_same_transactions() -> None:
+    """Only the dialect differs: both stores are the one SqlStore class."""
+    assert PostgresStore.__mro__[1] is SqliteStore.__mro__[1]
