@@ -28,6 +28,7 @@ from agent.config import (
     ConfigError,
     MasterConfig,
     default_work_dir,
+    parse_days,
     parse_duration,
 )
 
@@ -177,6 +178,14 @@ def master_parser() -> argparse.ArgumentParser:
                         help="times a failed job is re-queued (default 3)")
     parser.add_argument("--heartbeat-interval", type=duration, default=_env("heartbeat-interval", "30s"),
                         help="expected agent heartbeat period; 3 missed = offline (default 30s)")
+    parser.add_argument("--db-dsn", default=_env("db-dsn", ""),
+                        help="PostgreSQL URL (postgresql://user:password@host/db) instead of --db; several "
+                        "masters may share it (needs the [postgres] extra; env FFRTMP_DB_DSN)")
+    parser.add_argument("--job-timeout", type=duration, default=_env("job-timeout", "0"),
+                        help="fail a running job with no result after this long, unless it sets its own "
+                        "resource_limits.timeout_sec (default 0: none)")
+    parser.add_argument("--cleanup-retention", type=_checked(parse_days), default=_env("cleanup-retention", "7"),
+                        help="days finished jobs are kept before they are deleted (default 7; 0 keeps them)")
     _add_logging_flags(parser)
     return parser
 
@@ -227,11 +236,25 @@ def console_parser(prog: str) -> argparse.ArgumentParser:
     status.add_argument("--follow", action="store_true", help="keep showing until the job ends")
     listing = jobs.add_parser("list", help="list jobs", parents=[common])
     listing.add_argument("--status", default="", help="only jobs with this status")
-    cancel = jobs.add_parser("cancel", help="cancel a job", parents=[common])
-    cancel.add_argument("job_id")
+    for action, described in (
+        ("cancel", "cancel a job; it is never retried"),
+        ("pause", "hold a job out of the queue; a running one is stopped and starts over on resume"),
+        ("resume", "put a paused job back in the queue"),
+        ("retry", "queue a failed or canceled job again, with a fresh retry budget"),
+        ("logs", "print the encoder log a job's last result carried"),
+    ):
+        jobs.add_parser(action, help=described, parents=[common]).add_argument(
+            "job_id", help="id or sequence number"
+        )
 
-    nodes = roles.add_parser("nodes", help="list worker nodes").add_subparsers(dest="command", required=True)
+    nodes = roles.add_parser("nodes", help="list, drain and delete worker nodes").add_subparsers(
+        dest="command", required=True
+    )
     nodes.add_parser("list", help="list nodes", parents=[common])
+    nodes.add_parser("drain", help="let a node finish its jobs and give it no more",
+                     parents=[common]).add_argument("node_id")
+    nodes.add_parser("delete", help="forget a node; its jobs go back to the queue",
+                     parents=[common]).add_argument("node_id")
     return parser
 
 
@@ -287,6 +310,9 @@ def _run_master(argv: Sequence[str]) -> int:
             api_key=args.api_key,
             max_retries=args.max_retries,
             heartbeat_interval=args.heartbeat_interval,
+            db_dsn=args.db_dsn,
+            job_timeout=args.job_timeout or None,
+            cleanup_retention=args.cleanup_retention,
             log_level=args.log_level,
         )
     )

@@ -210,3 +210,27 @@ class MasterClient:
 
     async def cancel_job(self, job_id: str) -> Job:
         return Job.from_json(await self._call("POST", f"/jobs/{job_id}/cancel"))
+
+    async def pause_job(self, job_id: str) -> Job:
+        """Hold a job out of the queue; a running one is stopped and will start again from scratch."""
+        return Job.from_json(await self._call("POST", f"/jobs/{job_id}/pause"))
+
+    async def resume_job(self, job_id: str) -> Job:
+        return Job.from_json(await self._call("POST", f"/jobs/{job_id}/resume"))
+
+    async def retry_job(self, job_id: str) -> Job:
+        """Queue a failed or canceled job again, with a fresh retry budget."""
+        return Job.from_json(await self._call("POST", f"/jobs/{job_id}/retry"))
+
+    async def job_logs(self, job_id: str) -> str:
+        """The encoder's stderr tail the job's last result carried."""
+        body = await self._call("GET", f"/jobs/{job_id}/logs")
+        return str(body.get("logs") or "") if isinstance(body, dict) else ""
+
+    async def delete_node(self, node_id: str) -> None:
+        """Forget a node; the jobs it held go back to the queue."""
+        await self._call("DELETE", f"/nodes/{node_id}")
+
+    async def drain_node(self, node_id: str) -> Node:
+        """Extension: the node finishes its running jobs and is given no more."""
+        return Node.from_json(await self._call("POST", f"/nodes/{node_id}/drain"))

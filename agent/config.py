@@ -17,6 +17,7 @@ __all__ = [
     "AgentConfig",
     "ConfigError",
     "MasterConfig",
+    "parse_days",
     "parse_duration",
 ]
 
@@ -60,6 +61,21 @@ def parse_duration(text: str) -> float:
     if seconds < 0:
         raise ConfigError(f"{text!r} is negative; a duration must be zero or more")
     return seconds
+
+
+def parse_days(text: str) -> float:
+    """A number of days, fractions allowed (``0.5`` is twelve hours); zero or more.
+
+    Raises:
+        ConfigError: the text is not a number, or is negative.
+    """
+    try:
+        days = float(text)
+    except ValueError:
+        raise ConfigError(f"{text!r} is not a number of days; write for example 7 or 0.5") from None
+    if not days >= 0:
+        raise ConfigError(f"{text!r} must be zero or more days")
+    return days
 
 
 def default_work_dir() -> Path:
@@ -109,7 +125,13 @@ class MasterConfig:
     port: int = 8080
     # SQLite file; "" keeps the store in memory (tests, the one-process mode).
     db: str = "master.db"
+    # PostgreSQL URL; when set it replaces ``db``, and several masters may share it.
+    db_dsn: str = attrs.field(default="", repr=False)
     api_key: str = ""
     max_retries: int = 3
     heartbeat_interval: float = 30.0
+    # Seconds a job may run when it sets no resource_limits.timeout_sec; None = no limit.
+    job_timeout: float | None = None
+    # Days finished jobs are kept; 0 keeps them for ever.
+    cleanup_retention: float = 7.0
     log_level: str = "info"

@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Sequence, TextIO
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TextIO
 
 import trio
 
@@ -92,14 +93,32 @@ async def _follow(client: MasterClient, job_id: str, args: argparse.Namespace, o
         await trio.sleep(FOLLOW_INTERVAL_S)
 
 
+async def _nodes_command(client: MasterClient, args: argparse.Namespace, out: TextIO) -> int:
+    if args.command == "delete":
+        await client.delete_node(args.node_id)
+        out.write(f"node {args.node_id} deleted; its jobs went back to the queue\n")
+        return 0
+    nodes = [await client.drain_node(args.node_id)] if args.command == "drain" else await client.list_nodes()
+    if args.output == "json":
+        out.write(json.dumps({"nodes": [n.to_json() for n in nodes], "count": len(nodes)}, indent=2) + "\n")
+    else:
+        out.write(format_table(NODE_COLUMNS, [_node_row(n) for n in nodes]) + "\n")
+    return 0
+
+
+def _job_actions(client: MasterClient) -> dict[str, Callable[[str], Awaitable[Job]]]:
+    """Commands that change one job and show it as it is afterwards."""
+    return {
+        "cancel": client.cancel_job,
+        "pause": client.pause_job,
+        "resume": client.resume_job,
+        "retry": client.retry_job,
+    }
+
+
 async def run_command(client: MasterClient, args: argparse.Namespace, out: TextIO) -> int:
     if args.role == "nodes":
-        nodes = await client.list_nodes()
-        if args.output == "json":
-            out.write(json.dumps({"nodes": [n.to_json() for n in nodes], "count": len(nodes)}, indent=2) + "\n")
-        else:
-            out.write(format_table(NODE_COLUMNS, [_node_row(n) for n in nodes]) + "\n")
-        return 0
+        return await _nodes_command(client, args, out)
     if args.command == "submit":
         request = submission(args)
         jobs = [await client.submit_job(request) for _ in range(args.count)]
@@ -108,8 +127,15 @@ async def run_command(client: MasterClient, args: argparse.Namespace, out: TextI
     if args.command == "list":
         _show_jobs(await client.list_jobs(args.status), args, out)
         return 0
-    if args.command == "cancel":
-        _show_jobs([await client.cancel_job(args.job_id)], args, out)
+    if action := _job_actions(client).get(args.command):
+        _show_jobs([await action(args.job_id)], args, out)
+        return 0
+    if args.command == "logs":
+        logs = await client.job_logs(args.job_id)
+        if args.output == "json":
+            out.write(json.dumps({"job_id": args.job_id, "logs": logs}) + "\n")
+        elif logs:
+            out.write(logs.rstrip("\n") + "\n")
         return 0
     # status
     if args.job_id is None:

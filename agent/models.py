@@ -14,12 +14,13 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import re
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import attrs
 import cattrs
 
 __all__ = [
+    "AgentEvent",
     "Engine",
     "FailureReason",
     "HeartbeatReply",
@@ -318,3 +319,34 @@ class JobProgress(_Wire):
     speed: float = 0.0
     bitrate_kbps: float = 0.0
     out_time_s: float = 0.0
+
+
+@attrs.define
+class AgentEvent(_Wire):
+    """Extension message of ``WS /nodes/{id}/events``, master to agent.
+
+    ``type`` stays a plain string: an agent ignores types it does not know, so
+    a newer master can add some.
+    """
+
+    JOB_AVAILABLE: ClassVar[str] = "job_available"
+    CANCEL: ClassVar[str] = "cancel"
+    DRAIN: ClassVar[str] = "drain"
+
+    type: str
+    job_id: str = ""
+
+    @classmethod
+    def job_available(cls) -> AgentEvent:
+        """Work is queued: an idle agent should claim now instead of at its next poll."""
+        return cls(type=cls.JOB_AVAILABLE)
+
+    @classmethod
+    def cancel(cls, job_id: str) -> AgentEvent:
+        """Stop this job: canceled, paused or timed out on the master, or leased elsewhere."""
+        return cls(type=cls.CANCEL, job_id=job_id)
+
+    @classmethod
+    def drain(cls) -> AgentEvent:
+        """Finish running jobs and claim no more."""
+        return cls(type=cls.DRAIN)

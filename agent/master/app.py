@@ -2,7 +2,9 @@
 
 Routes translate between JSON and the wire types, call one store method, and
 map the store's errors to statuses: :class:`~agent.master.store.NotFound` is
-404, :class:`~agent.master.scheduler.Conflict` is 409, a bad body is 400.
+404, :class:`~agent.master.scheduler.Conflict` is 409, a database failure
+(:class:`~agent.master.store.StoreError`) is 503, and a bad body is 400 — also
+a job an agent would reject as ``user_error`` (see :mod:`.validation`).
 Every error body is ``{"error": message}``, except the two 401 answers, which
 are plain text as the Go master writes them. The app runs on Trio (anyio under
 hypercorn), so the long-poll of ``GET /jobs/next`` waits with trio directly.
@@ -25,11 +27,13 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocket, WebSocketClose
 
 from ..config import MasterConfig
 from ..models import (
+    AgentEvent,
     HeartbeatReport,
     Job,
     JobProgress,
@@ -41,7 +45,10 @@ from ..models import (
     utcnow,
 )
 from . import scheduler
-from .store import NotFound, Store
+from .events import EventHub
+from .metrics import MasterMetrics
+from .store import NotFound, Store, StoreError
+from .validation import JobRejected, validate_request
 
 __all__ = ["MAX_BODY_BYTES", "MAX_LONG_POLL_S", "create_app"]
 
@@ -52,7 +59,8 @@ MAX_BODY_BYTES = 1024 * 1024
 # Longer than any agent asks for (20 s), shorter than proxies' idle timeouts (60 s).
 MAX_LONG_POLL_S = 30.0
 
-_NODE_STATUSES = ("available", "busy", "offline")
+# RFC 6455 close code for a refused client; the handshake then answers 403.
+_POLICY_VIOLATION = 1008
 _JOB_REQUEST_TYPES: dict[str, tuple[type, str]] = {
     "scenario": (str, "a string"),
     "confidence": (str, "a string"),
@@ -65,37 +73,46 @@ _JOB_REQUEST_TYPES: dict[str, tuple[type, str]] = {
 _W = TypeVar("_W")
 
 
-def create_app(store: Store, config: MasterConfig) -> Starlette:
+def create_app(store: Store, config: MasterConfig, hub: EventHub) -> Starlette:
     """The master's API over ``store``.
 
     Args:
         store: where jobs and nodes live; the app neither opens nor closes it.
         config: ``api_key`` (empty: no authentication, for a trusted network or
             the one-process mode) and ``max_retries`` for new jobs.
+        hub: the connected event channels; the app sends cancels and drains
+            through it, :func:`~agent.master.server.serve_master` the wake-ups.
 
     Returns:
         An ASGI app for hypercorn on Trio; :func:`~agent.master.server.serve_master` serves it.
     """
-    api = _Api(store, config)
-    routes = [
-        Route("/health", api.health, methods=["GET"]),
-        Route("/metrics", api.metrics, methods=["GET"]),
-        Route("/nodes", api.list_nodes, methods=["GET"]),
-        Route("/nodes/register", api.register_node, methods=["POST"]),
-        Route("/nodes/{node_id}", api.delete_node, methods=["DELETE"]),
-        Route("/nodes/{node_id}/heartbeat", api.heartbeat, methods=["POST"]),
-        Route("/jobs", api.list_jobs, methods=["GET"]),
-        Route("/jobs", api.submit_job, methods=["POST"]),
-        Route("/jobs/next", api.next_job, methods=["GET"]),
-        Route("/jobs/{ref}", api.get_job, methods=["GET"]),
-        Route("/jobs/{ref}/logs", api.job_logs, methods=["GET"]),
-        Route("/jobs/{ref}/progress", api.job_progress, methods=["POST"]),
-        Route("/jobs/{ref}/cancel", api.changer(_cancel_now), methods=["POST"]),
-        Route("/jobs/{ref}/pause", api.changer(lambda: scheduler.pause), methods=["POST"]),
-        Route("/jobs/{ref}/resume", api.changer(lambda: scheduler.resume), methods=["POST"]),
-        Route("/jobs/{ref}/retry", api.changer(lambda: scheduler.retry), methods=["POST"]),
-        Route("/results", api.record_result, methods=["POST"]),
+    api = _Api(store, config, hub)
+    timed = api.metrics.timed
+    http_routes: list[tuple[str, str, Callable[[Request], Awaitable[Response]]]] = [
+        ("GET", "/health", api.health),
+        ("GET", "/metrics", api.export_metrics),
+        ("GET", "/nodes", api.list_nodes),
+        ("POST", "/nodes/register", api.register_node),
+        ("DELETE", "/nodes/{node_id}", api.delete_node),
+        ("POST", "/nodes/{node_id}/heartbeat", api.heartbeat),
+        ("POST", "/nodes/{node_id}/drain", api.drain_node),
+        ("GET", "/jobs", api.list_jobs),
+        ("POST", "/jobs", api.submit_job),
+        ("GET", "/jobs/next", api.next_job),
+        ("GET", "/jobs/{ref}", api.get_job),
+        ("GET", "/jobs/{ref}/logs", api.job_logs),
+        ("POST", "/jobs/{ref}/progress", api.job_progress),
+        ("POST", "/jobs/{ref}/cancel", api.changer(_cancel_now)),
+        ("POST", "/jobs/{ref}/pause", api.changer(lambda: scheduler.pause)),
+        ("POST", "/jobs/{ref}/resume", api.changer(lambda: scheduler.resume)),
+        ("POST", "/jobs/{ref}/retry", api.changer(lambda: scheduler.retry)),
+        ("POST", "/results", api.record_result),
     ]
+    routes: list[BaseRoute] = [
+        Route(path, timed(method, path, endpoint), methods=[method])
+        for method, path, endpoint in http_routes
+    ]
+    routes.append(WebSocketRoute("/nodes/{node_id}/events", api.events))
     middleware = [Middleware(_BearerAuth, api_key=config.api_key)] if config.api_key else []
     return Starlette(
         routes=routes,
@@ -104,6 +121,7 @@ def create_app(store: Store, config: MasterConfig) -> Starlette:
             HTTPException: _http_error,
             NotFound: partial(_error_response, 404),
             scheduler.Conflict: partial(_error_response, 409),
+            StoreError: partial(_error_response, 503),
         },
     )
 
@@ -136,26 +154,33 @@ class _BearerAuth:
     """Require ``Authorization: Bearer <api key>`` on every route but ``/health``.
 
     ``/health`` stays open so load balancers and orchestrators can probe without the key.
+    A websocket without the key is refused before its handshake completes (HTTP 403).
     """
 
     def __init__(self, app: ASGIApp, api_key: str) -> None:
         self._app = app
         self._key = api_key.encode()
 
+    def _problem(self, scope: Scope) -> str:
+        """Why the request may not pass, or ``""`` when it may."""
+        header = Headers(scope=scope).get("authorization")
+        if header is None:
+            return "Missing Authorization header"
+        scheme, _, token = header.partition(" ")
+        valid = scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self._key)
+        return "" if valid else "Invalid API key"
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] != "/health":
-            header = Headers(scope=scope).get("authorization")
-            if header is None:
-                await _go_http_error("Missing Authorization header", 401)(scope, receive, send)
-                return
-            scheme, _, token = header.partition(" ")
-            valid = scheme.lower() == "bearer" and hmac.compare_digest(
-                token.strip().encode(), self._key
-            )
-            if not valid:
-                await _go_http_error("Invalid API key", 401)(scope, receive, send)
-                return
-        await self._app(scope, receive, send)
+        guarded = scope["type"] == "websocket" or (
+            scope["type"] == "http" and scope["path"] != "/health"
+        )
+        problem = self._problem(scope) if guarded else ""
+        if problem and scope["type"] == "websocket":
+            await WebSocketClose(code=_POLICY_VIOLATION, reason=problem)(scope, receive, send)
+        elif problem:
+            await _go_http_error(problem, 401)(scope, receive, send)
+        else:
+            await self._app(scope, receive, send)
 
 
 async def _read_body(request: Request) -> bytes:
@@ -228,53 +253,21 @@ async def _wait_for_job(receive: Receive, available: trio.Event, deadline: float
     return not client_left
 
 
-class _Metrics:
-    """The master's own Prometheus registry: an embedded master and agent in one process
-    must not collide in the global one."""
-
-    def __init__(self) -> None:
-        self.registry = prometheus_client.CollectorRegistry()
-        self.jobs = prometheus_client.Gauge(
-            "ffrtmp_master_jobs",
-            "Jobs in the master's store by status.",
-            ["status"],
-            registry=self.registry,
-        )
-        self.nodes = prometheus_client.Gauge(
-            "ffrtmp_master_nodes",
-            "Registered nodes by status.",
-            ["status"],
-            registry=self.registry,
-        )
-        self.results = prometheus_client.Counter(
-            "ffrtmp_master_results",
-            "Worker results by what they did to the job.",
-            ["outcome"],
-            registry=self.registry,
-        )
-
-
 class _Api:
     """Route handlers over one store."""
 
-    def __init__(self, store: Store, config: MasterConfig) -> None:
+    def __init__(self, store: Store, config: MasterConfig, hub: EventHub) -> None:
         self._store = store
         self._config = config
-        self._metrics = _Metrics()
+        self._hub = hub
+        self.metrics = MasterMetrics()
 
     async def health(self, request: Request) -> Response:
         return JSONResponse({"status": "healthy"})
 
-    async def metrics(self, request: Request) -> Response:
-        counts = await self._store.counts()
-        for status in JobStatus:
-            self._metrics.jobs.labels(status.value).set(counts.jobs.get(status.value, 0))
-        for node_status in {*_NODE_STATUSES, *counts.nodes}:
-            self._metrics.nodes.labels(node_status).set(counts.nodes.get(node_status, 0))
-        return Response(
-            prometheus_client.generate_latest(self._metrics.registry),
-            media_type=prometheus_client.CONTENT_TYPE_LATEST,
-        )
+    async def export_metrics(self, request: Request) -> Response:
+        self.metrics.record_counts(await self._store.counts(), self._hub.connected)
+        return Response(self.metrics.exposition(), media_type=prometheus_client.CONTENT_TYPE_LATEST)
 
     # --- nodes -------------------------------------------------------------------
 
@@ -308,10 +301,39 @@ class _Api:
         log.info("Node %s deleted; its jobs went back to the queue", node_id)
         return JSONResponse({"status": "deleted", "node_id": node_id})
 
+    async def drain_node(self, request: Request) -> Response:
+        """Extension: the node finishes its jobs and gets no more, told by event or heartbeat."""
+        node = await self._store.drain_node(request.path_params["node_id"])
+        self._hub.send(node.id, AgentEvent.drain())
+        log.info("Node %s (%s) is draining", node.address, node.id)
+        return JSONResponse(node.to_json())
+
+    async def events(self, websocket: WebSocket) -> None:
+        """Extension ``WS /nodes/{id}/events``: push events until the node hangs up."""
+        node_id = websocket.path_params["node_id"]
+        await websocket.accept()
+        log.debug("Node %s opened its event channel", node_id)
+        with self._hub.subscribe(node_id) as events:
+            async with trio.open_nursery() as nursery:
+
+                async def until_closed() -> None:
+                    while (await websocket.receive())["type"] != "websocket.disconnect":
+                        pass
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(until_closed)
+                async for event in events:
+                    await websocket.send_json(event.to_json())
+        log.debug("Node %s closed its event channel", node_id)
+
     # --- jobs --------------------------------------------------------------------
 
     async def submit_job(self, request: Request) -> Response:
         job_request = _job_request(await _read_json(request))
+        try:
+            validate_request(job_request)
+        except JobRejected as exc:
+            raise HTTPException(400, str(exc)) from None
         job = await self._store.submit(job_request, self._config.max_retries)
         log.info("Job %s submitted (#%d, scenario: %s)", job.id, job.sequence_number, job.scenario)
         return JSONResponse(job.to_json(), status_code=201)
@@ -334,6 +356,15 @@ class _Api:
         job = await self._store.get_job(request.path_params["ref"])
         return JSONResponse({"job_id": job.id, "logs": job.logs})
 
+    async def _claim(self, node_id: str) -> Job | None:
+        try:
+            job = await self._store.claim(node_id)
+        except NotFound:
+            self.metrics.claims.labels("unknown_node").inc()
+            raise
+        self.metrics.claims.labels("empty" if job is None else "leased").inc()
+        return job
+
     async def next_job(self, request: Request) -> Response:
         """Lease the next job; with ``wait=N``, hold the request up to N s for a submit."""
         node_id = request.query_params.get("node_id", "")
@@ -347,7 +378,7 @@ class _Api:
         while True:
             # Taken before the claim, so a submit between the two still wakes us.
             available = self._store.job_available
-            job = await self._store.claim(node_id)
+            job = await self._claim(node_id)
             if job is not None or trio.current_time() >= deadline:
                 break
             if not await _wait_for_job(request.receive, available, deadline):
@@ -365,10 +396,16 @@ class _Api:
     def changer(
         self, rule: Callable[[], Callable[[Job], Job]]
     ) -> Callable[[Request], Awaitable[Response]]:
-        """A POST route applying one operator action; ``rule()`` runs per request, for its clock."""
+        """A POST route applying one operator action; ``rule()`` runs per request, for its clock.
+
+        A node that was running the job and no longer holds it is told at once
+        over its event channel (and by its next heartbeat in any case).
+        """
 
         async def change(request: Request) -> Response:
-            job = await self._store.change_job(request.path_params["ref"], rule())
+            before, job = await self._store.change_job(request.path_params["ref"], rule())
+            if before.status is JobStatus.PROCESSING and job.status is not JobStatus.PROCESSING:
+                self._hub.send(before.node_id, AgentEvent.cancel(job.id))
             log.info("Job %s is now %s", job.id, job.status.value)
             return JSONResponse(job.to_json())
 
@@ -383,13 +420,13 @@ class _Api:
         try:
             outcome = await self._store.record_result(result)
         except scheduler.Conflict:
-            self._metrics.results.labels("rejected").inc()
+            self.metrics.results.labels("rejected").inc()
             raise
         if outcome.changed:
             label = (
                 outcome.ack.status if outcome.ack.status == "retrying" else outcome.job.status.value
             )
-            self._metrics.results.labels(label).inc()
+            self.metrics.results.labels(label).inc()
             log.info(
                 "Result for job %s from node %s: %s -> %s%s",
                 result.job_id,

@@ -1,7 +1,8 @@
-"""Running the master: the store, hypercorn serving the app, and the offline-node sweep."""
+"""Running the master: the store, hypercorn serving the app, push wake-ups and housekeeping."""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import signal
 from functools import partial
@@ -12,35 +13,57 @@ import hypercorn.trio
 import trio
 
 from ..config import MasterConfig
+from ..models import AgentEvent, utcnow
 from .app import create_app
+from .events import EventHub
 from .scheduler import OFFLINE_AFTER_BEATS
 from .store import Store, StoreError, open_store
 
 if TYPE_CHECKING:
     from hypercorn.typing import ASGIFramework
 
-__all__ = ["run_master", "serve_master", "sweep_offline_nodes"]
+__all__ = ["keep_house", "run_master", "serve_master"]
 
 log = logging.getLogger("agent.master")
+
 
 def _bind(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-async def sweep_offline_nodes(store: Store, heartbeat_interval: float) -> None:
-    """Mark nodes offline after :data:`OFFLINE_AFTER_BEATS` missed heartbeats; runs until cancelled.
+async def keep_house(store: Store, hub: EventHub, config: MasterConfig) -> None:
+    """Mark silent nodes offline, time out overdue jobs, delete old ones; runs until cancelled.
 
-    Checking every half interval bounds the delay past the deadline to half a beat.
+    Checking every half heartbeat interval bounds the delay past a node's
+    deadline to half a beat. A node offline after :data:`OFFLINE_AFTER_BEATS`
+    missed beats gets its jobs requeued; a job past its timeout by one more
+    beat (the agent's own ``timeout`` result had that long to arrive) is failed
+    on the master and its node told to stop it. A database error skips one
+    round, so a database restart does not take the master down.
     """
     while True:
-        await trio.sleep(heartbeat_interval / 2)
-        for node in await store.mark_silent_nodes_offline(heartbeat_interval):
-            log.warning(
-                "Node %s (%s) silent for %d heartbeats: offline, its jobs went back to the queue",
-                node.address,
-                node.id,
-                OFFLINE_AFTER_BEATS,
-            )
+        await trio.sleep(config.heartbeat_interval / 2)
+        try:
+            await _sweep(store, hub, config)
+        except StoreError as exc:
+            log.warning("Housekeeping skipped: %s", exc)
+
+
+async def _sweep(store: Store, hub: EventHub, config: MasterConfig) -> None:
+    for node in await store.mark_silent_nodes_offline(config.heartbeat_interval):
+        log.warning(
+            "Node %s (%s) silent for %d heartbeats: offline, its jobs went back to the queue",
+            node.address,
+            node.id,
+            OFFLINE_AFTER_BEATS,
+        )
+    for before, after in await store.expire_overdue_jobs(config.job_timeout, config.heartbeat_interval):
+        hub.send(before.node_id, AgentEvent.cancel(before.id))
+        log.warning("Job %s timed out on the master (now %s): %s", after.id, after.status.value, after.error)
+    if config.cleanup_retention > 0:
+        cutoff = utcnow() - dt.timedelta(days=config.cleanup_retention)
+        if deleted := await store.delete_finished_before(cutoff):
+            log.info("Deleted %d jobs finished over %g days ago", deleted, config.cleanup_retention)
 
 
 async def serve_master(
@@ -48,9 +71,10 @@ async def serve_master(
 ) -> None:
     """Serve the master's API on ``config.host:config.port`` until cancelled.
 
-    Opens the store (``config.db``; ``""`` in memory), serves the app with
-    hypercorn, and sweeps silent nodes offline. The store is closed on the way
-    out, also when cancelled.
+    Opens the store (``config.db_dsn`` on PostgreSQL, else SQLite at
+    ``config.db``; ``""`` in memory), serves the app with hypercorn, pushes
+    wake-ups to connected agents and keeps house (:func:`keep_house`). The
+    store is closed on the way out, also when cancelled.
 
     Args:
         config: the master's settings; ``port=0`` picks a free port.
@@ -68,12 +92,14 @@ async def serve_master(
     http = hypercorn.Config()
     http.bind = [_bind(config.host, config.port)]
     http.errorlog = logging.getLogger("agent.master.http")
-    async with open_store(config.db) as store:
-        app = create_app(store, config)
+    async with open_store(config.db, dsn=config.db_dsn) as store:
+        hub = EventHub()
+        app = create_app(store, config, hub)
         async with trio.open_nursery() as nursery:
             asgi = cast("ASGIFramework", app)  # Starlette is one; its annotations differ
             urls: list[str] = await nursery.start(partial(hypercorn.trio.serve, asgi, http))
-            nursery.start_soon(sweep_offline_nodes, store, config.heartbeat_interval)
+            await nursery.start(hub.serve_wake_ups, store)
+            nursery.start_soon(keep_house, store, hub, config)
             task_status.started(urls[0])
 
 

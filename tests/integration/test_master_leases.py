@@ -87,7 +87,7 @@ async def test_long_pollers_woken_by_submits_claim_each_job_once(nursery: trio.N
             for burst in range(10):
                 async with trio.open_nursery() as posts:
                     for _ in range(JOBS // 10):
-                        posts.start_soon(partial(http.post, "/jobs", json={"scenario": "x"}))
+                        posts.start_soon(partial(http.post, "/jobs", json={"scenario": "144p30-h264"}))
                 await trio.sleep(0.02 * burst)
 
         with trio.fail_after(15):

@@ -1,0 +1,77 @@
+"""The event channel (``WS /nodes/{id}/events``): the master pushes wake-ups, cancels and drains.
+
+Events are a bonus on top of polling and heartbeats, never the only way a
+node learns something: a node that is not connected, or misses an event,
+still gets the job on its next claim and the cancel on its next heartbeat. So
+the hub never waits for a slow client: each connection has a small buffer,
+and when it is full the event is dropped for that client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+
+import trio
+
+from ..models import AgentEvent
+from .store import Store
+
+__all__ = ["EventHub"]
+
+log = logging.getLogger("agent.master")
+
+# Events waiting per connection; a client this far behind reads from a dead socket.
+BUFFER = 16
+
+
+class EventHub:
+    """The connected nodes, and the events to send them."""
+
+    def __init__(self) -> None:
+        self._clients: dict[str, set[trio.MemorySendChannel[AgentEvent]]] = {}
+
+    @property
+    def connected(self) -> int:
+        """Open event connections, for the master's metrics."""
+        return sum(len(channels) for channels in self._clients.values())
+
+    @contextlib.contextmanager
+    def subscribe(self, node_id: str) -> Iterator[trio.MemoryReceiveChannel[AgentEvent]]:
+        """The events for ``node_id`` while the block runs (one per websocket connection)."""
+        send, receive = trio.open_memory_channel[AgentEvent](BUFFER)
+        self._clients.setdefault(node_id, set()).add(send)
+        try:
+            with send, receive:
+                yield receive
+        finally:
+            channels = self._clients[node_id]
+            channels.discard(send)
+            if not channels:
+                del self._clients[node_id]
+
+    def send(self, node_id: str, event: AgentEvent) -> None:
+        """Queue ``event`` for every connection of ``node_id``; a no-op if it has none."""
+        for channel in self._clients.get(node_id, ()):
+            try:
+                channel.send_nowait(event)
+            except trio.WouldBlock:
+                log.debug("event %s for node %s dropped: its connection is not reading", event, node_id)
+
+    def broadcast(self, event: AgentEvent) -> None:
+        for node_id in list(self._clients):
+            self.send(node_id, event)
+
+    async def serve_wake_ups(
+        self, store: Store, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Tell every connected node when a job becomes pending; runs until cancelled.
+
+        The store rings for jobs queued through this master and, on PostgreSQL,
+        through any other, so an agent connected here hears of them all.
+        """
+        task_status.started()
+        while True:
+            await store.job_available.wait()
+            self.broadcast(AgentEvent.job_available())
