@@ -1,0 +1,148 @@
+"""The event channel end to end: the master's hub and the agent's listener over a real websocket.
+
+Network rules: servers bind 127.0.0.1 port 0 (a restarted one reuses its port)
+and are cancelled at the end of each test; every test has a timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import urllib.parse
+from functools import partial
+from typing import Any
+
+import httpx
+import hypercorn
+import hypercorn.trio
+import pytest
+import trio
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from agent.config import MasterConfig
+from agent.master.server import serve_master
+from agent.models import AgentEvent
+from agent.worker.backoff import Backoff
+from agent.worker.events import events_url, listen_events
+
+pytestmark = pytest.mark.timeout(20)
+
+KEY = "s3cret-key"
+
+
+class Inbox:
+    """What the listener delivered, with a way to wait for the next one."""
+
+    def __init__(self) -> None:
+        self.events: list[AgentEvent] = []
+        self._changed = trio.Event()
+
+    def __call__(self, event: AgentEvent) -> None:
+        self.events.append(event)
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_for(self, wanted: AgentEvent, after: int = 0) -> None:
+        with trio.fail_after(5):
+            while wanted not in self.events[after:]:
+                await self._changed.wait()
+
+
+async def start_master(nursery: trio.Nursery, **fields: Any) -> str:
+    fields = {"host": "127.0.0.1", "port": 0, "db": "", **fields}
+    url: str = await nursery.start(serve_master, MasterConfig(**fields))
+    return url
+
+
+async def register(http: httpx.AsyncClient) -> str:
+    node_id: str = (await http.post("/nodes/register", json={"address": "w:1"})).json()["id"]
+    return node_id
+
+
+async def connected(http: httpx.AsyncClient) -> None:
+    """Until the master counts one open event channel."""
+    with trio.fail_after(5):
+        while "ffrtmp_master_event_connections 1.0" not in (await http.get("/metrics")).text:
+            await trio.sleep(0.01)
+
+
+def test_the_events_url_follows_the_master_url() -> None:
+    """ws for http, wss for https, a path prefix kept, the node id quoted."""
+    assert events_url("http://m:8080", "n1") == "ws://m:8080/nodes/n1/events"
+    assert events_url("https://m/farm/", "a b") == "wss://m/farm/nodes/a%20b/events"
+
+
+async def test_submits_cancels_and_drains_reach_the_node(nursery: trio.Nursery) -> None:
+    """A wake-up on connect and per submit; a cancel names the job; a drain comes through."""
+    url = await start_master(nursery)
+    inbox = Inbox()
+    async with httpx.AsyncClient(base_url=url) as http:
+        node_id = await register(http)
+        nursery.start_soon(listen_events, url, node_id, inbox)
+        await inbox.wait_for(AgentEvent.job_available())
+        await connected(http)
+        seen = len(inbox.events)
+        await http.post("/jobs", json={"scenario": "144p30-h264"})
+        await inbox.wait_for(AgentEvent.job_available(), after=seen)
+        job = (await http.get("/jobs/next", params={"node_id": node_id})).json()["job"]
+        await http.post(f"/jobs/{job['id']}/pause")
+        await inbox.wait_for(AgentEvent.cancel(job["id"]))
+        await http.post(f"/nodes/{node_id}/drain")
+        await inbox.wait_for(AgentEvent.drain())
+        nodes = (await http.get("/nodes")).json()["nodes"]
+    assert nodes[0]["status"] == "draining"
+
+
+async def test_the_api_key_goes_in_the_handshake(nursery: trio.Nursery, caplog: pytest.LogCaptureFixture) -> None:
+    """With the key the channel opens; without it the handshake is refused and the listener ends."""
+    url = await start_master(nursery, api_key=KEY)
+    inbox = Inbox()
+    headers = {"Authorization": f"Bearer {KEY}"}
+    async with httpx.AsyncClient(base_url=url, headers=headers) as http:
+        node_id = await register(http)
+        nursery.start_soon(partial(listen_events, url, node_id, inbox, api_key=KEY))
+        await inbox.wait_for(AgentEvent.job_available())
+        caplog.set_level(logging.INFO, logger="agent.worker.events")
+        with trio.fail_after(5):
+            await listen_events(url, node_id, inbox)  # no key: returns
+    assert [r.message for r in caplog.records if "no event channel" in r.message] == [
+        f"The master has no event channel ({events_url(url, node_id)} answered 403); it will not push events"
+    ]
+
+
+async def test_a_master_without_the_channel_is_noted_once_and_left_alone(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Against an app with no websocket route the listener returns after one info line."""
+    plain = Starlette(routes=[Route("/health", lambda request: JSONResponse({"status": "healthy"}))])
+    config = hypercorn.Config()
+    config.bind = ["127.0.0.1:0"]
+    [url] = await nursery.start(partial(hypercorn.trio.serve, plain, config))  # type: ignore[arg-type]
+    caplog.set_level(logging.INFO, logger="agent.worker.events")
+    inbox = Inbox()
+    with trio.fail_after(5):
+        await listen_events(url, "n1", inbox)
+    assert inbox.events == []
+    assert len([r for r in caplog.records if "no event channel" in r.message]) == 1
+
+
+async def test_a_broken_channel_is_opened_again_with_a_wake_up() -> None:
+    """The master restarts on the same port: the listener reconnects and reports a job_available."""
+    inbox = Inbox()
+    async with trio.open_nursery() as outer:
+        async with trio.open_nursery() as first:
+            url = await start_master(first)
+            async with httpx.AsyncClient(base_url=url) as http:
+                node_id = await register(http)
+            fast = Backoff(base=0.05, cap=0.2)
+            outer.start_soon(partial(listen_events, url, node_id, inbox, backoff=fast))
+            await inbox.wait_for(AgentEvent.job_available())
+            first.cancel_scope.cancel()
+        seen = len(inbox.events)
+        port = urllib.parse.urlsplit(url).port
+        async with trio.open_nursery() as second:
+            await start_master(second, port=port)
+            await inbox.wait_for(AgentEvent.job_available(), after=seen)
+            second.cancel_scope.cancel()
+        outer.cancel_scope.cancel()
