@@ -27,6 +27,7 @@ from .models import Job
 __all__ = [
     "CODECS",
     "DEFAULT_DURATION_S",
+    "HARDWARE_CHOICES",
     "VP9_PRESETS",
     "EncodeSpec",
     "JobRejected",
@@ -80,6 +81,11 @@ _PRESETS: dict[str, tuple[str, ...]] = {
 # veryfast keeps a 1080p30 encode real-time on a few cores: a farm's default
 # must not make live jobs fall behind.
 _DEFAULT_PRESET = "veryfast"
+
+# "auto" uses a hardware encoder for the codec when the worker detected one
+# (and falls back to software if it fails); "none" insists on software; a
+# vendor name asks for that vendor's encoder, else software.
+HARDWARE_CHOICES = ("auto", "none", "nvenc", "qsv", "vaapi")
 
 _MIN_WIDTH, _MAX_WIDTH = 16, 7680
 _MIN_HEIGHT, _MAX_HEIGHT = 16, 4320
@@ -183,7 +189,9 @@ class EncodeSpec:
 
     ``input`` is ``""`` when the worker should generate a test input, an
     absolute path inside an allowed input directory, or a URL. ``output_name``
-    is a bare file name the runner places in its work directory.
+    is a bare file name; ``output_dir`` is ``""`` for the runner's per-job
+    directory in its work dir, or an absolute directory inside the one the
+    operator allowed with ``--output-dir``.
     """
 
     scenario: str
@@ -198,9 +206,11 @@ class EncodeSpec:
     input: str
     output_name: str
     output_mode: OutputMode
+    hardware: str
     rtmp_url: str
     timeout_sec: float | None
     realtime: bool
+    output_dir: str = ""
 
     @property
     def bitrate_kbps(self) -> int:
@@ -231,7 +241,13 @@ def default_bitrate(width: int, height: int, fps: float, codec: str) -> str:
     return f"{int(round(kbps / 50) * 50)}k"
 
 
-def build_spec(job: Job, *, input_dirs: Sequence[Path] = (), default_rtmp_host: str = "localhost") -> EncodeSpec:
+def build_spec(
+    job: Job,
+    *,
+    input_dirs: Sequence[Path] = (),
+    output_dir: Path | None = None,
+    default_rtmp_host: str = "localhost",
+) -> EncodeSpec:
     """Apply a job's parameters over its scenario and validate every value.
 
     Unknown parameter keys are ignored, so a newer master can send more; a known
@@ -242,6 +258,10 @@ def build_spec(job: Job, *, input_dirs: Sequence[Path] = (), default_rtmp_host: 
         input_dirs: directories a local ``input`` path may resolve into; empty
             (the default) allows no local inputs at all, only generated ones
             and URLs, because a job must not read arbitrary files of the worker.
+        output_dir: the directory the operator lets jobs write into; a job's
+            ``output`` may then be a path inside it, and outputs default to
+            ``<output_dir>/<job id>/``. None (the default) keeps every output
+            in the runner's work dir, under a plain file name.
         default_rtmp_host: host of the default RTMP URL; the original agent
             streams to the master's host.
 
@@ -272,6 +292,7 @@ def build_spec(job: Job, *, input_dirs: Sequence[Path] = (), default_rtmp_host: 
     # Streaming is real-time by nature; a file job runs as fast as it can unless asked.
     realtime = _bool("realtime", params["realtime"]) if given("realtime") else output_mode == "rtmp"
     timeout_sec = _timeout(params["resource_limits"]) if given("resource_limits") else None
+    hardware = _hardware(params["hardware"]) if given("hardware") else "auto"
 
     safe_id = re.sub(r"[^A-Za-z0-9_.-]", "_", job.id).lstrip(".-")[:100] or "job"
     if output_mode == "rtmp":
@@ -281,7 +302,12 @@ def build_spec(job: Job, *, input_dirs: Sequence[Path] = (), default_rtmp_host: 
             rtmp_url = f"{rtmp_url.rstrip('/')}/{stream_key}"
     else:
         rtmp_url = ""
-    output_name = _output(params["output"]) if given("output") else f"{safe_id}.{_container(codec, output_mode)}"
+    default_name = f"{safe_id}.{_container(codec, output_mode)}"
+    if output_dir is None:
+        out_dir, output_name = "", _output(params["output"]) if given("output") else default_name
+    else:
+        target = params["output"] if given("output") else f"{safe_id}/{default_name}"
+        out_dir, output_name = _output_in(target, Path(output_dir), safe_id)
 
     return EncodeSpec(
         scenario=job.scenario,
@@ -296,9 +322,11 @@ def build_spec(job: Job, *, input_dirs: Sequence[Path] = (), default_rtmp_host: 
         input=input_,
         output_name=output_name,
         output_mode=output_mode,
+        hardware=hardware,
         rtmp_url=rtmp_url,
         timeout_sec=timeout_sec,
         realtime=realtime,
+        output_dir=out_dir,
     )
 
 
@@ -425,6 +453,45 @@ def _output(value: Any) -> str:
             "not starting with '.' or '-', no '/' and no '..'",
         )
     return name
+
+
+def _output_in(value: Any, root: Path, safe_id: str) -> tuple[str, str]:
+    """A path inside the operator's output directory, as (directory, file name).
+
+    A plain name goes into ``<root>/<job id>/``; a relative path is taken from
+    ``root``; an absolute one must already be inside it. Each part must be a
+    plain name, and the resolved result (symlinks followed) must stay in ``root``.
+    """
+    text = _text("output", value, 1024)
+    path = Path(text)
+    resolved_root = root.resolve()
+    if not path.is_absolute() and len(path.parts) == 1:
+        path = Path(safe_id) / path
+    relative = path if not path.is_absolute() else _relative_to(path, root, resolved_root)
+    if relative is None or not all(_FILE_NAME.fullmatch(p) and ".." not in p for p in relative.parts):
+        raise JobRejected(
+            "output",
+            f"{_shown(value)} must be a file name or a path inside {str(root)!r} made of plain names "
+            "(letters, digits, '_', '.', '-'; no '..', not starting with '.' or '-')",
+        )
+    final = (resolved_root / relative).resolve()
+    if not final.is_relative_to(resolved_root) or final == resolved_root:
+        raise JobRejected("output", f"{_shown(value)} leads outside the output directory {str(root)!r}")
+    return str(final.parent), final.name
+
+
+def _relative_to(path: Path, *roots: Path) -> Path | None:
+    for root in roots:
+        if path.is_relative_to(root):
+            return path.relative_to(root)
+    return None
+
+
+def _hardware(value: Any) -> str:
+    choice = _text("hardware", value, 16).lower()
+    if choice not in HARDWARE_CHOICES:
+        raise JobRejected("hardware", f"{_shown(value)} must be one of {', '.join(HARDWARE_CHOICES)}")
+    return choice
 
 
 def _stream_key(value: Any) -> str:

@@ -6,6 +6,11 @@ them over in chunks that may split a line anywhere, even inside a UTF-8
 sequence, so :class:`ProgressParser` keeps the unfinished line between feeds.
 Values FFmpeg does not know yet are ``N/A``; they read as zero.
 
+GStreamer's equivalent is the ``progressreport`` element, whose lines
+(``progressreport0 (00:00:01): 3 / 10 seconds (30.0 %)``) carry only the
+position, in whole seconds; the same parser turns each into a snapshot, so
+one reader serves both engines.
+
 Plain code: the job runner feeds it what it reads from the encoder's stdout.
 """
 
@@ -25,6 +30,7 @@ log = logging.getLogger(__name__)
 # not progress output, and keeping it would let a broken encoder fill memory.
 MAX_LINE_BYTES = 4096
 
+_GST_REPORT = re.compile(r"^progressreport\d*\s*\([\d: ]+\):\s*(\d+) / -?\d+ seconds\b")
 _CLOCK = re.compile(r"^(-)?(\d+):(\d{2}):(\d{2}(?:\.\d+)?)$")
 
 
@@ -111,7 +117,7 @@ class ProgressParser:
         """The last completed block, or None before the first one."""
         return self._latest
 
-    def feed(self, data: bytes) -> list[ProgressSnapshot]:
+    def feed(self, data: bytes | bytearray) -> list[ProgressSnapshot]:
         """Consume a chunk; return the blocks it completed, oldest first (often none)."""
         lines = (self._partial + data).split(b"\n")
         self._partial = lines.pop()
@@ -120,8 +126,11 @@ class ProgressParser:
             self._partial = b""
         snapshots = []
         for raw in lines:
-            key, sep, value = raw.decode("utf-8", "replace").strip().partition("=")
+            line = raw.decode("utf-8", "replace").strip()
+            key, sep, value = line.partition("=")
             if not sep:
+                if gst := _GST_REPORT.match(line):
+                    snapshots.append(ProgressSnapshot(out_time_s=float(gst[1])))
                 continue
             self._fields[key.strip()] = value.strip()
             if key.strip() == "progress":

@@ -12,6 +12,7 @@ import pytest
 from agent.models import Job
 from agent.scenarios import EncodeSpec, build_spec
 from agent.worker.engines import ffmpeg as ff
+from agent.worker.engines.hwaccel import HardwareEncoder
 
 
 def spec_for(scenario: str = "720p30-h264", **params: Any) -> EncodeSpec:
@@ -49,6 +50,25 @@ def test_realtime_reads_the_input_at_native_rate_before_opening_it() -> None:
     argv = ff.encode_argv("ffmpeg", spec_for(realtime=True), "in.mp4", "out.mp4")
     assert argv.index("-re") < argv.index("-i")
     assert "-re" not in ff.encode_argv("ffmpeg", spec_for(), "in.mp4", "out.mp4")
+
+
+@pytest.mark.parametrize(("vendor", "device_flags", "filters"), [
+    ("nvenc", [], "fps=30,scale=1280:720"),
+    ("vaapi", ["-vaapi_device", "/dev/dri/renderD128"], "fps=30,scale=1280:720,format=nv12,hwupload"),
+    ("qsv", ["-init_hw_device", "qsv=hw", "-filter_hw_device", "hw"],
+     "fps=30,scale=1280:720,format=nv12,hwupload=extra_hw_frames=64"),
+])
+def test_a_hardware_encoder_opens_its_device_and_uploads_frames(
+    vendor: str, device_flags: list[str], filters: str
+) -> None:
+    """The device comes before the input, the upload ends the filters, and software presets are left out."""
+    hardware = HardwareEncoder(vendor, "h265")
+    argv = ff.encode_argv("ffmpeg", spec_for("720p30-h265"), "in.mp4", "out.mp4", hardware=hardware)
+    assert argv[argv.index("-nostats") + 1 : argv.index("-i")] == device_flags
+    assert (option(argv, "-vf"), option(argv, "-c:v")) == (filters, hardware.name)
+    assert option(argv, "-tag:v") == "hvc1"
+    assert "-preset" not in argv and "-x265-params" not in argv
+    assert ("-pix_fmt" in argv) is (vendor == "nvenc"), "uploaded frames keep the device's format"
 
 
 def test_rtmp_streams_flv_to_the_url() -> None:
@@ -164,6 +184,15 @@ def test_the_input_stream_line_gives_codec_size_rate_and_duration() -> None:
     """Only the input section counts: the output section repeats the stream with other values."""
     info = ff.parse_media_info(H264_LOG, progress_out_time=0.96, size_bytes=123)
     assert info == ff.MediaInfo(codec="h264", width=320, height=240, fps=30.0, duration=1.0, size_bytes=123)
+
+
+def test_the_first_audio_stream_is_named() -> None:
+    """A file with sound says which codec it has; one without says nothing."""
+    with_audio = H264_LOG.replace(
+        "Stream mapping:", "  Stream #0:1[0x2](und): Audio: aac (LC) (mp4a / 0x6134706D), 44100 Hz\nStream mapping:"
+    )
+    info = ff.parse_media_info(with_audio, progress_out_time=1.0, size_bytes=1)
+    assert info is not None and info.audio_codec == "aac"
 
 
 def test_without_a_duration_header_the_copied_length_counts() -> None:

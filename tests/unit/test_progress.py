@@ -163,3 +163,21 @@ def test_percent_is_clamped_and_100_when_done(
     """Progress never leaves 0..100 and a finished encode is complete."""
     snapshot = ProgressSnapshot(out_time_s=out_time_s, done=done)
     assert percent(snapshot, duration_s) == pytest.approx(expected)
+
+
+# What gst-launch-1.0 1.22 prints with `progressreport update-freq=1` after an encoder.
+GST_SAMPLE = b"""Setting pipeline to PLAYING ...
+progressreport0 ( 0: 0: 0): Could not query position and/or duration
+progressreport0 (00:00:01): 0 / 2 seconds ( 0.0 %)
+progressreport0 (00:00:02): 1 / 2 seconds (50.0 %)
+progressreport0 (00:00:02): 2 / 2 seconds (100.0 %)
+Got EOS from element "pipeline0".
+"""
+
+
+def test_gstreamer_progressreport_lines_give_the_position_in_seconds() -> None:
+    """One snapshot per report line; the line without a position and the rest of the log are ignored."""
+    parser = ProgressParser()
+    snapshots = [s for i in range(len(GST_SAMPLE)) for s in parser.feed(GST_SAMPLE[i : i + 1])]
+    assert [s.out_time_s for s in snapshots] == [0.0, 1.0, 2.0]
+    assert [percent(s, 2.0) for s in snapshots] == [0.0, 50.0, 100.0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +14,16 @@ from hypothesis import strategies as st
 from agent.models import Job
 from agent.scenarios import EncodeSpec, JobRejected, Scenario, build_spec, default_bitrate
 from agent.worker.engines.ffmpeg import encode_argv
+from agent.worker.engines.gstreamer import pipeline_argv
+from agent.worker.engines.hwaccel import HardwareEncoder, candidates
 
 
 def spec_for(scenario: str = "720p30-h264", job_id: str = "job-1", **kwargs: Any) -> EncodeSpec:
     input_dirs = kwargs.pop("input_dirs", ())
-    return build_spec(Job(id=job_id, scenario=scenario, parameters=kwargs), input_dirs=input_dirs)
+    output_dir = kwargs.pop("output_dir", None)
+    return build_spec(
+        Job(id=job_id, scenario=scenario, parameters=kwargs), input_dirs=input_dirs, output_dir=output_dir
+    )
 
 
 def rejection(scenario: str = "720p30-h264", **kwargs: Any) -> JobRejected:
@@ -95,7 +101,7 @@ def test_a_bare_scenario_gets_the_documented_defaults() -> None:
     assert spec == EncodeSpec(
         scenario="720p30-h264", width=1280, height=720, fps=30.0, codec="h264", encoder="libx264",
         bitrate="2500k", preset="veryfast", duration=10.0, input="", output_name="abc123.mp4",
-        output_mode="file", rtmp_url="", timeout_sec=None, realtime=False,
+        output_mode="file", hardware="auto", rtmp_url="", timeout_sec=None, realtime=False,
     )
 
 
@@ -280,6 +286,8 @@ BAD_VALUES: list[tuple[str, Any, str]] = [
     ("rtmp_url", "rtmp://host/live\nx", "rtmp_url"),
     ("stream_key", "a/b", "stream_key"),
     ("stream_key", "-k", "stream_key"),
+    ("hardware", "cuda", "hardware"),
+    ("hardware", "-hwaccel", "hardware"),
     ("realtime", "maybe", "realtime"),
     ("realtime", 2, "realtime"),
     ("resource_limits", 5, "resource_limits"),
@@ -335,6 +343,7 @@ PLAUSIBLE = {
     | st.sampled_from(JUNK),
     "stream_key": st.from_regex(r"[A-Za-z0-9_.~=&?+-]{1,12}", fullmatch=True),
     "realtime": st.one_of(st.booleans(), st.sampled_from(["yes", "no", "true", "0"])),
+    "hardware": st.sampled_from(["auto", "none", "nvenc", "QSV", "vaapi", "cuda"]),
     "resource_limits": st.fixed_dictionaries({"timeout_sec": st.one_of(st.floats(-1, 1e6), st.none())}),
 }
 # Mostly plausible keys, plus up to two junk values under known or unknown keys.
@@ -349,6 +358,7 @@ OPTION_ARITY = {
     "-progress": 1, "-i": 1, "-map": 1, "-t": 1, "-vf": 1, "-c:v": 1, "-b:v": 1, "-maxrate": 1, "-bufsize": 1,
     "-g": 1, "-preset": 1, "-x265-params": 1, "-tag:v": 1, "-deadline": 1, "-cpu-used": 1, "-row-mt": 1,
     "-pix_fmt": 1, "-c:a": 1, "-b:a": 1, "-f": 1,
+    "-init_hw_device": 1, "-filter_hw_device": 1, "-vaapi_device": 1,
 }
 
 
@@ -361,9 +371,9 @@ def input_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(scenario=st.sampled_from(SCENARIOS), params=parameter_dicts)
+@given(scenario=st.sampled_from(SCENARIOS), params=parameter_dicts, hardware=st.sampled_from([None, *candidates()]))
 def test_any_parameters_give_a_rejection_or_an_argv_of_clean_values(
-    scenario: str, params: dict[str, Any], input_dir: Path
+    scenario: str, params: dict[str, Any], hardware: HardwareEncoder | None, input_dir: Path
 ) -> None:
     """Whatever a job holds, each option is ours and no value looks like an option or breaks a line."""
     try:
@@ -377,7 +387,8 @@ def test_any_parameters_give_a_rejection_or_an_argv_of_clean_values(
     assert 0 < spec.duration <= 86_400 and math.isfinite(spec.fps)
     input_path = spec.input or "/cache/generated.mp4"
     output = spec.rtmp_url if spec.output_mode == "rtmp" else f"/work/{spec.output_name}"
-    argv = encode_argv("/usr/bin/ffmpeg", spec, input_path, output)
+    usable = hardware if hardware is not None and hardware.codec == spec.codec else None
+    argv = encode_argv("/usr/bin/ffmpeg", spec, input_path, output, hardware=usable)
     assert argv[-1] == output
     for item in argv[1:]:
         assert not any(c in item for c in "\n\r\0;"), item
@@ -392,11 +403,96 @@ def test_any_parameters_give_a_rejection_or_an_argv_of_clean_values(
     assert not output.startswith("-")
 
 
+# GStreamer tokens: an element, a link, caps, or name=value with a number, a fraction,
+# a boolean, or a double-quoted string whose quotes and backslashes are escaped.
+GST_ELEMENTS = {
+    "filesrc", "decodebin", "videoconvert", "videoscale", "videorate", "x264enc", "x265enc", "vp9enc",
+    "h264parse", "h265parse", "progressreport", "mp4mux", "webmmux", "flvmux", "filesink", "rtmp2sink",
+}
+GST_PROPERTY = re.compile(r'^[a-z][a-z0-9-]*=(?:-?\d+|\d+/\d+|true|false|"(?:[^"\\]|\\["\\])*")$')
+GST_CAPS = re.compile(r"^video/x-raw,format=I420,width=\d+,height=\d+,framerate=\d+/\d+,pixel-aspect-ratio=1/1$")
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(scenario=st.sampled_from(SCENARIOS), params=parameter_dicts, path=st.text(max_size=30))
+def test_any_accepted_job_gives_a_gstreamer_pipeline_of_known_tokens(
+    scenario: str, params: dict[str, Any], path: str, input_dir: Path
+) -> None:
+    """Each token is a known element, a link, our caps or a property with a clean or quoted value."""
+    try:
+        spec = build_spec(Job(id="job-1", scenario=scenario, parameters=params), input_dirs=[input_dir])
+    except JobRejected:
+        return
+    work_path = "/work dir/" + path  # operators' paths may hold anything; quoting must cope
+    output = spec.rtmp_url if spec.output_mode == "rtmp" else work_path
+    argv = pipeline_argv("/usr/bin/gst-launch-1.0", spec, work_path, output)
+    assert argv[1] == "-e"
+    for token in argv[2:]:
+        assert token == "!" or token in GST_ELEMENTS or GST_CAPS.match(token) or GST_PROPERTY.match(token), token
+    locations = [t.split("=", 1)[1] for t in argv if t.startswith("location=")]
+    unquoted = [re.sub(r"\\(.)", r"\1", value[1:-1]) for value in locations]
+    assert unquoted == [work_path, output]
+
+
+@pytest.fixture
+def output_root(tmp_path: Path) -> Path:
+    root = tmp_path / "out"
+    (root / "shows").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    (root / "escape").symlink_to(tmp_path / "elsewhere")
+    return root
+
+
+def test_outputs_go_under_the_operator_directory_per_job_by_default(output_root: Path) -> None:
+    """With --output-dir, a plain name lands in <dir>/<job id>/, a path inside the directory as given."""
+    plain = spec_for(job_id="j1", output="clip.mp4", output_dir=output_root)
+    assert (plain.output_dir, plain.output_name) == (str(output_root.resolve() / "j1"), "clip.mp4")
+    default = spec_for(job_id="j1", output_dir=output_root)
+    assert (default.output_dir, default.output_name) == (str(output_root.resolve() / "j1"), "j1.mp4")
+    nested = spec_for(output="shows/ep1/clip.mp4", output_dir=output_root)
+    assert nested.output_dir == str(output_root.resolve() / "shows" / "ep1")
+    absolute = spec_for(output=str(output_root / "shows" / "a.mp4"), output_dir=output_root)
+    assert (absolute.output_dir, absolute.output_name) == (str(output_root.resolve() / "shows"), "a.mp4")
+
+
+def test_without_an_output_directory_paths_are_refused(output_root: Path) -> None:
+    """Only a plain file name is allowed when the operator allowed no directory."""
+    assert rejection(output="shows/clip.mp4").field == "output"
+    assert rejection(output=str(output_root / "a.mp4")).field == "output"
+
+
+PATH_PARTS = st.sampled_from(["..", ".", "", "shows", "escape", "a.mp4", "-x", ".h", "b c", "..."])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(parts=st.lists(PATH_PARTS, min_size=1, max_size=5), absolute=st.booleans())
+def test_no_output_path_escapes_the_operator_directory(parts: list[str], absolute: bool, output_root: Path) -> None:
+    """Dots, symlinks and odd names either stay inside the directory or are rejected naming output."""
+    value = "/".join(parts)
+    if absolute:
+        value = f"{output_root}/{value}"
+    try:
+        spec = spec_for(output=value, output_dir=output_root)
+    except JobRejected as exc:
+        assert exc.field == "output"
+        return
+    final = Path(spec.output_dir, spec.output_name)
+    assert final.resolve().is_relative_to(output_root.resolve())
+    assert Path(spec.output_dir).resolve() == Path(spec.output_dir), "symlinks are resolved before the check"
+
+
+def test_hardware_choice_is_validated_and_defaults_to_auto() -> None:
+    """auto uses a detected encoder, none insists on software; names are case-blind."""
+    assert spec_for().hardware == "auto"
+    assert spec_for(hardware="NVENC").hardware == "nvenc"
+    assert spec_for(hardware="none").hardware == "none"
+
+
 def test_the_public_names_are_pinned() -> None:
     """Adding or dropping an export is a deliberate change."""
     import agent.scenarios
 
     assert sorted(agent.scenarios.__all__) == [
-        "CODECS", "DEFAULT_DURATION_S", "EncodeSpec", "JobRejected", "Scenario", "VP9_PRESETS",
+        "CODECS", "DEFAULT_DURATION_S", "EncodeSpec", "HARDWARE_CHOICES", "JobRejected", "Scenario", "VP9_PRESETS",
         "build_spec", "default_bitrate",
     ]

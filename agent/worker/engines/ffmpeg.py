@@ -20,6 +20,7 @@ import trio
 
 from ...scenarios import VP9_PRESETS, EncodeSpec
 from ..progress import ProgressParser
+from .hwaccel import HardwareEncoder
 
 __all__ = [
     "EncoderNotFound",
@@ -106,7 +107,9 @@ def _num(value: float) -> str:
     return f"{value:.6g}"
 
 
-def encode_argv(ffmpeg: str, spec: EncodeSpec, input_path: str, output: str) -> list[str]:
+def encode_argv(
+    ffmpeg: str, spec: EncodeSpec, input_path: str, output: str, *, hardware: HardwareEncoder | None = None
+) -> list[str]:
     """The full argv of one encode, for ``trio.run_process``.
 
     Progress goes to stdout as ``key=value`` blocks (see
@@ -120,6 +123,9 @@ def encode_argv(ffmpeg: str, spec: EncodeSpec, input_path: str, output: str) -> 
         spec: the validated job.
         input_path: file path or URL to read.
         output: file path, or the RTMP URL when ``spec.output_mode`` is ``rtmp``.
+        hardware: a detected hardware encoder for ``spec.codec`` to use instead
+            of the software one; its device is opened and frames uploaded to
+            it. Software presets do not apply to it: it runs at its defaults.
 
     Example::
 
@@ -128,36 +134,44 @@ def encode_argv(ffmpeg: str, spec: EncodeSpec, input_path: str, output: str) -> 
     keyint = max(1, round(spec.fps * KEYFRAME_INTERVAL_S))
     audio_codec, audio_bitrate = _AUDIO_CODEC[spec.container]
     argv = [ffmpeg, "-hide_banner", "-y", "-progress", "pipe:1", "-nostats"]
+    if hardware is not None:
+        argv += hardware.device_args
     if spec.realtime:
         argv.append("-re")
     argv += ["-i", input_path, "-map", "0:v:0", "-map", "0:a:0?", "-t", _num(spec.duration)]
-    argv += ["-vf", f"fps={_num(spec.fps)},scale={spec.width}:{spec.height}"]
+    upload = hardware.upload if hardware is not None else ""
+    filters = [f"fps={_num(spec.fps)}", f"scale={spec.width}:{spec.height}"] + ([upload] if upload else [])
+    argv += ["-vf", ",".join(filters)]
     argv += [
-        "-c:v", spec.encoder,
+        "-c:v", hardware.name if hardware is not None else spec.encoder,
         "-b:v", spec.bitrate,
         "-maxrate", spec.bitrate,
         # Two seconds of buffer at the target rate: steady enough for live streams.
         "-bufsize", f"{2 * spec.bitrate_kbps}k",
         "-g", str(keyint),
     ]
-    argv += _preset_flags(spec)
-    argv += ["-pix_fmt", "yuv420p", "-c:a", audio_codec, "-b:a", audio_bitrate, "-f", spec.container, output]
+    argv += _codec_flags(spec, software=hardware is None)
+    if not upload:
+        # Uploaded frames are already in the device's format; converting them back would fail.
+        argv += ["-pix_fmt", "yuv420p"]
+    argv += ["-c:a", audio_codec, "-b:a", audio_bitrate, "-f", spec.container, output]
     return argv
 
 
-def _preset_flags(spec: EncodeSpec) -> list[str]:
+def _codec_flags(spec: EncodeSpec, *, software: bool) -> list[str]:
+    # Apple's players only accept H.265 in MP4 tagged hvc1, whatever made it.
+    tag = ["-tag:v", "hvc1"] if spec.codec == "h265" and spec.container == "mp4" else []
+    if not software:
+        return tag
     if spec.codec == "vp9":
         deadline, cpu_used = VP9_PRESETS[spec.preset]
         # row-mt lets libvpx use more than one thread per tile column.
         return ["-deadline", deadline, "-cpu-used", str(cpu_used), "-row-mt", "1"]
     flags = ["-preset", spec.preset]
     if spec.codec == "h265":
-        # x265 logs every frame type at info level; keep stderr for real problems,
-        # and tag for players (Apple's) that only accept hvc1 in MP4.
+        # x265 logs every frame type at info level; keep stderr for real problems.
         flags += ["-x265-params", "log-level=error"]
-        if spec.container == "mp4":
-            flags += ["-tag:v", "hvc1"]
-    return flags
+    return flags + tag
 
 
 def test_input_argv(ffmpeg: str, width: int, height: int, fps: float, duration: float, output: str) -> list[str]:
@@ -178,7 +192,8 @@ def test_input_argv(ffmpeg: str, width: int, height: int, fps: float, duration: 
 class MediaInfo:
     """The first video stream of a file, as FFmpeg reads it.
 
-    ``codec`` is FFmpeg's name for it: ``h264``, ``hevc``, ``vp9``.
+    ``codec`` is FFmpeg's name for it: ``h264``, ``hevc``, ``vp9``;
+    ``audio_codec`` names the first audio stream, ``""`` when there is none.
     """
 
     codec: str
@@ -187,11 +202,13 @@ class MediaInfo:
     fps: float
     duration: float
     size_bytes: int
+    audio_codec: str = ""
 
 
 # "  Stream #0:0[0x1](und): Video: h264 (High) (avc1 / 0x31637661), yuv420p(progressive),
 #  1280x720 [SAR 1:1 DAR 16:9], 2500 kb/s, 30 fps, 30 tbr, 15360 tbn (default)"
 _VIDEO_STREAM = re.compile(r"^\s*Stream #\d+:\d+.*?: Video: (?P<codec>[\w-]+)(?P<rest>.*)$", re.M)
+_AUDIO_STREAM = re.compile(r"^\s*Stream #\d+:\d+.*?: Audio: (?P<codec>[\w-]+)", re.M)
 _SIZE = re.compile(r", (\d+)x(\d+)(?=[\s,]|$)")
 _RATE = re.compile(r", (\d+(?:\.\d+)?)(k?) (?:fps|tbr)\b")
 _DURATION = re.compile(r"Duration: (\d+):(\d{2}):(\d{2}(?:\.\d+)?)")
@@ -222,6 +239,7 @@ def parse_media_info(stderr: str, *, progress_out_time: float, size_bytes: int) 
         duration = int(declared[1]) * 3600 + int(declared[2]) * 60 + float(declared[3])
     else:
         duration = progress_out_time
+    audio = _AUDIO_STREAM.search(header)
     return MediaInfo(
         codec=stream["codec"],
         width=int(size[1]),
@@ -229,6 +247,7 @@ def parse_media_info(stderr: str, *, progress_out_time: float, size_bytes: int) 
         fps=fps,
         duration=duration,
         size_bytes=size_bytes,
+        audio_codec=audio["codec"] if audio else "",
     )
 
 
