@@ -13,9 +13,17 @@ import pytest
 import trio
 
 from agent.client import MasterClient
+from agent.master.store import SqliteStore
 from agent.models import FailureReason, JobRequest, JobStatus
 from agent.worker.engines.ffmpeg import decodes_cleanly, probe_media
-from tests.support import Processes, scrape_gauge, start_agent, start_master, start_process, wait_for_jobs
+from tests.support import (
+    Processes,
+    scrape_gauge,
+    start_agent,
+    start_master,
+    start_process,
+    wait_for_jobs,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -128,13 +136,19 @@ async def test_agent_without_the_api_key_exits_with_one_clear_message(procs: Pro
 
 
 async def test_bad_jobs_fail_as_user_error_and_the_agent_keeps_serving(procs: Processes, tmp_path: Path) -> None:
-    """An unknown scenario and an injected bitrate fail as user_error; the jobs behind them complete."""
+    """An unknown scenario and an injected bitrate fail as user_error; the jobs behind them complete.
+
+    Our master refuses such jobs with 400, so they are written straight into its
+    database, as an older master or another tool could have: the agent must
+    still guard itself.
+    """
     _, master_url = await start_master(procs, tmp_path)
-    async with MasterClient(master_url) as client:
+    async with await SqliteStore.open(str(tmp_path / "master.db")) as store:
         bad = [
-            (await client.submit_job(job("999p30-h264x"))).id,
-            (await client.submit_job(job("240p30-h264", bitrate="1M; rm -rf /", duration=1))).id,
+            (await store.submit(job("999p30-h264x"), max_retries=3)).id,
+            (await store.submit(job("240p30-h264", bitrate="1M; rm -rf /", duration=1), max_retries=3)).id,
         ]
+    async with MasterClient(master_url) as client:
         good = [(await client.submit_job(job("240p30-h264", duration=1))).id for _ in range(2)]
         await start_agent(procs, "agent", master_url, tmp_path / "work", "--poll-interval", "0.2s")
         jobs = {j.id: j for j in await wait_for_jobs(client, bad + good, timeout=60)}
