@@ -5,8 +5,9 @@ the master runs the same code on the job it is about to store rather than a
 copy of the rules. Two things depend on the worker that runs the job, and the
 master leaves them to it:
 
-* a local ``input`` path: each worker allows its own input directories, so
-  the master checks only that the path is safe text;
+* local paths (``input``, and ``output`` beyond a file name): each worker
+  allows its own directories, so the master checks only that the path is
+  made of safe parts;
 * a hardware encoder (``codec: h264_nvenc``): only a GPU node offers it and
   checks it; the master checks the rest of the job with the plain codec.
 """
@@ -25,8 +26,8 @@ from .scheduler import HARDWARE_CODECS
 
 __all__ = ["JobRejected", "validate_request"]
 
-# Every path is under the root, so build_spec checks a local input's text and nothing else.
-_ANY_DIRECTORY = (Path("/"),)
+# Every path is under the root, so build_spec checks a path's parts and not where it points.
+_ANY_DIRECTORY = Path("/")
 _HARDWARE_CODEC = re.compile(rf"^(h264|h265|hevc|vp9)_({'|'.join(HARDWARE_CODECS)})$", re.IGNORECASE)
 
 
@@ -44,5 +45,7 @@ def validate_request(request: JobRequest) -> None:
     """
     probe = Job(id="validation", **attrs.asdict(request, recurse=False))
     build_spec(
-        attrs.evolve(probe, parameters=_plain_codec(probe.parameters)), input_dirs=_ANY_DIRECTORY
+        attrs.evolve(probe, parameters=_plain_codec(probe.parameters)),
+        input_dirs=(_ANY_DIRECTORY,),
+        output_dir=_ANY_DIRECTORY,
     )

@@ -224,6 +224,8 @@ async def test_a_job_an_agent_would_reject_is_400_naming_the_field(
         {"codec": "hevc_vaapi", "bitrate": "5M"},
         {"input": "/srv/media/clip.mp4"},
         {"input": "clip.mp4"},
+        {"output": "/srv/outputs/night/clip.mp4"},
+        {"hardware": "nvenc"},
         {"input": "https://media.example/clip.mp4", "duration": 30, "preset": "fast"},
     ],
 )
