@@ -10,7 +10,6 @@ a hardware encoder fails, as on a machine without one; any other call exits 0.
 from __future__ import annotations
 
 import sys
-import textwrap
 from pathlib import Path
 
 import attrs
@@ -45,10 +44,6 @@ sys.exit(1)
 
 _HANG = """\
 time.sleep(3600)
-"""
-
-_REAL = """\
-os.execv({ffmpeg!r}, [{ffmpeg!r}, *argv])
 """
 
 
@@ -90,8 +85,3 @@ def failing(directory: Path) -> EncoderStub:
 def hanging(directory: Path) -> EncoderStub:
     """Never finishes on its own: for cancels and timeouts."""
     return _write(directory, "hanging", _HANG)
-
-
-def journaling(directory: Path, ffmpeg: str) -> EncoderStub:
-    """Notes when each encode starts, then runs the real FFmpeg with the same arguments."""
-    return _write(directory, "journaling", textwrap.dedent(_REAL.format(ffmpeg=ffmpeg)))
