@@ -162,6 +162,24 @@ def worker_parser() -> argparse.ArgumentParser:
                         help="first pause of the circuit breaker; doubles on each re-open (default 10s)")
     parser.add_argument("--breaker-max-cooldown", type=duration, default=_env("breaker-max-cooldown", "5m"),
                         help="longest pause of the circuit breaker (default 5m)")
+    parser.add_argument("--input-dir", type=Path, action="append",
+                        default=[Path(p) for p in _env("input-dir", "").split(os.pathsep) if p],
+                        help="directory jobs may read local input files from; repeatable "
+                        "(env FFRTMP_INPUT_DIR, separated by ':'; default none: URLs and generated inputs only)")
+    parser.add_argument("--output-dir", type=Path, default=_env("output-dir", "") or None,
+                        help="directory jobs may write outputs into (default: outputs stay in --work-dir)")
+    parser.add_argument("--gst-launch", default=_env("gst-launch", ""),
+                        help="gst-launch-1.0 binary for GStreamer jobs (default: the one on PATH)")
+    parser.add_argument("--min-free-mb", type=int, default=_env("min-free-mb", "100"),
+                        help="MiB the work dir keeps free; jobs that would use it are refused (default 100)")
+    parser.add_argument("--input-cache-mb", type=positive, default=_env("input-cache-mb", "2048"),
+                        help="bound of the generated-input cache, least recently used first out (default 2048)")
+    parser.add_argument("--persist-outputs", type=boolean, nargs="?", const=True,
+                        default=os.environ.get("PERSIST_OUTPUTS", _env("persist-outputs", "true")),
+                        help="keep output files after the job (env PERSIST_OUTPUTS; default true)")
+    parser.add_argument("--persist-inputs", type=boolean, nargs="?", const=True,
+                        default=os.environ.get("PERSIST_INPUTS", _env("persist-inputs", "true")),
+                        help="keep generated inputs for later jobs (env PERSIST_INPUTS; default true)")
     _add_logging_flags(parser)
     return parser
 
@@ -293,6 +311,13 @@ def _run_worker(argv: Sequence[str]) -> int:
         breaker_max_cooldown=args.breaker_max_cooldown,
         register=args.register,
         log_level=args.log_level,
+        input_dirs=args.input_dir,
+        output_dir=args.output_dir,
+        gst_launch=args.gst_launch,
+        min_free_mb=args.min_free_mb,
+        input_cache_mb=args.input_cache_mb,
+        persist_outputs=args.persist_outputs,
+        persist_inputs=args.persist_inputs,
     )
     return trio.run(run_agent, config)
 

@@ -111,6 +111,19 @@ class AgentConfig:
     log_level: str = "info"
     # Unattended runs (systemd, containers) pause for long on 401 instead of exiting.
     exit_on_auth_error: bool = True
+    # Directories local job inputs may come from; none allows only URLs and generated inputs.
+    input_dirs: list[Path] = attrs.field(factory=list)
+    # A directory jobs may write outputs into; None keeps every output in work_dir.
+    output_dir: Path | None = None
+    # gst-launch-1.0 to run GStreamer jobs with; "" looks it up on PATH.
+    gst_launch: str = ""
+    # Space the work dir keeps free: a job whose files would cut into it is refused.
+    min_free_mb: int = 100
+    # Bound of the generated-input cache; least recently used clips go first.
+    input_cache_mb: int = 2048
+    # The original agent's PERSIST_OUTPUTS / PERSIST_INPUTS: keep files after the job.
+    persist_outputs: bool = True
+    persist_inputs: bool = True
 
     def node_address(self, bound_port: int) -> str:
         """The identity we register under: one node per agent, even several on one host."""

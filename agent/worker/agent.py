@@ -27,11 +27,14 @@ import trio
 
 from agent.client import AuthError, MasterClient, MasterError, MasterUnavailable, NotFound
 from agent.config import AgentConfig
-from agent.models import HeartbeatReport, NodeRegistration
+from agent.models import Engine, HeartbeatReport, NodeRegistration
 from agent.worker.backoff import Backoff
 from agent.worker.breaker import BreakerState, CircuitBreaker
 from agent.worker.encoder import StopPolicy
 from agent.worker.engines.ffmpeg import EncoderNotFound, find_ffmpeg
+from agent.worker.engines.gstreamer import find_gstreamer
+from agent.worker.engines.hwaccel import candidates as hardware_candidates
+from agent.worker.engines.hwaccel import detect_hardware_encoders
 from agent.worker.guardian import Guardian
 from agent.worker.hardware import HostFacts
 from agent.worker.inputs import InputCache
@@ -85,17 +88,34 @@ class Agent:
         """Find the encoder and lay out the work dir; raises EncoderNotFound."""
         ffmpeg = find_ffmpeg(config.ffmpeg)
         config.work_dir.mkdir(parents=True, exist_ok=True)
+        hardware = detect_hardware_encoders(ffmpeg)
         runner = JobRunner(
             ffmpeg=ffmpeg,
             work_dir=config.work_dir,
-            inputs=InputCache(config.work_dir / "inputs"),
+            inputs=InputCache(config.work_dir / "inputs", max_bytes=config.input_cache_mb * 1024 * 1024),
             stop=StopPolicy(interrupt_wait=config.kill_timeout * 2 / 3, terminate_wait=config.kill_timeout / 3),
+            input_dirs=config.input_dirs,
+            output_dir=config.output_dir,
             rtmp_host=urllib.parse.urlsplit(config.master_url).hostname or "localhost",
             job_timeout=config.job_timeout,
             guardian=Guardian(),
+            gstreamer=find_gstreamer(config.gst_launch),
+            hardware=hardware,
+            min_free_bytes=config.min_free_mb * 1024 * 1024,
+            persist_outputs=config.persist_outputs,
+            persist_inputs=config.persist_inputs,
         )
         log.info("Encoder: %s", ffmpeg)
-        return cls(config=config, client=client, runner=runner)
+        log.info(
+            "Engines: %s; hardware encoders: %s",
+            ", ".join(runner.engines), ", ".join(h.name for h in hardware) or "none",
+        )
+        agent = cls(config=config, client=client, runner=runner)
+        agent.metrics.report_capabilities(
+            {engine.value: engine.value in runner.engines for engine in (Engine.FFMPEG, Engine.GSTREAMER)},
+            {candidate.name: candidate in hardware for candidate in hardware_candidates()},
+        )
+        return agent
 
     @property
     def worst_case_stop_s(self) -> float:
@@ -177,8 +197,11 @@ class Agent:
             cpu_threads=host.cpu_threads,
             cpu_model=host.cpu_model,
             ram_total_bytes=host.ram_total_bytes,
+            has_gpu=bool(self.runner.hardware),
+            gpu_type=",".join(sorted({h.vendor for h in self.runner.hardware})),
+            gpu_capabilities=[h.name for h in self.runner.hardware],
             labels={
-                "engines": "ffmpeg",
+                "engines": ",".join(self.runner.engines),
                 "max_concurrent_jobs": str(self.config.max_concurrent_jobs),
                 "metrics_port": str(port),
             },

@@ -5,6 +5,10 @@ a full encode, so the clips are kept in a directory of the work dir and shared
 by every job that asks for the same shape. A clip only ever appears under its
 final name complete: FFmpeg writes a temporary file that is renamed when it
 succeeds, so a crash or cancel never leaves a half file that a later job reads.
+
+The directory is bounded: after each new clip, the least recently used clips
+that no job of this agent is reading are deleted until the total fits
+``max_bytes``. A clip's modification time marks its last use.
 """
 
 from __future__ import annotations
@@ -13,15 +17,20 @@ import contextlib
 import logging
 import os
 import secrets
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import trio
 
 from .engines.ffmpeg import FFmpegFailed, stderr_tail, test_input_argv
 
-__all__ = ["InputCache", "InputGenerationFailed"]
+__all__ = ["DEFAULT_MAX_BYTES", "InputCache", "InputGenerationFailed"]
 
 log = logging.getLogger(__name__)
+
+# Two gigabytes hold a few hundred short clips, or a handful of long 4K ones.
+DEFAULT_MAX_BYTES = 2 * 1024**3
+_PATTERN = "testsrc2_*.mp4"
 
 
 class InputGenerationFailed(FFmpegFailed):
@@ -34,12 +43,40 @@ class InputCache:
     Concurrent requests for the same clip wait for one generation instead of
     racing; requests for different clips run in parallel. Several agents may
     share the directory: each writes its own temporary file and the rename is
-    atomic, so the worst case is generating a clip twice.
+    atomic, so the worst case is generating a clip twice; a clip another
+    agent is reading may be evicted under it, which POSIX makes harmless for
+    a reader that already opened it.
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.directory = Path(directory)
+        self.max_bytes = max_bytes
         self._locks: dict[str, trio.Lock] = {}
+        self._readers: dict[str, int] = {}
+
+    @contextlib.asynccontextmanager
+    async def open_clip(
+        self, ffmpeg: str, width: int, height: int, fps: float, duration: float, *, keep: bool = True
+    ) -> AsyncIterator[Path]:
+        """Hold a clip for the length of the block: it is not evicted while held.
+
+        With ``keep=False`` the clip is deleted when the last holder leaves,
+        for workers that must not keep inputs (``PERSIST_INPUTS=false``).
+
+        Raises:
+            InputGenerationFailed: as :meth:`get`.
+        """
+        name = self.path_for(width, height, fps, duration).name
+        self._readers[name] = self._readers.get(name, 0) + 1
+        try:
+            yield await self.get(ffmpeg, width, height, fps, duration)
+        finally:
+            self._readers[name] -= 1
+            if not self._readers[name]:
+                del self._readers[name]
+                if not keep:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self.directory / name)
 
     def path_for(self, width: int, height: int, fps: float, duration: float) -> Path:
         """Where the clip for this shape lives, whether or not it exists yet."""
@@ -59,6 +96,7 @@ class InputCache:
         lock = self._locks.setdefault(final.name, trio.Lock())
         async with lock:
             if await trio.Path(final).is_file():
+                os.utime(final)
                 return final
             await trio.Path(self.directory).mkdir(parents=True, exist_ok=True)
             # Ends in .mp4 so a leftover is recognisable; never matches a final name.
@@ -78,4 +116,24 @@ class InputCache:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(partial)
             log.info("test input %s ready (%d bytes)", final.name, (await trio.Path(final).stat()).st_size)
+            self._evict()
             return final
+
+    def _evict(self) -> None:
+        """Delete unheld clips, least recently used first, until the rest fit ``max_bytes``."""
+        clips = []
+        for path in self.directory.glob(_PATTERN):
+            with contextlib.suppress(FileNotFoundError):
+                stat = path.stat()
+                clips.append((stat.st_mtime, stat.st_size, path))
+        total = sum(size for _, size, _ in clips)
+        for _, size, path in sorted(clips):
+            if total <= self.max_bytes:
+                break
+            if path.name in self._readers:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                log.info("evicted test input %s (%d bytes) to keep the cache under %d bytes", path.name, size,
+                         self.max_bytes)
+            total -= size

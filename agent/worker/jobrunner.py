@@ -1,32 +1,49 @@
-"""Turns one claimed job into one result: validate, prepare input, encode, measure.
+"""Turns one claimed job into one result: validate, check space, prepare input, encode, measure.
 
 Every way a job can go wrong inside the job itself ends as a ``JobResult``
 with a failure reason, never as an exception: a bad job must not take the
 agent down. Only cancellation (shutdown, cancel from the master) escapes, and
 the job task reports that.
+
+A job runs as a list of attempts (:func:`plan_attempts`): GStreamer when the
+job asks for it, a hardware encoder when one was detected and the job allows
+it, and software FFmpeg last. An attempt that fails hands the job to the next
+one; the result's metrics say which engine finished it (``engine``,
+``encoder``) and which gave up and why (``fallback_from``, ``fallback_error``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import shutil
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import attrs
 import trio
 
-from agent.models import FailureReason, Job, JobResult, JobStatus
+from agent.models import Engine, FailureReason, Job, JobResult, JobStatus
 from agent.scenarios import EncodeSpec, JobRejected, build_spec
 from agent.worker.encoder import EncoderWatch, StopPolicy, run_encoder
 from agent.worker.engines.ffmpeg import encode_argv
+from agent.worker.engines.gstreamer import GStreamer, encoder_element, pipeline_argv
+from agent.worker.engines.hwaccel import HardwareEncoder
 from agent.worker.guardian import Guardian
 from agent.worker.inputs import InputCache, InputGenerationFailed
 from agent.worker.progress import ProgressSnapshot, percent
 
 log = logging.getLogger(__name__)
 
-ENGINE_NAME = "ffmpeg"
+# Bytes per pixel of the generated clip (near-lossless x264 of a noisy picture),
+# used to estimate the space a job needs before the clip exists.
+GENERATED_BYTES_PER_PIXEL = 0.15
+# Muxing overhead and rate-control overshoot on top of the target bitrate.
+OUTPUT_MARGIN = 1.25
+# The audio bitrate the FFmpeg engine uses, counted in case the input has sound.
+AUDIO_KBPS = 128
 
 
 def bandwidth_mbps(input_bytes: int, output_bytes: int, seconds: float) -> float:
@@ -36,6 +53,15 @@ def bandwidth_mbps(input_bytes: int, output_bytes: int, seconds: float) -> float
     return (input_bytes + output_bytes) * 8 / (seconds * 1024 * 1024)
 
 
+def estimated_bytes(spec: EncodeSpec) -> int:
+    """Disk space a job will fill: its output file, plus the generated input when it needs one."""
+    output = 0.0
+    if spec.output_mode == "file":
+        output = (spec.bitrate_kbps + AUDIO_KBPS) * 1000 / 8 * spec.duration * OUTPUT_MARGIN
+    generated = 0.0 if spec.input else spec.width * spec.height * spec.fps * spec.duration * GENERATED_BYTES_PER_PIXEL
+    return int(output + generated)
+
+
 def _file_size(path: Path) -> int:
     try:
         return path.stat().st_size
@@ -43,18 +69,76 @@ def _file_size(path: Path) -> int:
         return 0
 
 
+@attrs.frozen
+class Attempt:
+    """One way to run a job; ``unavailable`` says why it cannot run here (it is then skipped)."""
+
+    engine: Engine
+    hardware: HardwareEncoder | None = None
+    unavailable: str = ""
+
+    @property
+    def label(self) -> str:
+        """``gstreamer``, ``ffmpeg``, or the hardware encoder's name (``h264_nvenc``)."""
+        return self.hardware.name if self.hardware is not None else self.engine.value
+
+    def encoder(self, spec: EncodeSpec) -> str:
+        """What encoded the video: ``libx264``, ``h264_nvenc``, ``x264enc``."""
+        if self.hardware is not None:
+            return self.hardware.name
+        return encoder_element(spec.codec) if self.engine is Engine.GSTREAMER else spec.encoder
+
+
+def plan_attempts(
+    job_engine: Engine,
+    spec: EncodeSpec,
+    *,
+    gstreamer: GStreamer | None,
+    hardware: Sequence[HardwareEncoder],
+) -> list[Attempt]:
+    """The attempts for one job, in order; the last is always software FFmpeg.
+
+    ``auto`` and ``ffmpeg`` run FFmpeg, which reads every input and writes
+    every codec; ``gstreamer`` runs GStreamer first and FFmpeg once after it.
+    FFmpeg tries a detected hardware encoder for the codec first, unless the
+    job's ``hardware`` parameter is ``none`` (a vendor name picks that vendor).
+    """
+    ffmpeg = [Attempt(Engine.FFMPEG)]
+    usable = [
+        h for h in hardware
+        if h.codec == spec.codec and spec.hardware != "none" and spec.hardware in ("auto", h.vendor)
+    ]
+    if usable:
+        ffmpeg.insert(0, Attempt(Engine.FFMPEG, hardware=usable[0]))
+    if job_engine is not Engine.GSTREAMER:
+        return ffmpeg
+    if gstreamer is None:
+        reason = "GStreamer (gst-launch-1.0) is not installed on this worker"
+    else:
+        reason = gstreamer.unsupported(spec, generated_input=not spec.input)
+    return [Attempt(Engine.GSTREAMER, unavailable=reason), *ffmpeg]
+
+
 @attrs.define
 class JobRunner:
-    """Runs jobs with one FFmpeg binary inside one work directory.
+    """Runs jobs with the engines of one worker inside one work directory.
 
     Args:
         ffmpeg: the encoder binary (see ``find_ffmpeg``).
-        work_dir: outputs go to ``work_dir/outputs/<job id>/``.
+        work_dir: outputs go to ``work_dir/outputs/<job id>/`` unless ``output_dir`` is set.
         inputs: the cache of generated test inputs.
         input_dirs: directories a job may read local input files from.
+        output_dir: a directory the operator lets jobs write into (``--output-dir``).
         rtmp_host: host of the default RTMP URL (the master's, as the original does).
         job_timeout: seconds a job may run when it sets no ``timeout_sec``; None = no limit.
         guardian: kills the encoders should the agent die without stopping them.
+        gstreamer: the installed GStreamer, or None: jobs asking for it run on FFmpeg.
+        hardware: hardware encoders that passed the one-frame test at start.
+        min_free_bytes: space the work dir must keep free after a job's
+            estimated files; a job that would cut into it fails at once with
+            ``resource_error`` instead of filling the disk half-way through.
+        persist_outputs: keep output files after measuring them (``PERSIST_OUTPUTS``).
+        persist_inputs: keep generated inputs for later jobs (``PERSIST_INPUTS``).
     """
 
     ffmpeg: str
@@ -62,37 +146,112 @@ class JobRunner:
     inputs: InputCache
     stop: StopPolicy = attrs.field(factory=StopPolicy)
     input_dirs: Sequence[Path] = ()
+    output_dir: Path | None = None
     rtmp_host: str = "localhost"
     job_timeout: float | None = None
     guardian: Guardian | None = None
+    gstreamer: GStreamer | None = None
+    hardware: tuple[HardwareEncoder, ...] = ()
+    min_free_bytes: int = 0
+    persist_outputs: bool = True
+    persist_inputs: bool = True
+
+    @property
+    def engines(self) -> list[str]:
+        """The engines this runner can start, FFmpeg first."""
+        return [Engine.FFMPEG.value] + ([Engine.GSTREAMER.value] if self.gstreamer is not None else [])
 
     async def run(
         self, job: Job, node_id: str, on_progress: Callable[[float, ProgressSnapshot], None]
     ) -> JobResult:
         try:
-            spec = build_spec(job, input_dirs=self.input_dirs, default_rtmp_host=self.rtmp_host)
+            spec = build_spec(
+                job, input_dirs=self.input_dirs, output_dir=self.output_dir, default_rtmp_host=self.rtmp_host
+            )
         except JobRejected as exc:
             log.warning("Job %s rejected: %s", job.id, exc)
             return JobResult.failure(job, node_id, FailureReason.USER_ERROR, str(exc))
+        shortage = self._space_shortage(spec)
+        if shortage:
+            log.warning("Job %s refused: %s", job.id, shortage)
+            return JobResult.failure(job, node_id, FailureReason.RESOURCE_ERROR, shortage)
         try:
-            input_path = await self._input_for(spec)
+            async with self._open_input(spec) as input_path:
+                return await self._encode(job, node_id, spec, input_path, on_progress)
         except InputGenerationFailed as exc:
             return JobResult.failure(job, node_id, FailureReason.PLATFORM_ERROR, str(exc))
 
+    def _space_shortage(self, spec: EncodeSpec) -> str:
+        """Why the work dir cannot take this job, or ``""``."""
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(self.work_dir).free
+        needed = estimated_bytes(spec) + self.min_free_bytes
+        if free >= needed:
+            return ""
+        mib = 1024 * 1024
+        return (
+            f"not enough free space in {self.work_dir}: {free // mib} MiB free, the job needs about "
+            f"{needed // mib} MiB (its files plus the {self.min_free_bytes // mib} MiB reserve of "
+            "--min-free-mb); free some space, or run the job on another worker"
+        )
+
+    @contextlib.asynccontextmanager
+    async def _open_input(self, spec: EncodeSpec) -> AsyncIterator[str]:
+        if spec.input:
+            yield spec.input
+            return
+        async with self.inputs.open_clip(
+            self.ffmpeg, spec.width, spec.height, spec.fps, spec.duration, keep=self.persist_inputs
+        ) as path:
+            yield str(path)
+
+    def _argv(self, attempt: Attempt, spec: EncodeSpec, input_path: str, target: str) -> list[str]:
+        if attempt.engine is Engine.GSTREAMER:
+            assert self.gstreamer is not None
+            return pipeline_argv(self.gstreamer.launch, spec, input_path, target)
+        return encode_argv(self.ffmpeg, spec, input_path, target, hardware=attempt.hardware)
+
+    async def _encode(
+        self,
+        job: Job,
+        node_id: str,
+        spec: EncodeSpec,
+        input_path: str,
+        on_progress: Callable[[float, ProgressSnapshot], None],
+    ) -> JobResult:
         output_path = self._output_path(job, spec)
         target = str(output_path) if spec.output_mode == "file" else spec.rtmp_url
-        argv = encode_argv(self.ffmpeg, spec, input_path, target)
-        watch = EncoderWatch(on_progress=lambda snap: on_progress(percent(snap, spec.duration), snap))
+        attempts = plan_attempts(job.engine, spec, gstreamer=self.gstreamer, hardware=self.hardware)
+        fallbacks: list[tuple[str, str]] = []
         timeout = spec.timeout_sec or self.job_timeout
-        started = time.monotonic()
-        log.debug("job %s: %s", job.id, argv)
         with trio.move_on_after(timeout if timeout else float("inf")) as timer:
-            await run_encoder(argv, watch, cwd=output_path.parent, stop=self.stop, guardian=self.guardian)
+            for attempt in attempts:
+                if attempt.unavailable:
+                    fallbacks.append((attempt.label, attempt.unavailable))
+                    continue
+                watch = EncoderWatch(on_progress=lambda snap: on_progress(percent(snap, spec.duration), snap))
+                started = time.monotonic()
+                argv = self._argv(attempt, spec, input_path, target)
+                log.debug("job %s: %s", job.id, argv)
+                await run_encoder(argv, watch, cwd=output_path.parent, stop=self.stop, guardian=self.guardian)
+                if watch.returncode == 0 or attempt is attempts[-1]:
+                    break
+                error = f"{attempt.label} exited with code {watch.returncode}: {_last_line(watch.stderr_tail)}"
+                log.warning("Job %s: %s; trying the next engine", job.id, error)
+                fallbacks.append((attempt.label, error))
         elapsed = time.monotonic() - started
 
         input_bytes = _file_size(Path(input_path)) if "://" not in input_path else 0
         output_bytes = _file_size(output_path) if spec.output_mode == "file" else 0
-        metrics = self._metrics(spec, watch, elapsed, input_bytes, output_bytes, output_path)
+        if not self.persist_outputs:
+            output_path.unlink(missing_ok=True)
+            if not spec.output_dir:
+                with contextlib.suppress(OSError):
+                    output_path.parent.rmdir()
+        metrics = self._metrics(spec, attempt, watch, elapsed, input_bytes, output_bytes, output_path)
+        if fallbacks:
+            metrics["fallback_from"] = ",".join(label for label, _ in fallbacks)
+            metrics["fallback_error"] = "; ".join(error for _, error in fallbacks)
         common: dict[str, Any] = {"metrics": metrics, "logs": watch.stderr_tail}
         if timer.cancelled_caught:
             return JobResult.failure(
@@ -102,27 +261,22 @@ class JobRunner:
         if watch.returncode != 0:
             return JobResult.failure(
                 job, node_id, FailureReason.RUNTIME_ERROR,
-                f"ffmpeg exited with code {watch.returncode}: {_last_line(watch.stderr_tail)}",
+                f"{attempt.label} exited with code {watch.returncode}: {_last_line(watch.stderr_tail)}",
                 **common,
             )
         return JobResult(
             job_id=job.id, node_id=node_id, status=JobStatus.COMPLETED, progress=100.0, **common
         )
 
-    async def _input_for(self, spec: EncodeSpec) -> str:
-        if spec.input:
-            return spec.input
-        path = await self.inputs.get(self.ffmpeg, spec.width, spec.height, spec.fps, spec.duration)
-        return str(path)
-
     def _output_path(self, job: Job, spec: EncodeSpec) -> Path:
-        directory = self.work_dir / "outputs" / job.id
+        directory = Path(spec.output_dir) if spec.output_dir else self.work_dir / "outputs" / job.id
         directory.mkdir(parents=True, exist_ok=True)
         return directory / spec.output_name
 
-    @staticmethod
     def _metrics(
+        self,
         spec: EncodeSpec,
+        attempt: Attempt,
         watch: EncoderWatch,
         elapsed: float,
         input_bytes: int,
@@ -130,21 +284,24 @@ class JobRunner:
         output_path: Path,
     ) -> dict[str, Any]:
         last = watch.last_progress
+        duration = round(elapsed, 3)
         metrics: dict[str, Any] = {
-            "duration": round(elapsed, 3),
-            "engine": ENGINE_NAME,
+            "duration": duration,
+            "engine": attempt.engine.value,
+            "encoder": attempt.encoder(spec),
             "scenario": spec.scenario,
             "codec": spec.codec,
             "resolution": f"{spec.width}x{spec.height}",
             "input_file_bytes": input_bytes,
             "output_file_bytes": output_bytes,
-            "bandwidth_mbps": round(bandwidth_mbps(input_bytes, output_bytes, elapsed), 3),
+            # From the rounded duration, so that anyone can redo the sum from the result.
+            "bandwidth_mbps": round(bandwidth_mbps(input_bytes, output_bytes, duration), 3),
             "exit_code": watch.returncode,
         }
-        if spec.output_mode == "file":
-            metrics["output_file"] = str(output_path)
-        else:
+        if spec.output_mode == "rtmp":
             metrics["rtmp_url"] = spec.rtmp_url
+        elif self.persist_outputs:
+            metrics["output_file"] = str(output_path)
         if last is not None:
             metrics.update(
                 frames=last.frame, fps=last.fps, speed=last.speed, bitrate_kbps=last.bitrate_kbps

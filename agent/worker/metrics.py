@@ -24,6 +24,15 @@ class AgentMetrics:
     input_bytes: Counter
     output_bytes: Counter
     breaker_state: Gauge
+    engine_available: Gauge
+    hw_encoder_available: Gauge
+
+    def report_capabilities(self, engines: dict[str, bool], hw_encoders: dict[str, bool]) -> None:
+        """Publish what start-up detection found; absent ones read 0 rather than missing."""
+        for engine, present in engines.items():
+            self.engine_available.labels(engine).set(int(present))
+        for encoder, present in hw_encoders.items():
+            self.hw_encoder_available.labels(encoder).set(int(present))
 
     @classmethod
     def create(cls) -> AgentMetrics:
@@ -58,6 +67,18 @@ class AgentMetrics:
             breaker_state=Gauge(
                 "ffrtmp_circuit_breaker_state",
                 "Circuit breaker: 0 closed (claiming), 1 open (paused), 2 half-open (one probe job)",
+                registry=registry,
+            ),
+            engine_available=Gauge(
+                "ffrtmp_engine_available",
+                "1 if this agent can run jobs with the engine, detected at start",
+                ["engine"],
+                registry=registry,
+            ),
+            hw_encoder_available=Gauge(
+                "ffrtmp_hw_encoder_available",
+                "1 if the hardware encoder passed a one-frame test encode at start",
+                ["encoder"],
                 registry=registry,
             ),
         )

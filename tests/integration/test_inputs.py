@@ -94,3 +94,32 @@ async def test_a_cancelled_generation_leaves_no_file_and_the_next_caller_generat
     with trio.fail_after(STEP_TIMEOUT_S):
         path = await cache.get(ff.find_ffmpeg(), 160, 120, 30, 1)
     assert await ff.decodes_cleanly(ff.find_ffmpeg(), path)
+
+
+async def test_the_least_recently_used_clips_go_first_but_never_one_in_use(tmp_path: Path) -> None:
+    """With room for about two clips, a third evicts the oldest unheld one; a held clip survives."""
+    ffmpeg = ff.find_ffmpeg()
+    directory = tmp_path / "inputs"
+    with trio.fail_after(STEP_TIMEOUT_S):
+        size = (await InputCache(directory).get(ffmpeg, 160, 120, 30, 1)).stat().st_size
+        cache = InputCache(directory, max_bytes=int(size * 2.5))
+        async with cache.open_clip(ffmpeg, 160, 120, 30, 1) as held:
+            second = await cache.get(ffmpeg, 160, 120, 25, 1)
+            await cache.get(ffmpeg, 160, 120, 24, 1)  # over the bound: the oldest unheld clip goes
+            assert held.exists(), "a clip in use is never evicted"
+            assert not second.exists()
+            await cache.get(ffmpeg, 160, 120, 15, 1)
+            assert held.exists()
+    assert sum(p.stat().st_size for p in directory.iterdir()) <= cache.max_bytes + size
+
+
+async def test_a_clip_opened_without_keep_is_removed_when_the_last_holder_leaves(tmp_path: Path) -> None:
+    """PERSIST_INPUTS=false: two jobs share the clip; it goes when both are done."""
+    cache = InputCache(tmp_path / "inputs")
+    ffmpeg = ff.find_ffmpeg()
+    with trio.fail_after(STEP_TIMEOUT_S):
+        async with cache.open_clip(ffmpeg, 160, 120, 30, 1, keep=False) as first:
+            async with cache.open_clip(ffmpeg, 160, 120, 30, 1, keep=False) as second:
+                assert first == second
+            assert first.exists()
+    assert not first.exists()
