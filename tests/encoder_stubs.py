@@ -22,7 +22,7 @@ started = time.time()
 if any(arg.endswith(("_nvenc", "_qsv", "_vaapi")) for arg in argv):
     sys.exit("no hardware encoders in this stub")
 if "-progress" not in argv:
-    if "lavfi" in argv:
+    if "lavfi" in argv and argv[-1] != "-":
         open(argv[-1], "wb").write(b"input")
     sys.exit(0)
 output = argv[-1]
