@@ -133,6 +133,17 @@ def worker_parser() -> argparse.ArgumentParser:
                         help="register with the master at start (default true)")
     parser.add_argument("--max-concurrent-jobs", type=concurrency, default=_env("max-concurrent-jobs", "1"),
                         help="jobs run at once: a number, or auto (cores/4) (default 1)")
+    parser.add_argument("--adaptive", type=boolean, nargs="?", const=True, default=_env("adaptive", "false"),
+                        help="tune the number of jobs run at once while running: up while throughput rises, "
+                        "down when it falls or the CPU is saturated; starts at --max-concurrent-jobs "
+                        "(default false)")
+    parser.add_argument("--adaptive-min-jobs", type=positive, default=_env("adaptive-min-jobs", "1"),
+                        help="lowest number of jobs --adaptive runs at once (default 1)")
+    parser.add_argument("--adaptive-max-jobs", type=int, default=_env("adaptive-max-jobs", "0"),
+                        help="highest number of jobs --adaptive runs at once (default 0: four per core)")
+    parser.add_argument("--adaptive-interval", type=duration, default=_env("adaptive-interval", "10s"),
+                        help="measuring window of --adaptive; it changes the limit at most once per window "
+                        "(default 10s)")
     parser.add_argument("--poll-interval", type=duration, default=_env("poll-interval", "5s"),
                         help="wait between polls while the queue is empty (default 5s)")
     parser.add_argument("--heartbeat-interval", type=duration, default=_env("heartbeat-interval", "30s"),
@@ -318,6 +329,10 @@ def _run_worker(argv: Sequence[str]) -> int:
         input_cache_mb=args.input_cache_mb,
         persist_outputs=args.persist_outputs,
         persist_inputs=args.persist_inputs,
+        adaptive=args.adaptive,
+        adaptive_min_jobs=args.adaptive_min_jobs,
+        adaptive_max_jobs=args.adaptive_max_jobs,
+        adaptive_interval=args.adaptive_interval,
     )
     return trio.run(run_agent, config)
 

@@ -124,6 +124,12 @@ class AgentConfig:
     # The original agent's PERSIST_OUTPUTS / PERSIST_INPUTS: keep files after the job.
     persist_outputs: bool = True
     persist_inputs: bool = True
+    # --adaptive: tune max_concurrent_jobs to the measured throughput, within these bounds
+    # (adaptive_max_jobs 0: four per core), one step per window of adaptive_interval seconds.
+    adaptive: bool = False
+    adaptive_min_jobs: int = 1
+    adaptive_max_jobs: int = 0
+    adaptive_interval: float = 10.0
 
     def node_address(self, bound_port: int) -> str:
         """The identity we register under: one node per agent, even several on one host."""

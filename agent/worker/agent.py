@@ -6,6 +6,7 @@
      ├─ status server   /metrics /health /ready /jobs
      ├─ heartbeat task  every heartbeat_interval; re-registers on 404
      ├─ outbox task     delivers results the master could not take when they were ready
+     ├─ event listener  websocket pushes: job available, cancel, drain (when the master has them)
      └─ poller          claims while a slot is free and the breaker is closed;
                         its job nursery holds one task per job
 
@@ -21,16 +22,19 @@ from __future__ import annotations
 import logging
 import signal
 import urllib.parse
+from functools import partial
 
 import attrs
 import trio
 
 from agent.client import AuthError, MasterClient, MasterError, MasterUnavailable, NotFound
 from agent.config import AgentConfig
-from agent.models import Engine, HeartbeatReport, NodeRegistration
+from agent.models import AgentEvent, Engine, HeartbeatReport, NodeRegistration
+from agent.worker.adaptive import serve_adaptive
 from agent.worker.backoff import Backoff
 from agent.worker.breaker import BreakerState, CircuitBreaker
 from agent.worker.encoder import StopPolicy
+from agent.worker.events import listen_events
 from agent.worker.engines.ffmpeg import EncoderNotFound, find_ffmpeg
 from agent.worker.engines.gstreamer import find_gstreamer
 from agent.worker.engines.hwaccel import candidates as hardware_candidates
@@ -144,7 +148,17 @@ class Agent:
                 nursery.cancel_scope.cancel()
                 return
             nursery.start_soon(self._heartbeats)
+            nursery.start_soon(
+                partial(listen_events, self.config.master_url, self.state.node_id, self._on_event,
+                        api_key=self.config.api_key)
+            )
             await nursery.start(self.reporter.serve_outbox)
+            if self.config.adaptive:
+                nursery.start_soon(partial(
+                    serve_adaptive, self.poller.limiter, self.state.running, self.metrics,
+                    min_jobs=self.config.adaptive_min_jobs, max_jobs=self.config.adaptive_max_jobs,
+                    interval=self.config.adaptive_interval,
+                ))
             log.info(
                 "Worst-case stop time %.0fs (grace %.0fs + encoder stop %.0fs + result report %.0fs)",
                 self.worst_case_stop_s, self.config.shutdown_grace, self.runner.stop.worst_case,
@@ -181,6 +195,15 @@ class Agent:
         self.drain()
         if self._jobs_scope is not None:
             self._jobs_scope.cancel()
+
+    def _on_event(self, event: AgentEvent) -> None:
+        if event.type == AgentEvent.JOB_AVAILABLE:
+            self.poller.wake()
+        elif event.type == AgentEvent.CANCEL:
+            self.poller.stop_job(event.job_id, "canceled")
+        elif event.type == AgentEvent.DRAIN:
+            log.info("The master asked this node to drain")
+            self.drain()
 
     def quit(self) -> None:
         """Kill the encoders at once and exit; results wait in the outbox for the next start."""

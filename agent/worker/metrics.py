@@ -26,6 +26,7 @@ class AgentMetrics:
     breaker_state: Gauge
     engine_available: Gauge
     hw_encoder_available: Gauge
+    adaptive_throughput: Gauge
 
     def report_capabilities(self, engines: dict[str, bool], hw_encoders: dict[str, bool]) -> None:
         """Publish what start-up detection found; absent ones read 0 rather than missing."""
@@ -79,6 +80,11 @@ class AgentMetrics:
                 "ffrtmp_hw_encoder_available",
                 "1 if the hardware encoder passed a one-frame test encode at start",
                 ["encoder"],
+                registry=registry,
+            ),
+            adaptive_throughput=Gauge(
+                "ffrtmp_adaptive_throughput_megapixels_per_second",
+                "Pixels the encoders produced per second in the last --adaptive window",
                 registry=registry,
             ),
         )
