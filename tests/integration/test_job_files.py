@@ -1,4 +1,4 @@
-"""The job runner with real FFmpeg: free space, kept and removed files, the operator's output dir."""
+"""The job runner with real FFmpeg and its files: free space, kept and removed files, the operator's output dir."""
 
 from __future__ import annotations
 
