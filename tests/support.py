@@ -96,8 +96,9 @@ class Processes:
     started: list[RunningProcess] = attrs.field(factory=list)
 
     async def stop_all(self) -> None:
+        """Newest first: agents stop before the master they report to."""
         with trio.CancelScope(shield=True):
-            for running in self.started:
+            for running in reversed(self.started):
                 await running.stop()
 
 

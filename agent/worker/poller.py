@@ -38,6 +38,10 @@ PROGRESS_INTERVAL_S = 1.0
 STATUS_POLL_INTERVAL_S = 5.0
 # Master states that mean "stop this job's encoder".
 STOPPED_ON_MASTER = (JobStatus.CANCELED, JobStatus.PAUSED)
+# Longest long-poll. A claim in flight is finished even during a drain (the
+# master may lease a job to it), so this also bounds how long an idle agent's
+# drain can wait for one.
+LONG_POLL_MAX_S = 5.0
 
 
 @attrs.define
@@ -55,6 +59,7 @@ class Poller:
     _wake: trio.Event = attrs.field(factory=trio.Event)
     _job_ended: trio.Event = attrs.field(factory=trio.Event)
     _progress_supported: bool = True
+    _long_poll_supported: bool = True
     _master_failing: bool = False
 
     def wake(self) -> None:
@@ -91,7 +96,7 @@ class Poller:
                 log.info("The master at %s answers again", self.client.base_url)
                 self._master_failing = False
             self.backoff.reset()
-            if job is None:
+            if job is None and not self._long_poll_supported:
                 await self._wait_for_work()
 
     async def _back_off(self, exc: MasterError) -> None:
@@ -120,10 +125,25 @@ class Poller:
             # A claim in flight when the drain starts is finished, never dropped:
             # the master has leased the job to us, so we must answer for it.
             with trio.CancelScope(shield=True):
-                job = await self.client.claim_next(self.state.node_id)
+                job = await self._claim()
             task_status.started(job)
             if job is not None:
                 await self._run_job(job)
+
+    async def _claim(self) -> Job | None:
+        """Claim, long-polling while the master supports it (it holds the request until work comes)."""
+        wait = min(self.poll_interval, LONG_POLL_MAX_S) if self._long_poll_supported else 0.0
+        started = trio.current_time()
+        job = await self.client.claim_next(self.state.node_id, wait=wait)
+        # A master with long-poll answers "no job" only at the deadline; the
+        # original Go master ignores ``wait`` and answers at once.
+        if job is None and wait > 0 and trio.current_time() - started < wait / 2:
+            log.info(
+                "The master does not hold long-polls; falling back to plain polling every %gs",
+                self.poll_interval,
+            )
+            self._long_poll_supported = False
+        return job
 
     async def _run_job(self, job: Job) -> None:
         log.info("Received job: %s (scenario: %s)", job.id, job.scenario)
