@@ -297,3 +297,21 @@ async def test_an_agent_registers_again_when_the_master_restarts_empty(procs: Pr
         job = await client.submit_job(live_job(0.5))
         [done] = await wait_for_jobs(client, [job.id], timeout=30)
     assert done.status is JobStatus.COMPLETED
+
+
+async def test_a_job_over_its_timeout_is_stopped_and_fails_as_timeout(procs: Processes, tmp_path: Path) -> None:
+    """resource_limits.timeout_sec stops an overrunning encoder; the agent takes the next job."""
+    _, master_url = await start_master(procs, tmp_path, "--max-retries", "0")
+    slow = JobRequest.from_json(
+        {"scenario": "240p30-h264",
+         "parameters": {"duration": 30, "realtime": True, "resource_limits": {"timeout_sec": 1}}}
+    )
+    async with MasterClient(master_url) as client:
+        slow_id = (await client.submit_job(slow)).id
+        next_id = (await client.submit_job(live_job(0.5))).id
+        agent, _ = await start_agent(procs, "agent", master_url, tmp_path / "work", "--log-level", "debug")
+        jobs = {j.id: j for j in await wait_for_jobs(client, [slow_id, next_id], timeout=30)}
+    assert jobs[slow_id].status is JobStatus.FAILED
+    assert jobs[slow_id].failure_reason == "timeout"
+    assert jobs[next_id].status is JobStatus.COMPLETED
+    assert not any(alive(pid) for pid in encoder_pids(agent))
