@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -244,13 +243,13 @@ class AdaptiveConcurrency:
         self.meter.observe(self.running)
         self.meter.take()
         self.cpu.busy()
-        started, ticks, full_ticks = time.monotonic(), 0, 0
+        started, ticks, full_ticks = trio.current_time(), 0, 0
         while ticks * TICK_S < self.interval:
             await trio.sleep(TICK_S)
             self.meter.observe(self.running)
             ticks += 1
             full_ticks += len(self.running) >= self.limit
-        throughput = self.meter.take() / max(time.monotonic() - started, TICK_S)
+        throughput = self.meter.take() / max(trio.current_time() - started, TICK_S)
         self.metrics.adaptive_throughput.set(throughput)
         return Window(
             limit=self.limit, throughput=throughput,

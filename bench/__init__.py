@@ -1,0 +1,8 @@
+"""Benchmarks a user runs on their own machine: ``python -m bench.bandwidth_scaling``, ``python -m bench.dispatch``.
+
+Layout: ``_farm`` starts the real master (in the bench process) and real
+agents (as processes) and reads their CPU time; ``_report`` writes JSON, CSV
+and markdown; ``goloop`` models the original Go agent's claim loop. The
+scripts reuse the test suite's process helpers (``tests.support``), so run
+them from a checkout of the repository.
+"""

@@ -1,0 +1,144 @@
+"""A master in the bench process and agents as processes, with the CPU time they use.
+
+The master is the real application and store served by hypercorn, behind an
+:class:`ExtensionGate` that can switch its dispatch extensions off, so one
+agent build can be measured with push, with long-poll or with plain polling
+(the gate answers as the original Go master does). Agents are real
+``python -m agent`` processes, started by the test suite's helpers.
+"""
+
+from __future__ import annotations
+
+import logging
+import urllib.parse
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, cast
+
+import attrs
+import hypercorn
+import hypercorn.trio
+import psutil  # type: ignore[import-untyped]
+import trio
+
+from agent.config import MasterConfig
+from agent.master.app import create_app
+from agent.master.events import EventHub
+from agent.master.store import open_store
+from tests.support import Processes, RunningProcess, start_agent
+
+if TYPE_CHECKING:
+    from hypercorn.typing import ASGIFramework
+    from starlette.types import ASGIApp, Receive, Scope, Send
+
+__all__ = ["BenchAgent", "BenchMaster", "CpuReading", "ExtensionGate", "serve_bench_master", "start_bench_agent"]
+
+
+@attrs.define
+class ExtensionGate:
+    """The master's app with push and long-poll each on or off, counting the long-polls it sees.
+
+    Off, they answer as the original Go master: the event channel is 404 and
+    ``wait`` is dropped from ``GET /jobs/next``, which then answers at once.
+    """
+
+    app: ASGIApp
+    push: bool = True
+    long_poll: bool = True
+    long_polls_seen: int = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and not self.push:
+            await send({"type": "websocket.http.response.start", "status": 404, "headers": []})
+            await send({"type": "websocket.http.response.body", "body": b"404 page not found\n"})
+            return
+        if scope["type"] == "http" and scope["path"] == "/jobs/next":
+            query = urllib.parse.parse_qsl(scope["query_string"].decode())
+            if any(key == "wait" for key, _ in query):
+                self.long_polls_seen += 1
+                if not self.long_poll:
+                    kept = urllib.parse.urlencode([(k, v) for k, v in query if k != "wait"])
+                    scope = {**scope, "query_string": kept.encode()}
+        await self.app(scope, receive, send)
+
+
+@attrs.frozen
+class BenchMaster:
+    url: str
+    gate: ExtensionGate
+    hub: EventHub
+
+
+async def serve_bench_master(
+    db: Path, *, push: bool = True, long_poll: bool = True,
+    task_status: trio.TaskStatus[BenchMaster] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the master on 127.0.0.1 until cancelled; ``started()`` hands back its URL and gate.
+
+    The store is SQLite in ``db``, as a master runs by default. Housekeeping
+    (offline nodes, retention) is left out: it has nothing to do in a bench.
+    """
+    config = MasterConfig(host="127.0.0.1", port=0, db=str(db))
+    http = hypercorn.Config()
+    http.bind = ["127.0.0.1:0"]
+    http.errorlog = logging.getLogger("bench.master.http")
+    async with open_store(config.db) as store:
+        hub = EventHub()
+        gate = ExtensionGate(create_app(store, config, hub), push=push, long_poll=long_poll)
+        async with trio.open_nursery() as nursery:
+            serve = partial(hypercorn.trio.serve, cast("ASGIFramework", gate), http)
+            urls: list[str] = await nursery.start(serve)
+            await nursery.start(hub.serve_wake_ups, store)
+            task_status.started(BenchMaster(url=urls[0], gate=gate, hub=hub))
+
+
+@attrs.frozen
+class CpuReading:
+    """CPU seconds of an agent: its own (with the helpers still running: the guardian) and its encoders'.
+
+    Encoders count once they have exited and been reaped, so read this when
+    no job is running.
+    """
+
+    agent_s: float
+    encoders_s: float
+
+    def __sub__(self, other: CpuReading) -> CpuReading:
+        return CpuReading(self.agent_s - other.agent_s, self.encoders_s - other.encoders_s)
+
+
+@attrs.define
+class BenchAgent:
+    process: RunningProcess
+
+    def cpu(self) -> CpuReading:
+        proc = psutil.Process(self.process.process.pid)
+        with proc.oneshot():
+            times = proc.cpu_times()
+            helpers = proc.children(recursive=True)
+        own = times.user + times.system
+        for helper in helpers:
+            try:
+                helper_times = helper.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            own += helper_times.user + helper_times.system
+        return CpuReading(agent_s=own, encoders_s=times.children_user + times.children_system)
+
+    def limit_changes(self) -> list[str]:
+        """The ``--adaptive`` log lines, ``"1 -> 2"`` each."""
+        marker = "Adaptive concurrency: "
+        return [line.split(marker, 1)[1].split(" max")[0] for line in self.process.lines if marker in line]
+
+    async def polling(self) -> None:
+        """Return once the agent has registered and started its claim loop."""
+        await self.process.wait_for(r"Starting job polling loop")
+
+    async def stop(self) -> None:
+        await self.process.stop()
+
+
+async def start_bench_agent(procs: Processes, name: str, master_url: str, work_dir: Path, *flags: str) -> BenchAgent:
+    """A real agent process; returns as soon as it serves its metrics, before it registers."""
+    running, _ = await start_agent(procs, name, master_url, work_dir, *flags)
+    return BenchAgent(running)

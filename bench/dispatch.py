@@ -1,0 +1,438 @@
+"""The agent's own cost, with an encoder that does nothing but wait: slot utilisation, dispatch latency, CPU.
+
+Usage (from the repository root; needs the ``[bench]`` extra)::
+
+    python -m bench.dispatch --durations 0.2,1,5 --concurrency 1,4,16 --repeats 3
+
+The encoder is a stub that marks when it started and sleeps D seconds, so
+whatever is not D is dispatch: claiming, starting the process, reporting the
+result. Three measurements, with the real master (in this process) and real
+agent processes:
+
+- Slot utilisation for each D and concurrency C: ``rounds x C`` jobs wait in
+  the queue when the agent starts; utilisation is the ideal makespan
+  (``rounds x D``) over the measured one, from the first claim to the last
+  result on the master. The agent's CPU time per job comes from the same
+  runs. The same jobs, at ``--go-concurrency``, also go through
+  :class:`~bench.goloop.GoLoop`, the original Go agent's one claim per tick.
+- Dispatch latency, from ``POST /jobs`` to the encoder's start, for a job
+  submitted to an idle agent, with each way the master can tell it: push
+  (event channel, with long-poll: the agent's default), long-poll alone, and
+  plain polling (the master answers as the original Go master, without
+  either). Submissions come at random moments so polling is measured at
+  every phase of its interval.
+
+Writes ``<name>.json``, ``.csv`` (utilisation rows) and ``.md`` into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from agent.client import MasterClient
+from agent.config import parse_duration
+from agent.models import Job, JobRequest, JobStatus, NodeRegistration
+from agent.scenarios import build_spec
+from agent.worker.inputs import InputCache
+from bench._farm import BenchMaster, serve_bench_master, start_bench_agent
+from bench._report import machine, markdown_table, median, percentile, write_outputs
+from bench.goloop import GoLoop
+from tests.support import Processes, wait_for_jobs
+
+# Every job is the same small one: the stub ignores what it asks for, only its own D counts.
+REQUEST = JobRequest.from_json({"scenario": "144p30-h264", "parameters": {"duration": 1}})
+# Latency is measured with short jobs: the sample rate is what it costs.
+LATENCY_JOB_S = 0.2
+# Modes of dispatch: (name, push on the master, long-poll on the master).
+MODES = (("push", True, True), ("long-poll", False, True), ("polling", False, False))
+# How long an agent gets to show it uses a mode before the mode counts as absent.
+MODE_SHOWN_WITHIN_S = 5.0
+BAR_UTILISATION = {(1.0, 4): 0.97, (0.2, 4): 0.90}
+
+_STUB = """\
+#!{bash}
+# A stand-in encoder that works for {seconds} s; see bench/dispatch.py.
+started=${{EPOCHREALTIME:-$(date +%s.%N)}}
+for output; do :; done
+case " $* " in
+  *_nvenc\\ *|*_qsv\\ *|*_vaapi\\ *) exit 1 ;;  # no hardware encoders here
+esac
+case "$output" in
+  -|pipe:*) ;;
+  *) printf '%s\\n' "$started" > "$output" ;;
+esac
+case " $* " in
+  *" -progress "*) exec {sleep} {seconds} ;;
+esac
+"""
+
+UTILISATION_COLUMNS = ("loop", "D s", "jobs at once", "jobs", "ideal s", "measured s", "utilisation",
+                       "agent CPU ms per job")
+LATENCY_COLUMNS = ("dispatch", "samples", "p50 ms", "p95 ms", "max ms")
+
+
+def write_stub(directory: Path, seconds: float) -> Path:
+    """A bash script: it records its start time in its output file (the last argument), then sleeps.
+
+    bash's ``EPOCHREALTIME`` gives the start to the microsecond without
+    starting another process; a probe of a hardware encoder fails, as on a
+    machine without one; test-input generation just writes the file.
+    """
+    bash, sleep = shutil.which("bash"), shutil.which("sleep")
+    if bash is None or sleep is None:
+        raise SystemExit("bench.dispatch needs bash and sleep on PATH for its stub encoder")
+    path = directory / f"stub-{seconds:g}s.sh"
+    path.write_text(_STUB.format(bash=bash, sleep=sleep, seconds=f"{seconds:g}"))
+    path.chmod(0o755)
+    return path
+
+
+def encoder_started(outputs: Path, job_id: str) -> float:
+    """The wall-clock time the stub wrote into the job's output file."""
+    [output] = (outputs / job_id).iterdir()
+    return float(output.read_text())
+
+
+@attrs.frozen
+class Utilisation:
+    loop: str
+    seconds: float
+    concurrency: int
+    jobs: int
+    repeat: int
+    measured_s: float
+    agent_cpu_s: float | None = None
+
+    @property
+    def ideal_s(self) -> float:
+        return math.ceil(self.jobs / self.concurrency) * self.seconds
+
+    @property
+    def utilisation(self) -> float:
+        return self.ideal_s / self.measured_s
+
+    def to_json(self) -> dict[str, Any]:
+        return {**attrs.asdict(self), "ideal_s": self.ideal_s, "utilisation": self.utilisation}
+
+
+def _span(jobs: Sequence[Job]) -> float:
+    """First claim to last result, on the master's clock."""
+    failed = [job for job in jobs if job.status is not JobStatus.COMPLETED]
+    if failed:
+        raise RuntimeError(f"job {failed[0].id} {failed[0].status.value}: {failed[0].error}")
+    first = min(job.started_at.timestamp() for job in jobs if job.started_at is not None)
+    last = max(job.completed_at.timestamp() for job in jobs if job.completed_at is not None)
+    return last - first
+
+
+@attrs.define
+class DispatchBench:
+    args: argparse.Namespace
+    work: Path
+    nursery: trio.Nursery
+    procs: Processes
+    stubs: dict[float, Path] = attrs.field(factory=dict)
+    _runs: int = 0
+
+    def stub(self, seconds: float) -> Path:
+        if seconds not in self.stubs:
+            self.stubs[seconds] = write_stub(self.work, seconds)
+        return self.stubs[seconds]
+
+    async def _master(self, push: bool = True, long_poll: bool = True) -> tuple[BenchMaster, trio.CancelScope]:
+        """A fresh master, so each run's queue holds only its own jobs."""
+        self._runs += 1
+        scope = trio.CancelScope()
+
+        async def serve(*, task_status: trio.TaskStatus[BenchMaster] = trio.TASK_STATUS_IGNORED) -> None:
+            with scope:
+                await serve_bench_master(self.work / f"master-{self._runs}.db", push=push, long_poll=long_poll,
+                                         task_status=task_status)
+
+        return await self.nursery.start(serve), scope
+
+    def _agent_dir(self) -> Path:
+        """A fresh work dir holding the one input clip the jobs name, so no run generates it."""
+        directory = self.work / f"agent-{self._runs}"
+        spec = build_spec(Job.from_json({"id": "clip", "status": "pending", **REQUEST.to_json()}))
+        clip = InputCache(directory / "inputs").path_for(spec.width, spec.height, spec.fps, spec.duration)
+        clip.parent.mkdir(parents=True, exist_ok=True)
+        clip.write_bytes(b"stub input")
+        return directory
+
+    async def agent_utilisation(self, seconds: float, concurrency: int, repeat: int) -> Utilisation:
+        jobs = concurrency * rounds(seconds, self.args.seconds)
+        master, scope = await self._master()
+        try:
+            async with MasterClient(master.url) as client:
+                ids = [(await client.submit_job(REQUEST)).id for _ in range(jobs)]
+                agent = await start_bench_agent(
+                    self.procs, f"agent-{seconds:g}s-x{concurrency}-{repeat}", master.url, self._agent_dir(),
+                    "--max-concurrent-jobs", str(concurrency), "--ffmpeg", str(self.stub(seconds)),
+                    "--poll-interval", self.args.poll_interval,
+                )
+                try:
+                    before = agent.cpu()
+                    done = await wait_for_jobs(client, ids, timeout=60 + 10 * jobs * seconds)
+                    used = agent.cpu() - before
+                finally:
+                    await agent.stop()
+        finally:
+            scope.cancel()
+        return Utilisation("agent", seconds, concurrency, jobs, repeat, _span(done), used.agent_s)
+
+    async def go_utilisation(self, seconds: float) -> Utilisation:
+        concurrency, jobs = self.args.go_concurrency, self.args.go_jobs
+        master, scope = await self._master()
+        outputs = self.work / f"go-{self._runs}"
+        outputs.mkdir()
+        stub = self.stub(seconds)
+
+        async def encode(job: Job) -> None:
+            await trio.run_process([str(stub), "-progress", "pipe:1", str(outputs / job.id)],
+                                   stdin=subprocess.DEVNULL, capture_stdout=True)
+
+        try:
+            async with MasterClient(master.url) as client, trio.open_nursery() as loop_nursery:
+                ids = [(await client.submit_job(REQUEST)).id for _ in range(jobs)]
+                node = await client.register(NodeRegistration(address="go-loop-model"))
+                loop = GoLoop(client, node.id, concurrency, parse_duration(self.args.go_poll_interval), encode)
+                loop_nursery.start_soon(loop.run, loop_nursery)
+                done = await wait_for_jobs(client, ids, timeout=60 + jobs * (seconds + loop.poll_interval) * 2)
+                loop_nursery.cancel_scope.cancel()
+        finally:
+            scope.cancel()
+        return Utilisation("Go loop model", seconds, concurrency, jobs, 0, _span(done))
+
+    async def latency(self, mode: str, push: bool, long_poll: bool) -> dict[str, Any]:
+        """Submit-to-start latencies of jobs sent one at a time to an idle agent."""
+        master, scope = await self._master(push=push, long_poll=long_poll)
+        work = self._agent_dir()
+        poll_interval = parse_duration(self.args.poll_interval)
+        latencies: list[float] = []
+        try:
+            async with MasterClient(master.url) as client:
+                agent = await start_bench_agent(
+                    self.procs, f"latency-{mode}", master.url, work, "--max-concurrent-jobs", "4",
+                    "--ffmpeg", str(self.stub(LATENCY_JOB_S)), "--poll-interval", self.args.poll_interval,
+                )
+                try:
+                    await agent.polling()
+                    missing = await _mode_missing(master, push, long_poll)
+                    if missing:
+                        return {"mode": mode, "available": False, "reason": missing}
+                    for _ in range(self.args.latency_samples):
+                        await trio.sleep(random.uniform(0, poll_interval))
+                        submitted = time.time()
+                        job = await client.submit_job(REQUEST)
+                        await wait_for_jobs(client, [job.id], timeout=30 + 2 * poll_interval)
+                        latencies.append(encoder_started(work / "outputs", job.id) - submitted)
+                finally:
+                    await agent.stop()
+        finally:
+            scope.cancel()
+        return {
+            "mode": mode, "available": True, "samples_s": latencies, "p50_s": median(latencies),
+            "p95_s": percentile(latencies, 95), "max_s": max(latencies),
+        }
+
+
+async def _mode_missing(master: BenchMaster, push: bool, long_poll: bool) -> str:
+    """Why the agent does not use the mode the master offers, or "" when it does."""
+    with trio.move_on_after(MODE_SHOWN_WITHIN_S):
+        while True:
+            if push and master.hub.connected:
+                return ""
+            if not push and long_poll and master.gate.long_polls_seen:
+                return ""
+            if not push and not long_poll:
+                return ""
+            await trio.sleep(0.05)
+    if push:
+        return "the agent opened no event channel"
+    return "the agent sent no long-poll"
+
+
+def rounds(seconds: float, target_s: float) -> int:
+    """Jobs per slot: enough for about ``target_s`` of ideal makespan, at least two."""
+    return max(2, round(target_s / seconds))
+
+
+async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    runs: list[Utilisation] = []
+    latencies: list[dict[str, Any]] = []
+    async with trio.open_nursery() as nursery:
+        procs = Processes(nursery)
+        bench = DispatchBench(args, work, nursery, procs)
+        try:
+            for repeat in range(args.repeats):
+                # Alternate the order, so drift of a shared machine spreads over all cells.
+                cells = [(d, c) for d in args.durations for c in args.concurrency]
+                for seconds, concurrency in cells if repeat % 2 == 0 else reversed(cells):
+                    run = await bench.agent_utilisation(seconds, concurrency, repeat)
+                    runs.append(run)
+                    _say(f"repeat {repeat + 1} agent D={seconds:g}s x{concurrency}: "
+                         f"{run.jobs} jobs, utilisation {run.utilisation:.3f}, "
+                         f"{1000 * (run.agent_cpu_s or 0) / run.jobs:.1f} ms CPU per job")
+            for seconds in args.durations:
+                run = await bench.go_utilisation(seconds)
+                runs.append(run)
+                _say(f"Go loop model D={seconds:g}s x{run.concurrency}: utilisation {run.utilisation:.3f}")
+            for mode, push, long_poll in MODES:
+                if mode in args.modes:
+                    result = await bench.latency(mode, push, long_poll)
+                    latencies.append(result)
+                    _say(f"latency {mode}: " + (f"p50 {1000 * result['p50_s']:.1f} ms, p95 {1000 * result['p95_s']:.1f} ms"
+                                                if result["available"] else result["reason"]))
+        finally:
+            await procs.stop_all()
+        nursery.cancel_scope.cancel()
+    return {"utilisation_runs": [run.to_json() for run in runs], "latency": latencies}
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def summarise(results: dict[str, Any]) -> dict[str, Any]:
+    cells: dict[tuple[str, float, int], list[dict[str, Any]]] = {}
+    for run in results["utilisation_runs"]:
+        cells.setdefault((run["loop"], run["seconds"], run["concurrency"]), []).append(run)
+    rows = []
+    for (loop, seconds, concurrency), runs in cells.items():
+        cpu = [run["agent_cpu_s"] / run["jobs"] for run in runs if run["agent_cpu_s"] is not None]
+        rows.append({
+            "loop": loop, "seconds": seconds, "concurrency": concurrency, "jobs": runs[0]["jobs"],
+            "ideal_s": runs[0]["ideal_s"], "measured_s": median([run["measured_s"] for run in runs]),
+            "utilisation": median([run["utilisation"] for run in runs]),
+            "agent_cpu_s_per_job": median(cpu),
+        })
+    rows.sort(key=lambda row: (row["loop"] != "agent", row["seconds"], row["concurrency"]))
+    bars = {}
+    for (seconds, concurrency), bar in BAR_UTILISATION.items():
+        row = next((r for r in rows if r["loop"] == "agent" and (r["seconds"], r["concurrency"]) == (seconds, concurrency)), None)
+        if row is not None:
+            bars[f"utilisation D={seconds:g}s x{concurrency}"] = {
+                "value": row["utilisation"], "bar": bar, "met": row["utilisation"] >= bar,
+            }
+    return {"utilisation": rows, "latency": results["latency"], "bars": bars}
+
+
+def utilisation_rows(summary: dict[str, Any]) -> list[list[Any]]:
+    return [
+        [row["loop"], row["seconds"], row["concurrency"], row["jobs"], row["ideal_s"], row["measured_s"],
+         row["utilisation"], 1000 * row["agent_cpu_s_per_job"]]
+        for row in summary["utilisation"]
+    ]
+
+
+def markdown(summary: dict[str, Any], settings: dict[str, Any], host: dict[str, Any]) -> str:
+    latency_rows = [
+        [entry["mode"], len(entry["samples_s"]), 1000 * entry["p50_s"], 1000 * entry["p95_s"], 1000 * entry["max_s"]]
+        if entry["available"] else [entry["mode"], 0, "-", "-", entry["reason"]]
+        for entry in summary["latency"]
+    ]
+    lines = [
+        f"# Dispatch: a stub encoder that sleeps D s; utilisation is the median of {settings['repeats']} repeats",
+        "",
+        f"{host['cores']} cores ({host['cpu_model']}), Python {host['python']}; agent --poll-interval "
+        f"{settings['poll_interval']}, Go loop model polls every {settings['go_poll_interval']}.",
+        f"Command: `{host['command']}`",
+        "",
+        "## Slot utilisation (ideal makespan / measured, first claim to last result)",
+        "",
+        markdown_table(UTILISATION_COLUMNS, utilisation_rows(summary)),
+        "",
+        "## Dispatch latency, POST /jobs to encoder start, idle agent",
+        "",
+        markdown_table(LATENCY_COLUMNS, latency_rows),
+        "",
+    ]
+    for name, bar in summary["bars"].items():
+        lines.append(f"- {name}: {bar['value']:.3f} (bar {bar['bar']}) {'met' if bar['met'] else 'NOT met'}")
+    return "\n".join(lines)
+
+
+def _floats(text: str) -> list[float]:
+    values = [float(part) for part in text.split(",") if part.strip()]
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give positive numbers separated by commas")
+    return values
+
+
+def _ints(text: str) -> list[int]:
+    values = [int(part) for part in text.split(",") if part.strip()]
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give whole numbers of 1 or more separated by commas")
+    return values
+
+
+def _modes(text: str) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    known = [mode for mode, _, _ in MODES]
+    if not set(names) <= set(known):
+        raise argparse.ArgumentTypeError(f"{text!r}: modes are {', '.join(known)}")
+    return names
+
+
+def _duration_text(text: str) -> str:
+    parse_duration(text)
+    return text
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench.dispatch", description=__doc__.split("\n")[0])
+    parser.add_argument("--durations", type=_floats, default=[0.2, 1.0, 5.0],
+                        help="stub encode seconds D (default 0.2,1,5)")
+    parser.add_argument("--concurrency", type=_ints, default=[1, 4, 16], help="concurrency levels (default 1,4,16)")
+    parser.add_argument("--seconds", type=float, default=3.0,
+                        help="ideal makespan a utilisation run aims at; at least 2 jobs per slot (default 3)")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats of the utilisation runs (default 3)")
+    parser.add_argument("--modes", type=_modes, default=[mode for mode, _, _ in MODES],
+                        help="dispatch modes for latency (default push,long-poll,polling)")
+    parser.add_argument("--latency-samples", type=int, default=20, help="jobs per latency mode (default 20)")
+    parser.add_argument("--poll-interval", type=_duration_text, default="2s",
+                        help="the agent's --poll-interval (default 2s)")
+    parser.add_argument("--go-poll-interval", type=_duration_text, default="2s",
+                        help="poll tick of the Go loop model (default 2s; the Go agent's default was 10s)")
+    parser.add_argument("--go-concurrency", type=int, default=4, help="slots of the Go loop model (default 4)")
+    parser.add_argument("--go-jobs", type=int, default=8, help="jobs per Go loop model run (default 8)")
+    parser.add_argument("--out", type=Path, default=Path("bench/results"), help="output directory (default bench/results)")
+    parser.add_argument("--name", default="dispatch", help="output file name stem (default dispatch)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    work = Path(tempfile.mkdtemp(prefix="ffrtmp-dispatch-"))
+    try:
+        results = trio.run(measure, args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    summary = summarise(results)
+    settings = {key: value for key, value in vars(args).items() if key != "out"}
+    host = machine()
+    text = markdown(summary, settings, host)
+    write_outputs(args.out, args.name, {"machine": host, "settings": settings, "summary": summary, **results},
+                  UTILISATION_COLUMNS, utilisation_rows(summary), text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""The benchmark scripts run end to end on tiny settings and write well-formed outputs.
+
+The figures themselves are the scripts' business, not the tests': nothing
+here asserts a time or a ratio. Each script starts its own master on
+127.0.0.1 port 0 and its own agent processes, and stops them on the way out.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import bandwidth_scaling, dispatch
+from tests.support import REPO
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def run_script(module: str, *args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True, timeout=110,
+        stdin=subprocess.DEVNULL, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-5000:]
+    return result.stdout
+
+
+def read_csv(path: Path) -> list[list[str]]:
+    with path.open(newline="") as rows:
+        return list(csv.reader(rows))
+
+
+def test_bandwidth_scaling_writes_json_csv_markdown_and_a_png(tmp_path: Path) -> None:
+    """Two 0.5 s jobs at levels 1 and 2 plus one adaptive run: every output is written and parses."""
+    stdout = run_script(
+        "bench.bandwidth_scaling", "--levels", "1,2", "--jobs", "2", "--duration", "0.5", "--repeats", "1",
+        "--out", str(tmp_path), "--name", "bw",
+    )
+    data = json.loads((tmp_path / "bw.json").read_text())
+    assert data["machine"]["cores"] >= 1
+    assert [row["level"] for row in data["summary"]["levels"]] == [1, 2]
+    assert {run["side"] for run in data["runs"]} == {"agent", "pool", "adaptive"}
+    assert len(data["runs"]) == 5
+    assert all(run["makespan_s"] > 0 and run["frames"] > 0 for run in data["runs"])
+    assert set(data["summary"]["bars"]) >= {"agent_cpu_share_of_encoders", "adaptive_vs_best_fixed"}
+    rows = read_csv(tmp_path / "bw.csv")
+    assert rows[0] == list(bandwidth_scaling.COLUMNS)
+    assert [row[0] for row in rows[1:]] == ["1", "2", "auto --adaptive"]
+    markdown = (tmp_path / "bw.md").read_text()
+    assert "| jobs at once |" in markdown and "(bw.png)" in markdown
+    assert markdown.strip() in stdout
+    png = (tmp_path / "bw.png").read_bytes()
+    assert png.startswith(PNG_SIGNATURE) and len(png) > 10_000
+
+
+def test_dispatch_writes_utilisation_latency_and_go_loop_rows(tmp_path: Path) -> None:
+    """Short stub jobs at two levels, a Go loop run and every latency mode: the outputs parse."""
+    run_script(
+        "bench.dispatch", "--durations", "0.2", "--concurrency", "1,2", "--seconds", "0.4", "--repeats", "1",
+        "--latency-samples", "2", "--poll-interval", "0.5s", "--go-jobs", "2", "--go-poll-interval", "0.2s",
+        "--out", str(tmp_path), "--name", "dispatch",
+    )
+    data = json.loads((tmp_path / "dispatch.json").read_text())
+    loops = [(row["loop"], row["concurrency"]) for row in data["summary"]["utilisation"]]
+    assert loops == [("agent", 1), ("agent", 2), ("Go loop model", 4)]
+    assert all(0 < row["utilisation"] for row in data["summary"]["utilisation"])
+    assert [entry["mode"] for entry in data["latency"]] == ["push", "long-poll", "polling"]
+    measured = [entry for entry in data["latency"] if entry["available"]]
+    assert measured and all(len(entry["samples_s"]) == 2 for entry in measured)
+    rows = read_csv(tmp_path / "dispatch.csv")
+    assert rows[0] == list(dispatch.UTILISATION_COLUMNS) and len(rows) == 4
+    markdown = (tmp_path / "dispatch.md").read_text()
+    assert "## Slot utilisation" in markdown and "## Dispatch latency" in markdown
