@@ -86,6 +86,7 @@ _DEFAULT_PRESET = "veryfast"
 # (and falls back to software if it fails); "none" insists on software; a
 # vendor name asks for that vendor's encoder, else software.
 HARDWARE_CHOICES = ("auto", "none", "nvenc", "qsv", "vaapi")
+HARDWARE_VENDORS = HARDWARE_CHOICES[2:]
 
 _MIN_WIDTH, _MAX_WIDTH = 16, 7680
 _MIN_HEIGHT, _MAX_HEIGHT = 16, 4320
@@ -281,7 +282,7 @@ def build_spec(
     if given("resolution"):
         width, height = _resolution(params["resolution"])
     fps = _fps(params["fps"]) if given("fps") else float(scenario.fps)
-    codec = _codec(params["codec"]) if given("codec") else scenario.codec
+    codec, vendor = _codec(params["codec"]) if given("codec") else (scenario.codec, "")
     bitrate = _bitrate(params["bitrate"]) if given("bitrate") else default_bitrate(width, height, fps, codec)
     preset = _preset(params["preset"], codec) if given("preset") else _DEFAULT_PRESET
     duration = _duration(params["duration"]) if given("duration") else DEFAULT_DURATION_S
@@ -292,7 +293,7 @@ def build_spec(
     # Streaming is real-time by nature; a file job runs as fast as it can unless asked.
     realtime = _bool("realtime", params["realtime"]) if given("realtime") else output_mode == "rtmp"
     timeout_sec = _timeout(params["resource_limits"]) if given("resource_limits") else None
-    hardware = _hardware(params["hardware"]) if given("hardware") else "auto"
+    hardware = _hardware(params["hardware"]) if given("hardware") else vendor or "auto"
 
     safe_id = re.sub(r"[^A-Za-z0-9_.-]", "_", job.id).lstrip(".-")[:100] or "job"
     if output_mode == "rtmp":
@@ -386,12 +387,18 @@ def _fps(value: Any) -> float:
     return _number("fps", value, _MIN_FPS, _MAX_FPS)
 
 
-def _codec(value: Any) -> str:
+def _codec(value: Any) -> tuple[str, str]:
+    """The codec and the hardware vendor a name like ``h264_nvenc`` asks for ("" for none)."""
     name = _text("codec", value, 16).lower()
-    codec = _CODEC_ALIASES.get(name, name)
-    if codec not in CODECS:
-        raise JobRejected("codec", f"{_shown(value)} is not one of h264, h265 (hevc), vp9")
-    return codec
+    base, _, vendor = name.partition("_")
+    codec = _CODEC_ALIASES.get(base, base)
+    if codec not in CODECS or (vendor and vendor not in HARDWARE_VENDORS):
+        raise JobRejected(
+            "codec",
+            f"{_shown(value)} is not one of h264, h265 (hevc), vp9, "
+            f"optionally with a hardware suffix ({', '.join('_' + v for v in HARDWARE_VENDORS)})",
+        )
+    return codec, vendor
 
 
 def _bitrate(value: Any) -> str:

@@ -94,7 +94,8 @@ def claim_key(job: Job) -> tuple[int, int, int]:
 
 
 def _hardware_codec(job: Job) -> str:
-    wanted = f"{job.scenario} {job.parameters.get('codec', '')}".lower()
+    """The GPU family a job insists on: ``hardware: nvenc`` or a codec such as ``h264_nvenc``."""
+    wanted = f"{job.parameters.get('hardware', '')} {job.parameters.get('codec', '')}".lower()
     return next((codec for codec in HARDWARE_CODECS if codec in wanted), "")
 
 

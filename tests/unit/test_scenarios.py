@@ -496,3 +496,11 @@ def test_the_public_names_are_pinned() -> None:
         "CODECS", "DEFAULT_DURATION_S", "EncodeSpec", "HARDWARE_CHOICES", "JobRejected", "Scenario", "VP9_PRESETS",
         "build_spec", "default_bitrate",
     ]
+
+
+def test_a_hardware_codec_name_asks_for_that_vendor_with_the_plain_codec() -> None:
+    """``h264_nvenc`` is h264 on NVENC (the master routes it to a GPU node); unknown suffixes are refused."""
+    spec = build_spec(Job(id="j", scenario="720p30-h264", parameters={"codec": "hevc_qsv"}))
+    assert (spec.codec, spec.hardware) == ("h265", "qsv")
+    with pytest.raises(JobRejected, match="codec"):
+        build_spec(Job(id="j", scenario="720p30-h264", parameters={"codec": "h264_cuda"}))

@@ -82,8 +82,9 @@ def test_a_draining_node_is_given_nothing_and_keeps_draining() -> None:
 
 def test_hardware_codecs_need_a_gpu_that_offers_them() -> None:
     """nvenc goes to an NVIDIA node, not to a CPU node or a QSV-only one."""
-    nvenc = job(1, scenario="1080p60-h264_nvenc")
+    nvenc = job(1, scenario="1080p60-h264", parameters={"codec": "h264_nvenc"})
     assert not scheduler.can_run(nvenc, NODE)
+    assert not scheduler.can_run(job(3, parameters={"hardware": "qsv"}), NODE)
     assert scheduler.can_run(
         nvenc, attrs.evolve(NODE, has_gpu=True, gpu_capabilities=["h264_nvenc"])
     )
