@@ -129,8 +129,9 @@ async def _run_encoder(
         assert process.stdout is not None and process.stderr is not None
         nursery.start_soon(_read_progress, process.stdout, watch)
         nursery.start_soon(_read_stderr, process.stderr, watch)
-    watch.returncode = process.returncode
-    return process.returncode
+    # run_process has reaped it: wait() returns the exit code at once, typed as int.
+    watch.returncode = await process.wait()
+    return watch.returncode
 
 
 async def _read_progress(stream: trio.abc.ReceiveStream, watch: EncoderWatch) -> None:
