@@ -65,6 +65,7 @@ class Agent:
     _startup_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     _poll_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     _jobs_scope: trio.CancelScope | None = None
+    _events_scope: trio.CancelScope | None = None
 
     def __attrs_post_init__(self) -> None:
         self.reporter = ResultReporter(self.client, Outbox(self.config.work_dir / "outbox"))
@@ -143,31 +144,28 @@ class Agent:
             self._registration = self._describe_node(port)
             with self._startup_scope:  # a drain while the master is still unreachable ends here
                 await self.register()
-            if self.state.draining:
-                task_status.started(urls[0])
-                nursery.cancel_scope.cancel()
-                return
-            nursery.start_soon(self._heartbeats)
-            nursery.start_soon(
-                partial(listen_events, self.config.master_url, self.state.node_id, self._on_event,
-                        api_key=self.config.api_key)
-            )
-            await nursery.start(self.reporter.serve_outbox)
-            if self.config.adaptive:
-                nursery.start_soon(partial(
-                    serve_adaptive, self.poller.limiter, self.state.running, self.metrics,
-                    min_jobs=self.config.adaptive_min_jobs, max_jobs=self.config.adaptive_max_jobs,
-                    interval=self.config.adaptive_interval,
-                ))
-            log.info(
-                "Worst-case stop time %.0fs (grace %.0fs + encoder stop %.0fs + result report %.0fs)",
-                self.worst_case_stop_s, self.config.shutdown_grace, self.runner.stop.worst_case,
-                DELIVERY_ATTEMPT_S,
-            )
             task_status.started(urls[0])
-            await self._run_jobs_until_drained()
+            if not self.state.draining:
+                await self._serve_registered(nursery)
             nursery.cancel_scope.cancel()
         log.info("Agent stopped")
+
+    async def _serve_registered(self, nursery: trio.Nursery) -> None:
+        nursery.start_soon(self._heartbeats)
+        nursery.start_soon(self._listen_events)
+        await nursery.start(self.reporter.serve_outbox)
+        if self.config.adaptive:
+            nursery.start_soon(partial(
+                serve_adaptive, self.poller.limiter, self.state.running, self.metrics,
+                min_jobs=self.config.adaptive_min_jobs, max_jobs=self.config.adaptive_max_jobs,
+                interval=self.config.adaptive_interval,
+            ))
+        log.info(
+            "Worst-case stop time %.0fs (grace %.0fs + encoder stop %.0fs + result report %.0fs)",
+            self.worst_case_stop_s, self.config.shutdown_grace, self.runner.stop.worst_case,
+            DELIVERY_ATTEMPT_S,
+        )
+        await self._run_jobs_until_drained()
 
     async def _run_jobs_until_drained(self) -> None:
         async with trio.open_nursery() as job_nursery:
@@ -195,6 +193,16 @@ class Agent:
         self.drain()
         if self._jobs_scope is not None:
             self._jobs_scope.cancel()
+
+    async def _listen_events(self) -> None:
+        """Listen on the node's event channel; a new node id (registered again) needs a new channel."""
+        while True:
+            with trio.CancelScope() as self._events_scope:
+                await listen_events(
+                    self.config.master_url, self.state.node_id, self._on_event, api_key=self.config.api_key
+                )
+                return  # the master offers no channel
+            self._events_scope = None
 
     def _on_event(self, event: AgentEvent) -> None:
         if event.type == AgentEvent.JOB_AVAILABLE:
@@ -250,6 +258,8 @@ class Agent:
                 await trio.sleep(delay)
                 continue
             break
+        if self._events_scope is not None and node.id != self.state.node_id:
+            self._events_scope.cancel()
         self.state.node_id = node.id
         log.info("Registered with %s as node %s (%s)", self.config.master_url, node.id, node.address)
 

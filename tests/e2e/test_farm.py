@@ -104,12 +104,13 @@ async def test_free_slots_fill_back_to_back_not_one_per_poll_interval(procs: Pro
 async def test_two_agents_on_one_master_run_every_job_exactly_once(procs: Processes, tmp_path: Path) -> None:
     """20 short jobs, two agents polling: each job ran on exactly one agent, once."""
     _, master_url = await start_master(procs, tmp_path)
+    for name in ("agent-a", "agent-b"):
+        agent, _ = await start_agent(
+            procs, name, master_url, tmp_path / name, "--max-concurrent-jobs", "2", "--poll-interval", "0.2s"
+        )
+        await agent.wait_for("Starting job polling loop")
     async with MasterClient(master_url) as client:
         ids = [(await client.submit_job(job("144p30-h264", duration=0.5))).id for _ in range(20)]
-        for name in ("agent-a", "agent-b"):
-            await start_agent(
-                procs, name, master_url, tmp_path / name, "--max-concurrent-jobs", "2", "--poll-interval", "0.2s"
-            )
         jobs = await wait_for_jobs(client, ids, timeout=120)
         nodes = await client.list_nodes()
     assert all(j.status is JobStatus.COMPLETED and j.retry_count == 0 for j in jobs)
