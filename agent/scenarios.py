@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
+import socket
 import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
@@ -248,6 +249,7 @@ def build_spec(
     input_dirs: Sequence[Path] = (),
     output_dir: Path | None = None,
     default_rtmp_host: str = "localhost",
+    allow_private_inputs: bool = False,
 ) -> EncodeSpec:
     """Apply a job's parameters over its scenario and validate every value.
 
@@ -265,6 +267,9 @@ def build_spec(
             in the runner's work dir, under a plain file name.
         default_rtmp_host: host of the default RTMP URL; the original agent
             streams to the master's host.
+        allow_private_inputs: an input URL may name a loopback, private or
+            link-local address. Off by default: a job must not make the
+            worker fetch from services only its network can reach.
 
     Returns:
         The spec the engine builds its argv from.
@@ -286,7 +291,7 @@ def build_spec(
     bitrate = _bitrate(params["bitrate"]) if given("bitrate") else default_bitrate(width, height, fps, codec)
     preset = _preset(params["preset"], codec) if given("preset") else _DEFAULT_PRESET
     duration = _duration(params["duration"]) if given("duration") else DEFAULT_DURATION_S
-    input_ = _input(params["input"], input_dirs) if given("input") else ""
+    input_ = _input(params["input"], input_dirs, allow_private_inputs) if given("input") else ""
     output_mode = _output_mode(params["output_mode"]) if given("output_mode") else "file"
     stream_key = _stream_key(params["stream_key"]) if given("stream_key") else ""
     rtmp_url = _rtmp_url(params["rtmp_url"]) if given("rtmp_url") else ""
@@ -540,11 +545,47 @@ def _rtmp_url(value: Any) -> str:
     return _url("rtmp_url", value, _RTMP_SCHEMES)
 
 
-def _input(value: Any, input_dirs: Sequence[Path]) -> str:
-    """A URL, or a local path that resolves (symlinks followed) inside an allowed directory."""
+def _non_public(host: str) -> str:
+    """Why ``host`` names a non-public address, or ``""``; no lookup, so DNS names pass but localhost.
+
+    The forms the resolver reads as IPv4 (``127.1``, ``2130706433``, ``0x7f.1``)
+    count as the address they mean.
+    """
+    name = host.lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return "loopback"
+    try:
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(name)
+    except ValueError:
+        try:
+            address = ipaddress.IPv4Address(socket.inet_aton(name))
+        except OSError:
+            return ""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if address.is_loopback:
+        return "loopback"
+    if address.is_link_local:
+        return "link-local"
+    return "" if address.is_global else "private"
+
+
+def _input(value: Any, input_dirs: Sequence[Path], allow_private: bool = False) -> str:
+    """A URL (to a public address unless ``allow_private``), or a local path in an allowed directory.
+
+    A local path must resolve, symlinks followed, inside one of ``input_dirs``.
+    """
     text = _text("input", value, 4096)
     if "://" in text:
-        return _url("input", text, _INPUT_SCHEMES)
+        url = _url("input", text, _INPUT_SCHEMES)
+        kind = "" if allow_private else _non_public(urllib.parse.urlsplit(url).hostname or "")
+        if kind:
+            raise JobRejected(
+                "input",
+                f"{_shown(value)} points at a {kind} address; this worker fetches only from public "
+                "addresses unless started with --allow-private-inputs",
+            )
+        return url
     if not input_dirs:
         raise JobRejected("input", "local files are not allowed on this worker; give an http(s), rtmp or srt URL")
     roots = [Path(d).resolve() for d in input_dirs]

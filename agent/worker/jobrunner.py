@@ -139,6 +139,8 @@ class JobRunner:
             ``resource_error`` instead of filling the disk half-way through.
         persist_outputs: keep output files after measuring them (``PERSIST_OUTPUTS``).
         persist_inputs: keep generated inputs for later jobs (``PERSIST_INPUTS``).
+        allow_private_inputs: input URLs may name loopback, private or link-local
+            addresses (``--allow-private-inputs``).
     """
 
     ffmpeg: str
@@ -155,6 +157,7 @@ class JobRunner:
     min_free_bytes: int = 0
     persist_outputs: bool = True
     persist_inputs: bool = True
+    allow_private_inputs: bool = False
 
     @property
     def engines(self) -> list[str]:
@@ -166,7 +169,8 @@ class JobRunner:
     ) -> JobResult:
         try:
             spec = build_spec(
-                job, input_dirs=self.input_dirs, output_dir=self.output_dir, default_rtmp_host=self.rtmp_host
+                job, input_dirs=self.input_dirs, output_dir=self.output_dir, default_rtmp_host=self.rtmp_host,
+                allow_private_inputs=self.allow_private_inputs,
             )
         except JobRejected as exc:
             log.warning("Job %s rejected: %s", job.id, exc)

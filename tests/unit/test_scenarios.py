@@ -226,8 +226,8 @@ def test_local_inputs_cannot_escape_by_dots_or_symlinks(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("url", [
-    "http://example.com/a.mp4", "https://cdn.example.com:8443/v/a.mp4?sig=abc", "rtmp://10.1.2.3/live/cam",
-    "srt://[::1]:9000?mode=caller",
+    "http://example.com/a.mp4", "https://cdn.example.com:8443/v/a.mp4?sig=abc", "rtmp://1.2.3.4/live/cam",
+    "srt://[2606:4700::1111]:9000?mode=caller",
 ])
 def test_input_urls_with_known_schemes_and_sane_hosts_are_accepted(url: str) -> None:
     """Network inputs are passed on unchanged."""
