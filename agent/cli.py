@@ -7,7 +7,7 @@ other roles; ``ffrtmp jobs|nodes ...`` is the operator CLI alone.
 Worker flags keep the original Go agent's names. Every flag also reads an
 environment variable, ``FFRTMP_<FLAG>`` (``--poll-interval`` ->
 ``FFRTMP_POLL_INTERVAL``); the API key reads ``FFMPEG_RTMP_API_KEY`` as the
-original did.
+original did, or a file (``--api-key-file``), which keeps it out of ``ps``.
 """
 
 from __future__ import annotations
@@ -25,8 +25,10 @@ from agent.config import (
     API_KEY_ENV,
     DEFAULT_MASTER_URL,
     AgentConfig,
+    ClientTLS,
     ConfigError,
     MasterConfig,
+    ServerTLS,
     default_work_dir,
     parse_days,
     parse_duration,
@@ -110,15 +112,33 @@ def _add_logging_flags(parser: argparse.ArgumentParser, default: str = "info") -
     )
 
 
+def _add_api_key_flags(parser: argparse.ArgumentParser, described: str) -> None:
+    parser.add_argument(
+        "--api-key", default=os.environ.get(API_KEY_ENV, ""),
+        help=f"{described} (env {API_KEY_ENV}; visible in ps: prefer --api-key-file)",
+    )
+    parser.add_argument(
+        "--api-key-file", type=Path, default=_env("api-key-file", "") or None,
+        help="read the API key from this file instead; it wins over --api-key",
+    )
+
+
 def _add_master_access_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--master", default=_env("master", DEFAULT_MASTER_URL),
         help=f"master URL (default {DEFAULT_MASTER_URL}; env FFRTMP_MASTER)",
     )
-    parser.add_argument(
-        "--api-key", default=os.environ.get(API_KEY_ENV, ""),
-        help=f"API key for the master (env {API_KEY_ENV})",
-    )
+    _add_api_key_flags(parser, "API key for the master")
+    parser.add_argument("--ca", type=Path, default=_env("ca", "") or None,
+                        help="CA certificate that signed an https master's certificate "
+                        "(default: the system's trusted CAs)")
+    parser.add_argument("--cert", type=Path, default=_env("cert", "") or None,
+                        help="client certificate for a master with mutual TLS")
+    parser.add_argument("--key", type=Path, default=_env("key", "") or None,
+                        help="private key of --cert (may be the same PEM file)")
+    parser.add_argument("--insecure-skip-verify", type=boolean, nargs="?", const=True,
+                        default=_env("insecure-skip-verify", "false"),
+                        help="do not verify the master's certificate: insecure, for tests only (default false)")
 
 
 def worker_parser() -> argparse.ArgumentParser:
@@ -191,6 +211,17 @@ def worker_parser() -> argparse.ArgumentParser:
     parser.add_argument("--persist-inputs", type=boolean, nargs="?", const=True,
                         default=os.environ.get("PERSIST_INPUTS", _env("persist-inputs", "true")),
                         help="keep generated inputs for later jobs (env PERSIST_INPUTS; default true)")
+    parser.add_argument("--allow-master-as-worker", type=boolean, nargs="?", const=True,
+                        default=_env("allow-master-as-worker", "false"),
+                        help="run on the master's own host (development: the two compete for the CPU) "
+                        "(default false)")
+    parser.add_argument("--skip-confirmation", type=boolean, nargs="?", const=True,
+                        default=_env("skip-confirmation", "false"),
+                        help="with --allow-master-as-worker, do not ask on the terminal (default false)")
+    parser.add_argument("--allow-private-inputs", type=boolean, nargs="?", const=True,
+                        default=_env("allow-private-inputs", "false"),
+                        help="let job inputs be URLs to loopback, private or link-local addresses, such as "
+                        "a media server on this network (default false)")
     _add_logging_flags(parser)
     return parser
 
@@ -201,8 +232,27 @@ def master_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=port_number, default=_env("port", "8080"), help="port (default 8080)")
     parser.add_argument("--db", default=_env("db", "master.db"),
                         help="SQLite file (default master.db; '' keeps the queue in memory)")
-    parser.add_argument("--api-key", default=os.environ.get(API_KEY_ENV, ""),
-                        help=f"require this API key from every client (env {API_KEY_ENV})")
+    _add_api_key_flags(parser, "require this API key from every client")
+    parser.add_argument("--tls", type=boolean, nargs="?", const=True, default=_env("tls", "false"),
+                        help="serve HTTPS with --cert and --key (default false)")
+    parser.add_argument("--cert", type=Path, default=_env("cert", "") or None,
+                        help="the master's certificate (PEM; default master.crt with --generate-cert)")
+    parser.add_argument("--key", type=Path, default=_env("key", "") or None,
+                        help="its private key (PEM; default master.key with --generate-cert)")
+    parser.add_argument("--generate-cert", type=boolean, nargs="?", const=True,
+                        default=_env("generate-cert", "false"),
+                        help="serve HTTPS with a self-signed certificate, written to --cert/--key unless "
+                        "they exist; agents then trust it with --ca <cert> (default false)")
+    parser.add_argument("--cert-hosts", default=_env("cert-hosts", ""),
+                        help="comma-separated DNS names the generated certificate covers "
+                        "(default localhost and this host's names)")
+    parser.add_argument("--cert-ips", default=_env("cert-ips", ""),
+                        help="comma-separated IP addresses it covers (default 127.0.0.1,::1)")
+    parser.add_argument("--mtls", type=boolean, nargs="?", const=True, default=_env("mtls", "false"),
+                        help="mutual TLS: require a client certificate signed by --ca from every client "
+                        "(default false)")
+    parser.add_argument("--ca", type=Path, default=_env("ca", "") or None,
+                        help="CA certificate client certificates must chain to, with --mtls")
     parser.add_argument("--max-retries", type=int, default=int(_env("max-retries", "3")),
                         help="times a failed job is re-queued (default 3)")
     parser.add_argument("--heartbeat-interval", type=duration, default=_env("heartbeat-interval", "30s"),
@@ -297,14 +347,59 @@ def _setup_logging(level: str) -> None:
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
+def _api_key(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    if args.api_key_file is None:
+        return str(args.api_key)
+    try:
+        key: str = args.api_key_file.read_text().strip()
+    except OSError as exc:
+        parser.error(f"cannot read --api-key-file {args.api_key_file}: {exc.strerror}")
+    if not key:
+        parser.error(f"--api-key-file {args.api_key_file} is empty")
+    return key
+
+
+def _client_tls(args: argparse.Namespace) -> ClientTLS:
+    return ClientTLS(ca=args.ca, cert=args.cert, key=args.key, insecure_skip_verify=args.insecure_skip_verify)
+
+
+def _split(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _server_tls(parser: argparse.ArgumentParser, args: argparse.Namespace) -> ServerTLS | None:
+    from agent.tls import default_cert_hosts, default_cert_ips
+
+    if args.mtls and args.ca is None:
+        parser.error("--mtls needs --ca: the CA that signs the agents' client certificates")
+    if args.ca is not None and not args.mtls:
+        parser.error("--ca on the master is the CA of client certificates; add --mtls to require them")
+    if not (args.tls or args.generate_cert or args.mtls):
+        return None
+    if args.generate_cert:
+        cert, key = args.cert or Path("master.crt"), args.key or Path("master.key")
+    elif args.cert is None or args.key is None:
+        parser.error("--tls needs --cert and --key, or --generate-cert for a self-signed certificate")
+    else:
+        cert, key = args.cert, args.key
+    return ServerTLS(
+        cert=cert, key=key, client_ca=args.ca if args.mtls else None, generate=args.generate_cert,
+        hosts=_split(args.cert_hosts) or default_cert_hosts(), ips=_split(args.cert_ips) or default_cert_ips(),
+    )
+
+
 def _run_worker(argv: Sequence[str]) -> int:
     from agent.worker.agent import run_agent
 
-    args = worker_parser().parse_args(argv)
+    parser = worker_parser()
+    args = parser.parse_args(argv)
     _setup_logging(args.log_level)
+    api_key = _api_key(parser, args)
+    # Processes the agent starts (encoders, probes) must not inherit the key.
+    os.environ.pop(API_KEY_ENV, None)
     config = AgentConfig(
         master_url=args.master,
-        api_key=args.api_key,
+        api_key=api_key,
         max_concurrent_jobs=args.max_concurrent_jobs,
         poll_interval=args.poll_interval,
         heartbeat_interval=args.heartbeat_interval,
@@ -333,6 +428,10 @@ def _run_worker(argv: Sequence[str]) -> int:
         adaptive_min_jobs=args.adaptive_min_jobs,
         adaptive_max_jobs=args.adaptive_max_jobs,
         adaptive_interval=args.adaptive_interval,
+        tls=_client_tls(args),
+        allow_master_as_worker=args.allow_master_as_worker,
+        skip_confirmation=args.skip_confirmation,
+        allow_private_inputs=args.allow_private_inputs,
     )
     return trio.run(run_agent, config)
 
@@ -340,14 +439,16 @@ def _run_worker(argv: Sequence[str]) -> int:
 def _run_master(argv: Sequence[str]) -> int:
     from agent.master.server import run_master
 
-    args = master_parser().parse_args(argv)
+    parser = master_parser()
+    args = parser.parse_args(argv)
     _setup_logging(args.log_level)
     return run_master(
         MasterConfig(
             host=args.host,
             port=args.port,
             db=args.db,
-            api_key=args.api_key,
+            api_key=_api_key(parser, args),
+            tls=_server_tls(parser, args),
             max_retries=args.max_retries,
             heartbeat_interval=args.heartbeat_interval,
             db_dsn=args.db_dsn,
@@ -377,9 +478,16 @@ def _run_local(argv: Sequence[str]) -> int:
 
 def _run_console(argv: Sequence[str], prog: str) -> int:
     from agent.console import run_console
+    from agent.tls import client_context
 
-    args = console_parser(prog).parse_args(argv)
-    return trio.run(run_console, args)
+    parser = console_parser(prog)
+    args = parser.parse_args(argv)
+    args.api_key = _api_key(parser, args)
+    try:
+        verify = client_context(_client_tls(args))
+    except ConfigError as exc:
+        parser.error(str(exc))
+    return trio.run(run_console, args, verify)
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

@@ -5,12 +5,14 @@ hierarchy whose classes say what the caller can do about them:
 
 * ``MasterUnavailable`` — connection refused, timeout, 5xx: back off and retry;
 * ``AuthError`` — 401/403: a configuration error, retrying cannot help;
+* ``TLSVerifyError`` — the master's certificate did not verify: also configuration;
 * ``NotFound`` / ``Conflict`` — normal answers (unknown node, lost lease);
 * ``RequestRejected`` — any other 4xx, with the master's message.
 """
 
 from __future__ import annotations
 
+import ssl
 from types import TracebackType
 from typing import Any
 
@@ -38,6 +40,7 @@ __all__ = [
     "MasterUnavailable",
     "NotFound",
     "RequestRejected",
+    "TLSVerifyError",
 ]
 
 # Long enough for a loaded SQLite master, short enough that a dead one is noticed.
@@ -54,6 +57,17 @@ class MasterUnavailable(MasterError):
 
 class AuthError(MasterError):
     """The master refused our credentials (401/403); only a configuration change helps."""
+
+
+class TLSVerifyError(MasterError):
+    """The master's TLS certificate did not verify; only trusting its CA (or not checking) helps."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(
+            f"cannot verify the TLS certificate of the master at {url} ({reason}); pass the CA certificate "
+            "that signed it with --ca, or turn verification off with --insecure-skip-verify (insecure: "
+            "anyone on the path can then impersonate the master)"
+        )
 
 
 class NotFound(MasterError):
@@ -78,6 +92,26 @@ def _error_text(response: httpx.Response) -> str:
     return response.text.strip()
 
 
+def _cert_verify_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate check failure behind a transport error, if that is what it was.
+
+    httpx wraps httpcore's error, which wraps the stream's, which wraps the ssl one.
+    """
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None or isinstance(seen, ssl.SSLCertVerificationError):
+            break
+        seen = seen.__cause__ or seen.__context__
+    return seen if isinstance(seen, ssl.SSLCertVerificationError) else None
+
+
+# Mutual TLS failures reach the client as a bare close: trio drops the server's alert.
+_MTLS_HINT = (
+    "; the master closed the TLS connection without answering: if it requires client certificates "
+    "(mutual TLS), pass one it trusts with --cert and --key"
+)
+
+
 def _auth_message(url: str, response: httpx.Response) -> str:
     said = _error_text(response) or response.reason_phrase
     if "missing" in said.lower():
@@ -95,13 +129,16 @@ class MasterClient:
         base_url: the master, e.g. ``http://localhost:8080``.
         api_key: sent as ``Authorization: Bearer``; empty sends nothing.
         timeout: seconds per request; a long-poll adds its own wait on top.
+        verify: how an ``https`` master is trusted: True for the system store,
+            or an :class:`ssl.SSLContext` from :func:`agent.tls.client_context`
+            (a private CA, a client certificate for mutual TLS).
         transport: replaces the network, for injecting faults in tests.
     """
 
     base_url: str
     api_key: str = attrs.field(default="", repr=False)
     timeout: float = DEFAULT_TIMEOUT_S
-    verify: bool | str = True
+    verify: bool | str | ssl.SSLContext = True
     transport: httpx.AsyncBaseTransport | None = None
     _http: httpx.AsyncClient = attrs.field(init=False, repr=False)
 
@@ -115,6 +152,12 @@ class MasterClient:
             verify=self.verify,
             transport=self.transport,
         )
+
+    @property
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The context an ``https`` master is reached with, for the event channel to share; else None."""
+        https = self.base_url.lower().startswith("https://")
+        return self.verify if https and isinstance(self.verify, ssl.SSLContext) else None
 
     async def __aenter__(self) -> MasterClient:
         return self
@@ -134,8 +177,11 @@ class MasterClient:
         try:
             response = await self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
+            if (failed := _cert_verify_error(exc)) is not None:
+                raise TLSVerifyError(self.base_url, failed.verify_message or str(failed)) from exc
+            hint = _MTLS_HINT if isinstance(exc, httpx.RemoteProtocolError) and self.tls_context else ""
             raise MasterUnavailable(
-                f"cannot reach the master at {self.base_url}: {exc!r}"
+                f"cannot reach the master at {self.base_url}: {exc!r}{hint}"
             ) from exc
         status = response.status_code
         if status in (401, 403):

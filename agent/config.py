@@ -15,8 +15,10 @@ import attrs
 
 __all__ = [
     "AgentConfig",
+    "ClientTLS",
     "ConfigError",
     "MasterConfig",
+    "ServerTLS",
     "parse_days",
     "parse_duration",
 ]
@@ -82,12 +84,44 @@ def default_work_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ffrtmp-agent"
 
 
+@attrs.frozen
+class ClientTLS:
+    """How the agent and the CLI trust an ``https`` master, and prove who they are to it.
+
+    ``ca`` None trusts the system store. ``cert``/``key`` are the client
+    certificate a master with mutual TLS asks for. ``insecure_skip_verify``
+    trusts any certificate; it is the only way to skip verification.
+    """
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    insecure_skip_verify: bool = False
+
+
+@attrs.frozen
+class ServerTLS:
+    """The master's certificate, and the CA its clients' certificates must chain to (mutual TLS).
+
+    With ``generate``, a self-signed certificate for ``hosts`` and ``ips`` is
+    written to ``cert``/``key`` when they do not exist yet, and reused after,
+    so agents that trust it keep trusting it across restarts.
+    """
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+    generate: bool = False
+    hosts: tuple[str, ...] = ()
+    ips: tuple[str, ...] = ()
+
+
 @attrs.define
 class AgentConfig:
     """How a worker agent runs. Defaults are the original Go agent's."""
 
     master_url: str = DEFAULT_MASTER_URL
-    api_key: str = ""
+    api_key: str = attrs.field(default="", repr=False)
     max_concurrent_jobs: int = 1
     poll_interval: float = 5.0
     heartbeat_interval: float = 30.0
@@ -130,6 +164,13 @@ class AgentConfig:
     adaptive_min_jobs: int = 1
     adaptive_max_jobs: int = 0
     adaptive_interval: float = 10.0
+    tls: ClientTLS = attrs.field(factory=ClientTLS)
+    # A master on this very host is refused unless allowed: the two compete for the CPU.
+    allow_master_as_worker: bool = False
+    # Allowed master-as-worker runs ask on a terminal first, unless this is set.
+    skip_confirmation: bool = False
+    # Job inputs may be URLs to loopback, private or link-local addresses.
+    allow_private_inputs: bool = False
 
     def node_address(self, bound_port: int) -> str:
         """The identity we register under: one node per agent, even several on one host."""
@@ -146,7 +187,7 @@ class MasterConfig:
     db: str = "master.db"
     # PostgreSQL URL; when set it replaces ``db``, and several masters may share it.
     db_dsn: str = attrs.field(default="", repr=False)
-    api_key: str = ""
+    api_key: str = attrs.field(default="", repr=False)
     max_retries: int = 3
     heartbeat_interval: float = 30.0
     # Seconds a job may run when it sets no resource_limits.timeout_sec; None = no limit.
@@ -154,3 +195,5 @@ class MasterConfig:
     # Days finished jobs are kept; 0 keeps them for ever.
     cleanup_retention: float = 7.0
     log_level: str = "info"
+    # None serves plain HTTP.
+    tls: ServerTLS | None = None

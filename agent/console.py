@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import ssl
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TextIO
@@ -148,9 +149,10 @@ async def run_command(client: MasterClient, args: argparse.Namespace, out: TextI
     return 0
 
 
-async def run_console(args: argparse.Namespace) -> int:
+async def run_console(args: argparse.Namespace, verify: ssl.SSLContext | bool = True) -> int:
+    """Run one command; ``verify`` trusts an https master (see :func:`agent.tls.client_context`)."""
     try:
-        async with MasterClient(args.master, args.api_key) as client:
+        async with MasterClient(args.master, args.api_key, verify=verify) as client:
             return await run_command(client, args, sys.stdout)
     except (MasterError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

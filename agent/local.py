@@ -105,8 +105,10 @@ async def run_local(run: LocalRun, out: TextIO = sys.stdout) -> int:
                 metrics_port=0,
                 work_dir=run.work_dir,
                 ffmpeg=run.ffmpeg,
+                # The embedded master is on this host by design.
+                allow_master_as_worker=True,
             )
-            agent = Agent.from_config(config, client)
+            agent = Agent.from_config(config, client, master_as_worker=True)
             parameters = {"duration": run.duration, **run.parameters}
             request = JobRequest.from_json({"scenario": run.scenario, "parameters": parameters})
             ids = [(await client.submit_job(request)).id for _ in range(run.jobs)]

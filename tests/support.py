@@ -129,18 +129,22 @@ async def start_master(procs: Processes, tmp_path: Path, *extra: str, **env: str
         ["master", "--host", "127.0.0.1", "--port", "0", "--db", str(tmp_path / "master.db"), *extra],
         **env,
     )
-    match = await master.wait_for(r"listening on (http://\S+)")
+    match = await master.wait_for(r"listening on (https?://\S+)")
     return master, match.group(1)
 
 
 async def start_agent(
     procs: Processes, name: str, master_url: str, work_dir: Path, *extra: str, **env: str
 ) -> tuple[RunningProcess, str]:
-    """An agent with its own work dir and metrics port; returns it and its status URL."""
+    """An agent with its own work dir and metrics port; returns it and its status URL.
+
+    Tests run the master on this host too, so the agent is allowed to, without a question.
+    """
     agent = await start_process(
         procs, name,
         ["--master", master_url, "--metrics-host", "127.0.0.1", "--metrics-port", "0",
-         "--work-dir", str(work_dir), "--heartbeat-interval", "2s", *extra],
+         "--work-dir", str(work_dir), "--heartbeat-interval", "2s",
+         "--allow-master-as-worker", "--skip-confirmation", *extra],
         **env,
     )
     match = await agent.wait_for(r"Metrics and health on (http://\S+)")

@@ -12,8 +12,9 @@ import hypercorn
 import hypercorn.trio
 import trio
 
-from ..config import MasterConfig
+from ..config import ConfigError, MasterConfig
 from ..models import AgentEvent, utcnow
+from ..tls import configure_server, prepare_server
 from .app import create_app
 from .events import EventHub
 from .scheduler import OFFLINE_AFTER_BEATS
@@ -72,16 +73,19 @@ async def serve_master(
     """Serve the master's API on ``config.host:config.port`` until cancelled.
 
     Opens the store (``config.db_dsn`` on PostgreSQL, else SQLite at
-    ``config.db``; ``""`` in memory), serves the app with hypercorn, pushes
-    wake-ups to connected agents and keeps house (:func:`keep_house`). The
-    store is closed on the way out, also when cancelled.
+    ``config.db``; ``""`` in memory), serves the app with hypercorn (HTTPS
+    with ``config.tls``, requiring client certificates when it names a client
+    CA), pushes wake-ups to connected agents and keeps house
+    (:func:`keep_house`). The store is closed on the way out, also when
+    cancelled.
 
     Args:
         config: the master's settings; ``port=0`` picks a free port.
         task_status: ``started()`` receives the bound URL, such as
-            ``"http://127.0.0.1:43125"``, once the socket listens.
+            ``"http://127.0.0.1:43125"`` (``https`` with TLS), once the socket listens.
 
     Raises:
+        ConfigError: the TLS files are missing or do not load.
         StoreError: the database cannot be opened.
         OSError: the address cannot be bound (port in use, no such interface).
 
@@ -92,6 +96,9 @@ async def serve_master(
     http = hypercorn.Config()
     http.bind = [_bind(config.host, config.port)]
     http.errorlog = logging.getLogger("agent.master.http")
+    if config.tls is not None:
+        prepare_server(config.tls)
+        configure_server(http, config.tls)
     async with open_store(config.db, dsn=config.db_dsn) as store:
         hub = EventHub()
         app = create_app(store, config, hub)
@@ -125,22 +132,22 @@ def run_master(config: MasterConfig) -> int:
     """Run the master until SIGINT or SIGTERM; the exit code for the CLI.
 
     Returns:
-        0 after a signal; 1 when the database cannot be opened or the address
-        cannot be bound, after logging why.
+        0 after a signal; 1 when the database cannot be opened, the TLS files
+        do not load or the address cannot be bound, after logging why.
 
     Raises:
         Any other error, unchanged: it is a bug, and its traceback helps.
     """
     try:
         trio.run(_main, config)
-    except (StoreError, OSError, BaseExceptionGroup) as error:
+    except (StoreError, ConfigError, OSError, BaseExceptionGroup) as error:
         # Start-up errors arrive wrapped in the groups of hypercorn's nurseries.
         group = error if isinstance(error, BaseExceptionGroup) else BaseExceptionGroup("", [error])
-        expected, rest = group.split((StoreError, OSError))
+        expected, rest = group.split((StoreError, ConfigError, OSError))
         if rest is not None or expected is None:
             raise
         for leaf in _leaves(expected):
-            if isinstance(leaf, StoreError):
+            if isinstance(leaf, (StoreError, ConfigError)):
                 log.error("%s", leaf)
             else:
                 log.error("Cannot listen on %s: %s", _bind(config.host, config.port), leaf)

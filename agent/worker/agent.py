@@ -20,16 +20,19 @@ the results in the outbox for the next start.
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import sys
 import urllib.parse
 from functools import partial
 
 import attrs
 import trio
 
-from agent.client import AuthError, MasterClient, MasterError, MasterUnavailable, NotFound
-from agent.config import AgentConfig
+from agent.client import AuthError, MasterClient, MasterError, MasterUnavailable, NotFound, TLSVerifyError
+from agent.config import AgentConfig, ConfigError
 from agent.models import AgentEvent, Engine, HeartbeatReport, NodeRegistration
+from agent.tls import client_context
 from agent.worker.adaptive import serve_adaptive
 from agent.worker.backoff import Backoff
 from agent.worker.breaker import BreakerState, CircuitBreaker
@@ -43,6 +46,7 @@ from agent.worker.guardian import Guardian
 from agent.worker.hardware import HostFacts
 from agent.worker.inputs import InputCache
 from agent.worker.jobrunner import JobRunner
+from agent.worker.master_host import Decision, decide, is_master_host
 from agent.worker.metrics import AgentMetrics
 from agent.worker.poller import Poller
 from agent.worker.reporter import DELIVERY_ATTEMPT_S, Outbox, ResultReporter
@@ -58,6 +62,8 @@ class Agent:
     client: MasterClient
     runner: JobRunner
     state: AgentState = attrs.field(factory=AgentState)
+    # Runs on the master's own host (allowed by the operator); registered as a label.
+    master_as_worker: bool = False
     metrics: AgentMetrics = attrs.field(factory=AgentMetrics.create)
     poller: Poller = attrs.field(init=False)
     reporter: ResultReporter = attrs.field(init=False)
@@ -89,7 +95,7 @@ class Agent:
         self.metrics.max_concurrent_jobs.set(self.config.max_concurrent_jobs)
 
     @classmethod
-    def from_config(cls, config: AgentConfig, client: MasterClient) -> Agent:
+    def from_config(cls, config: AgentConfig, client: MasterClient, *, master_as_worker: bool = False) -> Agent:
         """Find the encoder and lay out the work dir; raises EncoderNotFound."""
         ffmpeg = find_ffmpeg(config.ffmpeg)
         config.work_dir.mkdir(parents=True, exist_ok=True)
@@ -109,13 +115,14 @@ class Agent:
             min_free_bytes=config.min_free_mb * 1024 * 1024,
             persist_outputs=config.persist_outputs,
             persist_inputs=config.persist_inputs,
+            allow_private_inputs=config.allow_private_inputs,
         )
         log.info("Encoder: %s", ffmpeg)
         log.info(
             "Engines: %s; hardware encoders: %s",
             ", ".join(runner.engines), ", ".join(h.name for h in hardware) or "none",
         )
-        agent = cls(config=config, client=client, runner=runner)
+        agent = cls(config=config, client=client, runner=runner, master_as_worker=master_as_worker)
         agent.metrics.report_capabilities(
             {engine.value: engine.value in runner.engines for engine in (Engine.FFMPEG, Engine.GSTREAMER)},
             {candidate.name: candidate in hardware for candidate in hardware_candidates()},
@@ -199,7 +206,8 @@ class Agent:
         while True:
             with trio.CancelScope() as self._events_scope:
                 await listen_events(
-                    self.config.master_url, self.state.node_id, self._on_event, api_key=self.config.api_key
+                    self.config.master_url, self.state.node_id, self._on_event,
+                    api_key=self.config.api_key, ssl_context=self.client.tls_context,
                 )
                 return  # the master offers no channel
             self._events_scope = None
@@ -235,6 +243,7 @@ class Agent:
                 "engines": ",".join(self.runner.engines),
                 "max_concurrent_jobs": str(self.config.max_concurrent_jobs),
                 "metrics_port": str(port),
+                **({"master_as_worker": "true"} if self.master_as_worker else {}),
             },
         )
 
@@ -243,6 +252,7 @@ class Agent:
 
         Raises:
             AuthError: the master refused our credentials; retrying cannot help.
+            TLSVerifyError: the master's certificate did not verify; neither can it.
         """
         assert self._registration is not None
         backoff = Backoff(base=1.0, cap=30.0)
@@ -315,16 +325,38 @@ def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return error
 
 
+def _warn_if_root() -> None:
+    if os.geteuid() == 0:
+        log.warning(
+            "Running as root: an encoder exploited by a crafted input would own this machine; "
+            "run the agent as an unprivileged user (the Dockerfile does)"
+        )
+
+
 async def run_agent(config: AgentConfig) -> int:
     """The worker agent as a program: returns the exit code.
 
-    0 after a clean drain; 2 when the master refused our credentials, after
-    one message that says which setting to fix.
+    0 after a clean drain, or when the operator declined to run on the
+    master's host; 2 after one message that says which setting to fix: the
+    master refused our credentials, its certificate did not verify, a TLS
+    file does not load, or the master runs on this host and
+    ``allow_master_as_worker`` is off.
     """
+    _warn_if_root()
+    master_as_worker = await is_master_host(config.master_url)
+    if master_as_worker:
+        decision = await decide(config, interactive=sys.stdin.isatty())
+        if decision is not Decision.RUN:
+            return 0 if decision is Decision.DECLINED else 2
+    try:
+        verify = client_context(config.tls)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
     code = 0
-    async with MasterClient(config.master_url, config.api_key) as client:
+    async with MasterClient(config.master_url, config.api_key, verify=verify) as client:
         try:
-            agent = Agent.from_config(config, client)
+            agent = Agent.from_config(config, client, master_as_worker=master_as_worker)
         except EncoderNotFound as exc:
             log.error("%s", exc)
             return 2
@@ -333,7 +365,7 @@ async def run_agent(config: AgentConfig) -> int:
                 await nursery.start(watch_signals, agent)
                 await agent.serve()
                 nursery.cancel_scope.cancel()
-        except* AuthError as group:
+        except* (AuthError, TLSVerifyError) as group:
             log.error("%s", _first(group))
             code = 2
     return code

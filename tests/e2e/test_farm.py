@@ -126,7 +126,7 @@ async def test_agent_without_the_api_key_exits_with_one_clear_message(procs: Pro
     agent = await start_process(
         procs, "agent",
         ["--master", master_url, "--metrics-host", "127.0.0.1", "--metrics-port", "0",
-         "--work-dir", str(tmp_path / "work")],
+         "--work-dir", str(tmp_path / "work"), "--allow-master-as-worker", "--skip-confirmation"],
     )
     code = await agent.wait(timeout=15)
     assert code != 0

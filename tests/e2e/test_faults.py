@@ -214,7 +214,8 @@ async def test_the_agent_as_pid_1_drains_on_sigterm(procs: Processes, tmp_path: 
         agent = await start_process(
             procs, "agent-pid1",
             ["--master", master_url, "--metrics-host", "127.0.0.1", "--metrics-port", "0",
-             "--work-dir", str(tmp_path / "work"), "--poll-interval", "0.1s", "--log-level", "debug"],
+             "--work-dir", str(tmp_path / "work"), "--poll-interval", "0.1s", "--log-level", "debug",
+             "--allow-master-as-worker", "--skip-confirmation"],
             wrapper=["unshare", "--pid", "--fork", "--mount-proc"],
         )
         await wait_until_processing(client, [job_id], agent)
