@@ -201,7 +201,7 @@ async def _read_json(request: Request, *, allow_empty: bool = False) -> Any:
         return None
     try:
         return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # also bad UTF-8, and integers past Python's digit limit
         raise HTTPException(400, f"request body is not valid JSON: {exc}") from None
 
 
