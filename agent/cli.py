@@ -64,20 +64,14 @@ def _parse_concurrency(text: str) -> int:
     """A positive number, or ``auto``: a quarter of the cores, as the seed recommends."""
     if text.strip().lower() == "auto":
         return max(1, (os.cpu_count() or 1) // 4)
-    try:
-        value = int(text)
-    except ValueError:
-        raise ConfigError(f"{text!r} is not a number of jobs; write a number such as 4, or auto") from None
-    if value < 1:
-        raise ConfigError(f"max concurrent jobs must be at least 1, not {value}")
-    return value
+    return _parse_positive(text)
 
 
 def _parse_positive(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise ConfigError(f"{text!r} is not a whole number") from None
+        raise ConfigError(f"{text!r} is not a whole number such as 4") from None
     if value < 1:
         raise ConfigError(f"{value} must be at least 1")
     return value

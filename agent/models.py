@@ -83,26 +83,26 @@ class Engine(str, enum.Enum):
     GSTREAMER = "gstreamer"
 
 
-class Queue(str, enum.Enum):
+class _Ranked(str, enum.Enum):
+    """Members listed first are dispatched first."""
+
+    @property
+    def rank(self) -> int:
+        return list(type(self)).index(self)
+
+
+class Queue(_Ranked):
     """Queues in dispatch order: live jobs first, batch jobs last."""
 
     LIVE = "live"
     DEFAULT = "default"
     BATCH = "batch"
 
-    @property
-    def rank(self) -> int:
-        return list(Queue).index(self)
 
-
-class Priority(str, enum.Enum):
+class Priority(_Ranked):
     HIGH = "high"
     MEDIUM = "medium"
     LOW = "low"
-
-    @property
-    def rank(self) -> int:
-        return list(Priority).index(self)
 
 
 # --- times -------------------------------------------------------------------
