@@ -144,7 +144,8 @@ def worker_parser() -> argparse.ArgumentParser:
     )
     _add_master_access_flags(parser)
     parser.add_argument("--register", type=boolean, nargs="?", const=True, default=_env("register", "true"),
-                        help="register with the master at start (default true)")
+                        help="accepted for the original agent's scripts; the agent always registers, "
+                        "as the master leases jobs only to registered nodes")
     parser.add_argument("--max-concurrent-jobs", type=concurrency, default=_env("max-concurrent-jobs", "1"),
                         help="jobs run at once: a number, or auto (cores/4) (default 1)")
     parser.add_argument("--adaptive", type=boolean, nargs="?", const=True, default=_env("adaptive", "false"),
@@ -409,7 +410,6 @@ def _run_worker(argv: Sequence[str]) -> int:
         breaker_threshold=args.breaker_threshold,
         breaker_cooldown=args.breaker_cooldown,
         breaker_max_cooldown=args.breaker_max_cooldown,
-        register=args.register,
         log_level=args.log_level,
         input_dirs=args.input_dir,
         output_dir=args.output_dir,

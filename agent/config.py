@@ -135,7 +135,6 @@ class AgentConfig:
     shutdown_grace: float = 30.0
     # Extra seconds the encoder gets after the graceful stop, before SIGKILL.
     kill_timeout: float = 10.0
-    register: bool = True
     # Consecutive master errors, or jobs failing for platform reasons, that pause claiming.
     breaker_threshold: int = 5
     breaker_cooldown: float = 10.0

@@ -116,6 +116,7 @@ class Agent:
             persist_outputs=config.persist_outputs,
             persist_inputs=config.persist_inputs,
             allow_private_inputs=config.allow_private_inputs,
+            generate_input=config.generate_input,
         )
         log.info("Encoder: %s", ffmpeg)
         log.info(

@@ -158,6 +158,8 @@ class JobRunner:
     persist_outputs: bool = True
     persist_inputs: bool = True
     allow_private_inputs: bool = False
+    # Off (--generate-input=false): a job must name its input.
+    generate_input: bool = True
 
     @property
     def engines(self) -> list[str]:
@@ -172,6 +174,10 @@ class JobRunner:
                 job, input_dirs=self.input_dirs, output_dir=self.output_dir, default_rtmp_host=self.rtmp_host,
                 allow_private_inputs=self.allow_private_inputs,
             )
+            if not spec.input and not self.generate_input:
+                raise JobRejected(
+                    "input", "this worker does not generate test inputs (--generate-input=false); give an input"
+                )
         except JobRejected as exc:
             log.warning("Job %s rejected: %s", job.id, exc)
             return JobResult.failure(job, node_id, FailureReason.USER_ERROR, str(exc))

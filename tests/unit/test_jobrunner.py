@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from agent.models import Engine, Job
+from agent.models import Engine, Job, JobStatus
 from agent.scenarios import EncodeSpec, build_spec
 from agent.worker.engines.gstreamer import GStreamer, required_elements
 from agent.worker.engines.hwaccel import HardwareEncoder
-from agent.worker.jobrunner import Attempt, bandwidth_mbps, estimated_bytes, plan_attempts
+from agent.worker.inputs import InputCache
+from agent.worker.jobrunner import Attempt, JobRunner, bandwidth_mbps, estimated_bytes, plan_attempts
 
 
 def spec_for(scenario: str = "720p30-h264", **params: Any) -> EncodeSpec:
@@ -85,3 +87,14 @@ def test_bandwidth_is_the_original_agents_formula() -> None:
     """(input + output) bytes x 8 / (seconds x 2**20)."""
     assert bandwidth_mbps(1024 * 1024, 1024 * 1024, 2.0) == 8.0
     assert bandwidth_mbps(1, 1, 0.0) == 0.0
+
+
+async def test_without_input_generation_a_job_must_name_its_input(tmp_path: Path) -> None:
+    """--generate-input=false: a job with no input fails as user_error naming the field, before any encode."""
+    runner = JobRunner(
+        ffmpeg="/nonexistent/ffmpeg", work_dir=tmp_path, inputs=InputCache(tmp_path / "inputs"),
+        generate_input=False,
+    )
+    result = await runner.run(Job(id="j", scenario="240p30-h264"), "node", lambda percent, snapshot: None)
+    assert (result.status, result.failure_reason) == (JobStatus.FAILED, "user_error")
+    assert "input" in result.error and "--generate-input" in result.error
