@@ -288,9 +288,9 @@ class Agent:
                 log.warning("The master forgot node %s; registering again", self.state.node_id)
                 await self.register()
                 continue
+            except (AuthError, TLSVerifyError):
+                raise
             except MasterError as exc:
-                if isinstance(exc, AuthError):
-                    raise
                 if not warned:
                     log.warning("Heartbeat failed: %s", exc)
                 warned = True
