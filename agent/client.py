@@ -105,7 +105,9 @@ def _cert_verify_error(exc: BaseException) -> ssl.SSLCertVerificationError | Non
     return seen if isinstance(seen, ssl.SSLCertVerificationError) else None
 
 
-# Mutual TLS failures reach the client as a bare close: trio drops the server's alert.
+# Mutual TLS failures reach the client as a bare close or reset after the handshake:
+# trio drops the server's alert.
+_DROPPED = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
 _MTLS_HINT = (
     "; the master closed the TLS connection without answering: if it requires client certificates "
     "(mutual TLS), pass one it trusts with --cert and --key"
@@ -179,7 +181,7 @@ class MasterClient:
         except httpx.TransportError as exc:
             if (failed := _cert_verify_error(exc)) is not None:
                 raise TLSVerifyError(self.base_url, failed.verify_message or str(failed)) from exc
-            hint = _MTLS_HINT if isinstance(exc, httpx.RemoteProtocolError) and self.tls_context else ""
+            hint = _MTLS_HINT if isinstance(exc, _DROPPED) and self.tls_context else ""
             raise MasterUnavailable(
                 f"cannot reach the master at {self.base_url}: {exc!r}{hint}"
             ) from exc

@@ -37,7 +37,7 @@ from tests.support import REPO, START_TIMEOUT_S
 pytestmark = pytest.mark.slow
 
 API_KEY = "hostile-test-key-6f1d"
-NORMAL = {"scenario": "144p30-h264", "parameters": {"duration": 0.3}}
+NORMAL: dict[str, Any] = {"scenario": "144p30-h264", "parameters": {"duration": 0.3}}
 # A tiny job takes well under a second; this only bounds a hang.
 JOB_TIMEOUT_S = 30.0
 
