@@ -139,6 +139,12 @@ class BenchAgent:
 
 
 async def start_bench_agent(procs: Processes, name: str, master_url: str, work_dir: Path, *flags: str) -> BenchAgent:
-    """A real agent process; returns as soon as it serves its metrics, before it registers."""
-    running, _ = await start_agent(procs, name, master_url, work_dir, *flags)
+    """A real agent process; returns as soon as it serves its metrics, before it registers.
+
+    The bench puts master and agent on one machine on purpose, so the agent
+    is told that this is wanted.
+    """
+    running, _ = await start_agent(
+        procs, name, master_url, work_dir, "--allow-master-as-worker", "--skip-confirmation", *flags
+    )
     return BenchAgent(running)

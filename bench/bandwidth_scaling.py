@@ -183,7 +183,10 @@ class Bench:
             before = agent.cpu()
             submitted = time.time()
             ids = [(await self.client.submit_job(self.workload.request())).id for _ in range(self.workload.jobs)]
-            jobs = await wait_for_jobs(self.client, ids, timeout=self._timeout())
+            try:
+                jobs = await wait_for_jobs(self.client, ids, timeout=self._timeout())
+            except AssertionError as exc:
+                raise BenchFailed(f"{exc}; the agent's log:\n{agent.process.log}") from None
             used = agent.cpu() - before
         finally:
             await agent.stop()

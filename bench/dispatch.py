@@ -399,8 +399,9 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--durations", type=_floats, default=[0.2, 1.0, 5.0],
                         help="stub encode seconds D (default 0.2,1,5)")
     parser.add_argument("--concurrency", type=_ints, default=[1, 4, 16], help="concurrency levels (default 1,4,16)")
-    parser.add_argument("--seconds", type=float, default=3.0,
-                        help="ideal makespan a utilisation run aims at; at least 2 jobs per slot (default 3)")
+    parser.add_argument("--seconds", type=float, default=6.0,
+                        help="ideal makespan a utilisation run aims at; at least 2 jobs per slot (default 6, "
+                        "long enough that the agent's cold start is a small part of it)")
     parser.add_argument("--repeats", type=int, default=3, help="repeats of the utilisation runs (default 3)")
     parser.add_argument("--modes", type=_modes, default=[mode for mode, _, _ in MODES],
                         help="dispatch modes for latency (default push,long-poll,polling)")
