@@ -34,6 +34,7 @@ from agent.config import (
     parse_duration,
 )
 
+
 def _env(flag: str, default: str) -> str:
     return os.environ.get("FFRTMP_" + flag.upper().replace("-", "_"), default)
 

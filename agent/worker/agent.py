@@ -37,11 +37,11 @@ from agent.worker.adaptive import serve_adaptive
 from agent.worker.backoff import Backoff
 from agent.worker.breaker import BreakerState, CircuitBreaker
 from agent.worker.encoder import StopPolicy
-from agent.worker.events import listen_events
 from agent.worker.engines.ffmpeg import EncoderNotFound, find_ffmpeg
 from agent.worker.engines.gstreamer import find_gstreamer
 from agent.worker.engines.hwaccel import candidates as hardware_candidates
 from agent.worker.engines.hwaccel import detect_hardware_encoders
+from agent.worker.events import listen_events
 from agent.worker.guardian import Guardian
 from agent.worker.hardware import HostFacts
 from agent.worker.inputs import InputCache

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import trio
 
+from .encoder import encoder_env
 from .engines.ffmpeg import FFmpegFailed, stderr_tail, test_input_argv
 
 __all__ = ["DEFAULT_MAX_BYTES", "InputCache", "InputGenerationFailed"]
@@ -104,7 +105,9 @@ class InputCache:
             log.info("generating test input %s", final.name)
             try:
                 argv = test_input_argv(ffmpeg, width, height, fps, duration, str(partial))
-                result = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False)
+                result = await trio.run_process(
+                    argv, capture_stdout=True, capture_stderr=True, check=False, env=encoder_env()
+                )
                 if result.returncode != 0:
                     raise InputGenerationFailed(
                         f"could not generate the {width}x{height} {fps:g} fps test input",

@@ -16,14 +16,7 @@ from agent.client import MasterClient
 from agent.master.store import SqliteStore
 from agent.models import FailureReason, JobRequest, JobStatus
 from agent.worker.engines.ffmpeg import decodes_cleanly, probe_media
-from tests.support import (
-    Processes,
-    scrape_gauge,
-    start_agent,
-    start_master,
-    start_process,
-    wait_for_jobs,
-)
+from tests.support import Processes, scrape_gauge, start_agent, start_master, start_process, wait_for_jobs
 
 pytestmark = pytest.mark.slow
 

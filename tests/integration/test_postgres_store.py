@@ -16,14 +16,7 @@ import pytest
 import trio
 
 from agent.master import scheduler
-from agent.master.store import (
-    NotFound,
-    PostgresStore,
-    SqliteStore,
-    Store,
-    StoreError,
-    open_store,
-)
+from agent.master.store import NotFound, PostgresStore, SqliteStore, Store, StoreError, open_store
 from agent.models import JobRequest, JobResult, JobStatus, NodeRegistration, utcnow
 from tests.postgres import fresh_database, postgres_dsn  # noqa: F401  (the fixture)
 

@@ -11,16 +11,7 @@ import attrs
 if TYPE_CHECKING:
     import trio
 
-    from ...models import (
-        HeartbeatReply,
-        HeartbeatReport,
-        Job,
-        JobRequest,
-        JobResult,
-        JobStatus,
-        Node,
-        NodeRegistration,
-    )
+    from ...models import HeartbeatReply, HeartbeatReport, Job, JobRequest, JobResult, JobStatus, Node, NodeRegistration
     from ..scheduler import ResultOutcome
 
 __all__ = ["NotFound", "Store", "StoreCounts", "StoreError"]

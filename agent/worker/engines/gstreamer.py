@@ -31,6 +31,7 @@ from collections.abc import Callable
 import attrs
 
 from ...scenarios import VP9_PRESETS, EncodeSpec
+from ..encoder import encoder_env
 
 __all__ = ["GStreamer", "encoder_element", "find_gstreamer", "pipeline_argv", "required_elements"]
 
@@ -191,7 +192,8 @@ def find_gstreamer(override: str = "") -> GStreamer | None:
         return None
     try:
         listing = subprocess.run(
-            [inspect], stdin=subprocess.DEVNULL, capture_output=True, timeout=INSPECT_TIMEOUT_S, check=False
+            [inspect], stdin=subprocess.DEVNULL, capture_output=True, timeout=INSPECT_TIMEOUT_S, check=False,
+            env=encoder_env(),
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         log.warning("GStreamer engine unavailable: gst-inspect-1.0 failed (%s)", exc)

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 
 import attrs
 
+from ..encoder import encoder_env
+
 __all__ = ["VENDORS", "HardwareEncoder", "candidates", "detect_hardware_encoders", "probe_argv"]
 
 log = logging.getLogger(__name__)
@@ -105,7 +107,7 @@ def detect_hardware_encoders(
         try:
             process = subprocess.Popen(
                 probe_argv(ffmpeg, encoder), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
+                stderr=subprocess.PIPE, env=encoder_env(),
             )
         except OSError as exc:
             log.debug("cannot probe %s: %s", encoder.name, exc)
