@@ -280,7 +280,7 @@ class Agent:
             await trio.sleep(self.config.heartbeat_interval)
             report = HeartbeatReport(
                 active_job_ids=list(self.state.running),
-                max_concurrent_jobs=self.config.max_concurrent_jobs,
+                max_concurrent_jobs=self.poller.limit,
             )
             try:
                 reply = await self.client.heartbeat(self.state.node_id, report)

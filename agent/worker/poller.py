@@ -62,6 +62,11 @@ class Poller:
     _long_poll_supported: bool = True
     _master_failing: bool = False
 
+    @property
+    def limit(self) -> int:
+        """Jobs at once now: --max-concurrent-jobs, or what --adaptive set since."""
+        return int(self.limiter.total_tokens)
+
     def wake(self) -> None:
         """Cut short an idle wait: the master says work is waiting."""
         self._wake.set()
@@ -75,12 +80,11 @@ class Poller:
             running.scope.cancel()
 
     async def poll(self, job_nursery: trio.Nursery) -> NoReturn:
-        limit = int(self.limiter.total_tokens)
-        log.info("Starting job polling loop (max concurrent jobs: %d)...", limit)
+        log.info("Starting job polling loop (max concurrent jobs: %d)...", self.limit)
         while True:
             if self.limiter.available_tokens == 0:
                 # Logged once each time the slots fill up, not on every wait.
-                log.info("At max concurrent jobs (%d/%d), waiting...", limit, limit)
+                log.info("At max concurrent jobs (%d/%d), waiting...", self.limit, self.limit)
             try:
                 job = await job_nursery.start(self._job_slot)
             except MasterUnavailable as exc:
