@@ -85,9 +85,13 @@ class Workload:
     scenario: str
     jobs: int
     duration: float
+    # Real-time jobs read their input at its native rate (-re), as live streams do:
+    # each uses a slice of a core, so bandwidth grows with the jobs until the CPU is full.
+    realtime: bool = False
 
     def request(self) -> JobRequest:
-        return JobRequest.from_json({"scenario": self.scenario, "parameters": {"duration": self.duration}})
+        parameters = {"duration": self.duration, "realtime": self.realtime}
+        return JobRequest.from_json({"scenario": self.scenario, "parameters": parameters})
 
     def spec(self, job_id: str) -> EncodeSpec:
         """What the agent builds for such a job: the pool runs the argv built from the same spec."""
@@ -241,7 +245,7 @@ class Bench:
 
 async def measure(args: argparse.Namespace, work: Path) -> list[Run]:
     ffmpeg = find_ffmpeg()
-    workload = Workload(args.scenario, args.jobs, args.duration)
+    workload = Workload(args.scenario, args.jobs, args.duration, args.realtime)
     spec = workload.spec("warm-up")
     agent_dir = work / "agent"
     # The agent finds this clip in its cache, so no run pays for generating it.
@@ -365,7 +369,8 @@ def table_rows(summary: dict[str, Any]) -> list[list[Any]]:
 
 def markdown(summary: dict[str, Any], settings: dict[str, Any], host: dict[str, Any], png: str) -> str:
     lines = [
-        f"# Bandwidth scaling: {settings['jobs']} x {settings['scenario']} ({settings['duration']:g} s each), "
+        f"# Bandwidth scaling: {settings['jobs']} x {settings['scenario']} ({settings['duration']:g} s each"
+        f"{', real-time' if settings.get('realtime') else ', as fast as possible'}), "
         f"median of {settings['repeats']} interleaved repeats",
         "",
         f"{host['cores']} cores ({host['cpu_model']}), {host['ffmpeg']}, Python {host['python']}.",
@@ -431,6 +436,8 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--scenario", default="720p30-h264", help="scenario of every job (default 720p30-h264)")
     parser.add_argument("--duration", type=float, default=3.0, help="seconds of video per job (default 3)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats; medians are reported (default 3)")
+    parser.add_argument("--realtime", action="store_true",
+                        help="real-time jobs (-re, as live streams): find where bandwidth stops growing with jobs")
     parser.add_argument("--adaptive", action=argparse.BooleanOptionalAction, default=True,
                         help="also run the agent at --max-concurrent-jobs auto --adaptive (default on)")
     parser.add_argument("--adaptive-interval", type=_duration_text, default=DEFAULT_ADAPTIVE_INTERVAL,
