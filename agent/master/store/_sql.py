@@ -95,6 +95,36 @@ class Database(Protocol):
     async def aclose(self) -> None: ...
 
 
+def schema(*, big_integer: str, real: str) -> str:
+    """The tables and indexes, in each database's names for two column types.
+
+    A job is kept whole as JSON in ``body``; the columns beside it are what
+    claims, per-node reads and clean-up select and order by.
+    """
+    return f"""
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    sequence_number {big_integer} NOT NULL UNIQUE,
+    status TEXT NOT NULL,
+    queue_rank INTEGER NOT NULL,
+    priority_rank INTEGER NOT NULL,
+    node_id TEXT NOT NULL,
+    finished_at {real},
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_in_claim_order
+    ON jobs (status, queue_rank, priority_rank, sequence_number);
+CREATE INDEX IF NOT EXISTS jobs_by_node ON jobs (node_id, status);
+CREATE INDEX IF NOT EXISTS jobs_by_finish ON jobs (finished_at);
+CREATE TABLE IF NOT EXISTS nodes (
+    id TEXT PRIMARY KEY,
+    address TEXT NOT NULL UNIQUE,
+    status TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+"""
+
+
 def _placeholders(count: int) -> str:
     return ",".join("?" * count)
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import trio
 
 from ._base import StoreError
-from ._sql import Dialect, SqlStore, Transaction
+from ._sql import Dialect, SqlStore, Transaction, schema
 
 if TYPE_CHECKING:
     import psycopg
@@ -40,29 +40,9 @@ CHANNEL = "ffrtmp_job_available"
 # Pause before listening again after the notification connection broke.
 RECONNECT_S = 1.0
 
-_SCHEMA = """
-CREATE SEQUENCE IF NOT EXISTS job_sequence_numbers;
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    sequence_number BIGINT NOT NULL UNIQUE,
-    status TEXT NOT NULL,
-    queue_rank INTEGER NOT NULL,
-    priority_rank INTEGER NOT NULL,
-    node_id TEXT NOT NULL,
-    finished_at DOUBLE PRECISION,
-    body TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS jobs_in_claim_order
-    ON jobs (status, queue_rank, priority_rank, sequence_number);
-CREATE INDEX IF NOT EXISTS jobs_by_node ON jobs (node_id, status);
-CREATE INDEX IF NOT EXISTS jobs_by_finish ON jobs (finished_at);
-CREATE TABLE IF NOT EXISTS nodes (
-    id TEXT PRIMARY KEY,
-    address TEXT NOT NULL UNIQUE,
-    status TEXT NOT NULL,
-    body TEXT NOT NULL
-);
-"""
+_SCHEMA = "CREATE SEQUENCE IF NOT EXISTS job_sequence_numbers;" + schema(
+    big_integer="BIGINT", real="DOUBLE PRECISION"
+)
 # Masters starting together would race on CREATE ... IF NOT EXISTS; one at a time.
 _SCHEMA_LOCK = 0x66667274
 

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import trio
 
 from ._base import StoreError
-from ._sql import Dialect, SqlStore, Transaction
+from ._sql import Dialect, SqlStore, Transaction, schema
 
 __all__ = ["SqliteStore"]
 
@@ -28,28 +28,7 @@ log = logging.getLogger("agent.master")
 # makes us wait this long before SQLite reports "database is locked".
 BUSY_TIMEOUT_MS = 5000
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    sequence_number INTEGER NOT NULL UNIQUE,
-    status TEXT NOT NULL,
-    queue_rank INTEGER NOT NULL,
-    priority_rank INTEGER NOT NULL,
-    node_id TEXT NOT NULL,
-    finished_at REAL,
-    body TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS jobs_in_claim_order
-    ON jobs (status, queue_rank, priority_rank, sequence_number);
-CREATE INDEX IF NOT EXISTS jobs_by_node ON jobs (node_id, status);
-CREATE INDEX IF NOT EXISTS jobs_by_finish ON jobs (finished_at);
-CREATE TABLE IF NOT EXISTS nodes (
-    id TEXT PRIMARY KEY,
-    address TEXT NOT NULL UNIQUE,
-    status TEXT NOT NULL,
-    body TEXT NOT NULL
-);
-"""
+_SCHEMA = schema(big_integer="INTEGER", real="REAL")
 
 SQLITE = Dialect(
     lock="",
