@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 # The agent is woken by nothing here, so it polls its local master often.
 LOCAL_POLL_INTERVAL_S = 0.2
 DISPLAY_INTERVAL_S = 1.0
-RESULT_COLUMNS = ("seq", "status", "seconds", "fps", "speed", "in MB", "out MB", "Mbps", "output / error")
+RESULT_COLUMNS = ("seq", "status", "seconds", "fps", "speed", "in MB", "out MB", "Mbps", "output file / error")
 
 
 @attrs.define
@@ -44,7 +44,9 @@ class LocalRun:
 
 def _result_row(job: Job) -> list[Any]:
     m = job.metrics
-    detail = m.get("output_file", "") if job.status is JobStatus.COMPLETED else f"{job.failure_reason}: {job.error}"
+    # The header names the outputs directory; each file sits in <job id>/ there.
+    output = Path(m.get("output_file", "")).name
+    detail = output if job.status is JobStatus.COMPLETED else f"{job.failure_reason}: {job.error}"
     return [
         job.sequence_number, job.status.value, f"{m.get('duration', 0):.1f}", f"{m.get('fps', 0):.0f}",
         f"{m.get('speed', 0):.2f}x", f"{m.get('input_file_bytes', 0) / 1e6:.1f}",
@@ -114,7 +116,7 @@ async def run_local(run: LocalRun, out: TextIO = sys.stdout) -> int:
             ids = [(await client.submit_job(request)).id for _ in range(run.jobs)]
             out.write(
                 f"Running {run.jobs} x {run.scenario} ({run.duration:g}s each), "
-                f"{run.max_concurrent_jobs} at a time; outputs in {run.work_dir / 'outputs'}\n"
+                f"{run.max_concurrent_jobs} at a time; outputs in {run.work_dir / 'outputs'}/<job id>/\n"
             )
             started = time.monotonic()
             async with trio.open_nursery() as agent_nursery:  # the agent stops before its client closes
