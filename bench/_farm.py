@@ -9,6 +9,7 @@ agent build can be measured with push, with long-poll or with plain polling
 
 from __future__ import annotations
 
+import argparse
 import logging
 import urllib.parse
 from functools import partial
@@ -21,7 +22,7 @@ import hypercorn.trio
 import psutil  # type: ignore[import-untyped]
 import trio
 
-from agent.config import MasterConfig
+from agent.config import ConfigError, MasterConfig, parse_duration
 from agent.master.app import create_app
 from agent.master.events import EventHub
 from agent.master.store import open_store
@@ -148,3 +149,12 @@ async def start_bench_agent(procs: Processes, name: str, master_url: str, work_d
         procs, name, master_url, work_dir, "--allow-master-as-worker", "--skip-confirmation", *flags
     )
     return BenchAgent(running)
+
+
+def duration_flag(text: str) -> str:
+    """An agent duration flag (``5s``, ``250ms``), checked here and passed on as written."""
+    try:
+        parse_duration(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text

@@ -43,7 +43,6 @@ import attrs
 import trio
 
 from agent.client import MasterClient
-from agent.config import parse_duration
 from agent.models import Job, JobRequest, JobStatus
 from agent.scenarios import EncodeSpec, build_spec
 from agent.worker.encoder import encoder_env
@@ -51,7 +50,7 @@ from agent.worker.engines.ffmpeg import encode_argv, find_ffmpeg
 from agent.worker.inputs import InputCache
 from agent.worker.jobrunner import bandwidth_mbps
 from agent.worker.progress import ProgressParser
-from bench._farm import BenchMaster, serve_bench_master, start_bench_agent
+from bench._farm import BenchMaster, duration_flag, serve_bench_master, start_bench_agent
 from bench._report import machine, markdown_table, median, write_outputs
 from tests.support import Processes, wait_for_jobs
 
@@ -424,11 +423,6 @@ def _levels(text: str) -> list[int]:
     return levels
 
 
-def _duration_text(text: str) -> str:
-    parse_duration(text)
-    return text
-
-
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.bandwidth_scaling", description=__doc__.split("\n")[0])
     parser.add_argument("--levels", type=_levels, default=[1, 2, 4, 8], help="concurrency levels (default 1,2,4,8)")
@@ -440,9 +434,9 @@ def parser() -> argparse.ArgumentParser:
                         help="real-time jobs (-re, as live streams): find where bandwidth stops growing with jobs")
     parser.add_argument("--adaptive", action=argparse.BooleanOptionalAction, default=True,
                         help="also run the agent at --max-concurrent-jobs auto --adaptive (default on)")
-    parser.add_argument("--adaptive-interval", type=_duration_text, default=DEFAULT_ADAPTIVE_INTERVAL,
+    parser.add_argument("--adaptive-interval", type=duration_flag, default=DEFAULT_ADAPTIVE_INTERVAL,
                         help=f"--adaptive-interval of that run (default {DEFAULT_ADAPTIVE_INTERVAL})")
-    parser.add_argument("--poll-interval", type=_duration_text, default=DEFAULT_POLL_INTERVAL,
+    parser.add_argument("--poll-interval", type=duration_flag, default=DEFAULT_POLL_INTERVAL,
                         help=f"the agent's --poll-interval (default {DEFAULT_POLL_INTERVAL})")
     parser.add_argument("--out", type=Path, default=Path("bench/results"), help="output directory (default bench/results)")
     parser.add_argument("--name", default="bandwidth_scaling", help="output file name stem (default bandwidth_scaling)")

@@ -48,7 +48,7 @@ from agent.config import parse_duration
 from agent.models import Job, JobRequest, JobStatus, NodeRegistration
 from agent.scenarios import build_spec
 from agent.worker.inputs import InputCache
-from bench._farm import BenchMaster, serve_bench_master, start_bench_agent
+from bench._farm import BenchMaster, duration_flag, serve_bench_master, start_bench_agent
 from bench._report import machine, markdown_table, median, percentile, write_outputs
 from bench.goloop import GoLoop
 from tests.support import Processes, wait_for_jobs
@@ -389,11 +389,6 @@ def _modes(text: str) -> list[str]:
     return names
 
 
-def _duration_text(text: str) -> str:
-    parse_duration(text)
-    return text
-
-
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.dispatch", description=__doc__.split("\n")[0])
     parser.add_argument("--durations", type=_floats, default=[0.2, 1.0, 5.0],
@@ -406,9 +401,9 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--modes", type=_modes, default=[mode for mode, _, _ in MODES],
                         help="dispatch modes for latency (default push,long-poll,polling)")
     parser.add_argument("--latency-samples", type=int, default=20, help="jobs per latency mode (default 20)")
-    parser.add_argument("--poll-interval", type=_duration_text, default="2s",
+    parser.add_argument("--poll-interval", type=duration_flag, default="2s",
                         help="the agent's --poll-interval (default 2s)")
-    parser.add_argument("--go-poll-interval", type=_duration_text, default="2s",
+    parser.add_argument("--go-poll-interval", type=duration_flag, default="2s",
                         help="poll tick of the Go loop model (default 2s; the Go agent's default was 10s)")
     parser.add_argument("--go-concurrency", type=int, default=4, help="slots of the Go loop model (default 4)")
     parser.add_argument("--go-jobs", type=int, default=8, help="jobs per Go loop model run (default 8)")
