@@ -183,6 +183,9 @@ def worker_parser() -> argparse.ArgumentParser:
                         help="time from asking an encoder to stop to SIGKILL (default 10s)")
     parser.add_argument("--job-timeout", type=duration, default=_env("job-timeout", "0"),
                         help="stop a job that runs longer, unless it sets its own timeout (default 0: none)")
+    parser.add_argument("--stall-timeout", type=duration, default=_env("stall-timeout", "5m"),
+                        help="stop an encoder whose output time and frame count stand still this long; "
+                        "its job fails as stalled and is retried (default 5m, 0: never)")
     parser.add_argument("--breaker-threshold", type=positive, default=_env("breaker-threshold", "5"),
                         help="consecutive master errors or platform job failures that pause claiming (default 5)")
     parser.add_argument("--breaker-cooldown", type=duration, default=_env("breaker-cooldown", "10s"),
@@ -408,6 +411,7 @@ def _run_worker(argv: Sequence[str]) -> int:
         shutdown_grace=args.shutdown_grace,
         kill_timeout=args.kill_timeout,
         job_timeout=args.job_timeout or None,
+        stall_timeout=args.stall_timeout,
         breaker_threshold=args.breaker_threshold,
         breaker_cooldown=args.breaker_cooldown,
         breaker_max_cooldown=args.breaker_max_cooldown,

@@ -141,6 +141,8 @@ class AgentConfig:
     breaker_max_cooldown: float = 300.0
     # Seconds a job may run when it sets no resource_limits.timeout_sec; None = no limit.
     job_timeout: float | None = None
+    # Seconds an encoder's output may stand still before the job fails as stalled; 0 = never.
+    stall_timeout: float = 300.0
     log_level: str = "info"
     # Unattended runs (systemd, containers) pause for long on 401 instead of exiting.
     exit_on_auth_error: bool = True

@@ -75,6 +75,8 @@ class FailureReason(str, enum.Enum):
     TIMEOUT = "timeout"
     PLATFORM_ERROR = "platform_error"
     RESOURCE_ERROR = "resource_error"
+    # The encoder's output stopped advancing (--stall-timeout); retried like a platform error.
+    STALLED = "stalled"
 
 
 class Engine(str, enum.Enum):

@@ -45,10 +45,10 @@ import trio
 from agent.client import MasterClient
 from agent.models import Job, JobRequest, JobStatus
 from agent.scenarios import EncodeSpec, build_spec
-from agent.worker.encoder import encoder_env
 from agent.worker.engines.ffmpeg import encode_argv, find_ffmpeg
 from agent.worker.inputs import InputCache
 from agent.worker.jobrunner import bandwidth_mbps
+from agent.worker.processes import child_env
 from agent.worker.progress import ProgressParser
 from bench._farm import BenchMaster, duration_flag, serve_bench_master, start_bench_agent
 from bench._report import machine, markdown_table, median, write_outputs
@@ -215,7 +215,7 @@ class Bench:
             async with limiter:
                 result = await trio.run_process(
                     argv, stdin=subprocess.DEVNULL, capture_stdout=True, capture_stderr=True, check=False,
-                    cwd=output.parent, env=encoder_env(),
+                    cwd=output.parent, env=child_env(),
                 )
             if result.returncode != 0:
                 raise BenchFailed(f"ffmpeg exited {result.returncode}: {result.stderr.decode()[-2000:]}")

@@ -38,9 +38,7 @@ from agent.worker.backoff import Backoff
 from agent.worker.breaker import BreakerState, CircuitBreaker
 from agent.worker.encoder import StopPolicy
 from agent.worker.engines.ffmpeg import EncoderNotFound, find_ffmpeg
-from agent.worker.engines.gstreamer import find_gstreamer
 from agent.worker.engines.hwaccel import candidates as hardware_candidates
-from agent.worker.engines.hwaccel import detect_hardware_encoders
 from agent.worker.events import listen_events
 from agent.worker.guardian import Guardian
 from agent.worker.hardware import HostFacts
@@ -52,6 +50,7 @@ from agent.worker.poller import Poller
 from agent.worker.reporter import DELIVERY_ATTEMPT_S, Outbox, ResultReporter
 from agent.worker.state import AgentState
 from agent.worker.status_server import create_status_app, serve_status
+from agent.worker.tempfiles import remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -96,22 +95,29 @@ class Agent:
 
     @classmethod
     def from_config(cls, config: AgentConfig, client: MasterClient, *, master_as_worker: bool = False) -> Agent:
-        """Find the encoder and lay out the work dir; raises EncoderNotFound."""
+        """Find the encoder and lay out the work dir, removing what a killed run left; raises EncoderNotFound.
+
+        Starts no process: the engines are detected by :meth:`serve` once the
+        guardian runs, so that no probe can outlive the agent.
+        """
         ffmpeg = find_ffmpeg(config.ffmpeg)
         config.work_dir.mkdir(parents=True, exist_ok=True)
-        hardware = detect_hardware_encoders(ffmpeg)
+        guardian = Guardian()
+        inputs = InputCache(
+            config.work_dir / "inputs", max_bytes=config.input_cache_mb * 1024 * 1024, guardian=guardian
+        )
+        inputs.remove_debris()
         runner = JobRunner(
             ffmpeg=ffmpeg,
             work_dir=config.work_dir,
-            inputs=InputCache(config.work_dir / "inputs", max_bytes=config.input_cache_mb * 1024 * 1024),
+            inputs=inputs,
             stop=StopPolicy(interrupt_wait=config.kill_timeout * 2 / 3, terminate_wait=config.kill_timeout / 3),
             input_dirs=config.input_dirs,
             output_dir=config.output_dir,
             rtmp_host=urllib.parse.urlsplit(config.master_url).hostname or "localhost",
             job_timeout=config.job_timeout,
-            guardian=Guardian(),
-            gstreamer=find_gstreamer(config.gst_launch),
-            hardware=hardware,
+            stall_timeout=config.stall_timeout,
+            guardian=guardian,
             min_free_bytes=config.min_free_mb * 1024 * 1024,
             persist_outputs=config.persist_outputs,
             persist_inputs=config.persist_inputs,
@@ -119,16 +125,21 @@ class Agent:
             generate_input=config.generate_input,
         )
         log.info("Encoder: %s", ffmpeg)
+        agent = cls(config=config, client=client, runner=runner, master_as_worker=master_as_worker)
+        remove_stale_temporaries(agent.reporter.outbox.directory)
+        return agent
+
+    async def _detect_engines(self) -> None:
+        await self.runner.detect_engines(self.config.gst_launch)
+        hardware = self.runner.hardware
         log.info(
             "Engines: %s; hardware encoders: %s",
-            ", ".join(runner.engines), ", ".join(h.name for h in hardware) or "none",
+            ", ".join(self.runner.engines), ", ".join(h.name for h in hardware) or "none",
         )
-        agent = cls(config=config, client=client, runner=runner, master_as_worker=master_as_worker)
-        agent.metrics.report_capabilities(
-            {engine.value: engine.value in runner.engines for engine in (Engine.FFMPEG, Engine.GSTREAMER)},
+        self.metrics.report_capabilities(
+            {engine.value: engine.value in self.runner.engines for engine in (Engine.FFMPEG, Engine.GSTREAMER)},
             {candidate.name: candidate in hardware for candidate in hardware_candidates()},
         )
-        return agent
 
     @property
     def worst_case_stop_s(self) -> float:
@@ -146,6 +157,7 @@ class Agent:
             app = create_status_app(self.state, self.metrics)
             if self.runner.guardian is not None:
                 await nursery.start(self.runner.guardian.serve)
+            await self._detect_engines()  # probes start only once the guardian can kill them
             urls = await nursery.start(serve_status, app, self.config.metrics_host, self.config.metrics_port)
             port = urllib.parse.urlsplit(urls[0]).port or self.config.metrics_port
             log.info("Metrics and health on %s (/metrics /health /ready /jobs)", urls[0])

@@ -4,8 +4,13 @@ Plain code with the time passed in; the poller does the waiting. Two kinds of
 failure trip it, each counted while consecutive:
 
 * the master failing (unreachable, 5xx, timeouts) — claiming would only add load;
-* jobs failing for platform reasons (the encoder crashes on this node) —
-  claiming would burn through the queue, failing every job.
+* jobs failing for platform reasons (the encoder crashes or stalls on this
+  node) — claiming would burn through the queue, failing every job.
+
+A job that fails by its own fault (``user_error``: a missing input, say)
+says nothing about this node: it neither counts nor breaks a run of platform
+failures, so no submitter can open the breaker, or hide a broken encoder,
+with bad jobs.
 
 ::
 
@@ -27,9 +32,12 @@ import attrs
 from agent.models import FailureReason, JobResult, JobStatus
 
 # Failures that say "this node cannot run jobs now", not "this job is bad".
-PLATFORM_REASONS = frozenset(
-    {FailureReason.RUNTIME_ERROR.value, FailureReason.PLATFORM_ERROR.value, FailureReason.RESOURCE_ERROR.value}
-)
+PLATFORM_REASONS = frozenset({
+    FailureReason.RUNTIME_ERROR.value,
+    FailureReason.PLATFORM_ERROR.value,
+    FailureReason.RESOURCE_ERROR.value,
+    FailureReason.STALLED.value,
+})
 
 
 class BreakerState(enum.IntEnum):
@@ -101,6 +109,9 @@ class CircuitBreaker:
             self.job_failures += 1
             if self.state is BreakerState.HALF_OPEN or self.job_failures >= self.threshold:
                 self._open(now, f"{self.job_failures} consecutive jobs failed on this node, last: {result.error}")
+            return
+        if result.failure_reason == FailureReason.USER_ERROR.value:
+            self.probing = False  # a half-open breaker probes again with the next job
             return
         self.job_failures = 0
         if self.state is BreakerState.HALF_OPEN:

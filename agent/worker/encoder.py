@@ -1,9 +1,11 @@
-"""Runs one encoder process and stops it the way encoders like to be stopped.
+"""Runs one encoder process, watches its progress, and stops it the way encoders like to be stopped.
 
-The encoder gets a session (process group) of its own, so that a stop reaches
-every process it started. Stopping asks first — SIGINT makes ffmpeg write the
+The encoder starts through :func:`~agent.worker.processes.run_child`: a
+session of its own (a stop reaches every process it started), guarded,
+a minimal environment. Stopping asks first — SIGINT makes ffmpeg write the
 trailer, so a stopped job still leaves a playable file — then insists with
-SIGTERM, then SIGKILL.
+SIGTERM, then SIGKILL. An encoder whose output stops advancing for the stall
+timeout is stopped that way too (see :mod:`agent.worker.stall`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import contextlib
 import logging
 import os
 import signal
-import subprocess
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -22,15 +23,14 @@ import attrs
 import trio
 
 from agent.worker.guardian import Guardian
+from agent.worker.processes import run_child
 from agent.worker.progress import ProgressParser, ProgressSnapshot
+from agent.worker.stall import StallDetector
 
 log = logging.getLogger(__name__)
 
 # Enough of stderr to show why an encoder failed, small enough for a JSON result.
 STDERR_TAIL_LINES = 40
-
-# Variables an encoder may need; everything else (API keys above all) stays out.
-ENV_PASSTHROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "LD_LIBRARY_PATH")
 
 
 @attrs.define
@@ -53,6 +53,8 @@ class EncoderWatch:
     pid: int | None = None
     returncode: int | None = None
     last_progress: ProgressSnapshot | None = None
+    # Stopped because its output did not advance for the stall timeout.
+    stalled: bool = False
     _stderr: collections.deque[str] = attrs.field(
         factory=lambda: collections.deque(maxlen=STDERR_TAIL_LINES)
     )
@@ -69,10 +71,6 @@ class EncoderWatch:
         self.on_progress(snapshot)
 
 
-def encoder_env() -> dict[str, str]:
-    return {name: os.environ[name] for name in ENV_PASSTHROUGH if name in os.environ}
-
-
 async def stop_process_group(policy: StopPolicy, process: trio.Process) -> None:
     """Ask, then insist, on the whole process group; trio cancels us once it exits."""
     for sig, wait in (
@@ -87,61 +85,56 @@ async def stop_process_group(policy: StopPolicy, process: trio.Process) -> None:
 
 
 async def run_encoder(
-    argv: list[str], watch: EncoderWatch, *, cwd: Path, stop: StopPolicy, guardian: Guardian | None = None
+    argv: list[str],
+    watch: EncoderWatch,
+    *,
+    cwd: Path,
+    stop: StopPolicy,
+    guardian: Guardian | None = None,
+    stall_timeout: float = 0.0,
 ) -> int:
     """Run ``argv`` to its end and return its exit code.
 
     Progress (``-progress pipe:1`` on stdout) and the stderr tail go into
-    ``watch`` as they arrive. On cancel the process group is stopped per
-    ``stop`` and this returns only once the encoder has exited, then raises
-    Cancelled. ``guardian`` kills the process group should the agent die first.
+    ``watch`` as they arrive. When the output has not advanced for
+    ``stall_timeout`` seconds (0: never), the encoder is stopped per ``stop``,
+    ``watch.stalled`` is set and its exit code returned. On cancel the
+    process group is stopped per ``stop`` and this returns only once the
+    encoder has exited, then raises Cancelled. ``guardian`` kills the process
+    group should the agent die first.
     """
-    try:
-        return await _run_encoder(argv, watch, cwd=cwd, stop=stop, guardian=guardian)
-    finally:
-        if guardian is not None and watch.pid is not None:
-            with trio.CancelScope(shield=True):
-                await guardian.release(watch.pid)
-
-
-async def _run_encoder(
-    argv: list[str], watch: EncoderWatch, *, cwd: Path, stop: StopPolicy, guardian: Guardian | None
-) -> int:
+    stall = StallDetector(timeout=stall_timeout, since=trio.current_time())
     async with trio.open_nursery() as nursery:
         process: trio.Process = await nursery.start(
-            partial(
-                trio.run_process,
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                check=False,
-                start_new_session=True,
-                cwd=cwd,
-                env=encoder_env(),
-                deliver_cancel=partial(stop_process_group, stop),
-            )
+            partial(run_child, argv, guardian=guardian, stop=partial(stop_process_group, stop), cwd=cwd)
         )
         watch.pid = process.pid
         log.debug("encoder started, pid %d: %s", process.pid, " ".join(argv))
-        if guardian is not None:
-            await guardian.watch(process.pid)
-        assert process.stdout is not None and process.stderr is not None
-        nursery.start_soon(_read_progress, process.stdout, watch)
+        # Only the stall deadline cancels this scope; the caller's cancels come from outside it.
+        nursery.cancel_scope.deadline = stall.deadline
+        nursery.start_soon(_read_progress, process.stdout, watch, stall, nursery.cancel_scope)
         nursery.start_soon(_read_stderr, process.stderr, watch)
-    # run_process has reaped it: wait() returns the exit code at once, typed as int.
+    if nursery.cancel_scope.cancelled_caught:
+        watch.stalled = True
+        log.warning("encoder pid %d made no progress for %gs; stopped", process.pid, stall_timeout)
     watch.returncode = await process.wait()
     return watch.returncode
 
 
-async def _read_progress(stream: trio.abc.ReceiveStream, watch: EncoderWatch) -> None:
+async def _read_progress(
+    stream: trio.abc.ReceiveStream | None, watch: EncoderWatch, stall: StallDetector, scope: trio.CancelScope
+) -> None:
+    assert stream is not None
     parser = ProgressParser()
     async for chunk in stream:
         for snapshot in parser.feed(chunk):
             watch.add_progress(snapshot)
+            if stall.observe(snapshot, trio.current_time()):
+                scope.deadline = stall.deadline
 
 
-async def _read_stderr(stream: trio.abc.ReceiveStream, watch: EncoderWatch) -> None:
+async def _read_stderr(stream: trio.abc.ReceiveStream | None, watch: EncoderWatch) -> None:
+    assert stream is not None
     pending = b""
     async for chunk in stream:
         *lines, pending = (pending + chunk).replace(b"\r", b"\n").split(b"\n")

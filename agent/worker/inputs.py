@@ -4,7 +4,9 @@ A job without an ``input`` parameter encodes a generated clip. Making one costs
 a full encode, so the clips are kept in a directory of the work dir and shared
 by every job that asks for the same shape. A clip only ever appears under its
 final name complete: FFmpeg writes a temporary file that is renamed when it
-succeeds, so a crash or cancel never leaves a half file that a later job reads.
+succeeds, so a crash or cancel never leaves a half file that a later job reads;
+the temporary files of a killed agent are removed at its next start
+(:meth:`InputCache.remove_debris`).
 
 The directory is bounded: after each new clip, the least recently used clips
 that no job of this agent is reading are deleted until the total fits
@@ -16,14 +18,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import trio
 
-from .encoder import encoder_env
 from .engines.ffmpeg import FFmpegFailed, stderr_tail, test_input_argv
+from .guardian import Guardian
+from .processes import capture_child
+from .tempfiles import remove_stale_temporaries, temporary_for
 
 __all__ = ["DEFAULT_MAX_BYTES", "InputCache", "InputGenerationFailed"]
 
@@ -49,9 +52,13 @@ class InputCache:
     a reader that already opened it.
     """
 
-    def __init__(self, directory: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(
+        self, directory: Path, max_bytes: int = DEFAULT_MAX_BYTES, *, guardian: Guardian | None = None
+    ) -> None:
         self.directory = Path(directory)
         self.max_bytes = max_bytes
+        # Kills a generating FFmpeg should the agent die first.
+        self.guardian = guardian
         self._locks: dict[str, trio.Lock] = {}
         self._readers: dict[str, int] = {}
 
@@ -79,6 +86,10 @@ class InputCache:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(self.directory / name)
 
+    def remove_debris(self) -> None:
+        """Delete the temporary clips of agents killed while generating them; call at start."""
+        remove_stale_temporaries(self.directory)
+
     def path_for(self, width: int, height: int, fps: float, duration: float) -> Path:
         """Where the clip for this shape lives, whether or not it exists yet."""
         return self.directory / f"testsrc2_{width}x{height}_{fps:g}fps_{duration:g}s.mp4"
@@ -100,14 +111,11 @@ class InputCache:
                 os.utime(final)
                 return final
             await trio.Path(self.directory).mkdir(parents=True, exist_ok=True)
-            # Ends in .mp4 so a leftover is recognisable; never matches a final name.
-            partial = final.with_name(f".{final.stem}.{os.getpid()}-{secrets.token_hex(4)}.partial.mp4")
+            partial = temporary_for(final)  # hidden: never matches a final name
             log.info("generating test input %s", final.name)
             try:
                 argv = test_input_argv(ffmpeg, width, height, fps, duration, str(partial))
-                result = await trio.run_process(
-                    argv, capture_stdout=True, capture_stderr=True, check=False, env=encoder_env()
-                )
+                result = await capture_child(argv, guardian=self.guardian)
                 if result.returncode != 0:
                     raise InputGenerationFailed(
                         f"could not generate the {width}x{height} {fps:g} fps test input",

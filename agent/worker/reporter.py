@@ -19,6 +19,7 @@ import trio
 from agent.client import AuthError, Conflict, MasterClient, MasterError, MasterUnavailable, NotFound
 from agent.models import JobResult
 from agent.worker.backoff import Backoff
+from agent.worker.tempfiles import temporary_for
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ class Outbox:
     def save(self, result: JobResult) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"{result.job_id}.json"
-        temporary = path.with_suffix(".tmp")
+        temporary = temporary_for(path)  # one a killed agent left is removed at the next start
         temporary.write_text(json.dumps(result.to_json()))
         os.replace(temporary, path)
 

@@ -21,7 +21,7 @@ STEP_TIMEOUT_S = 60
 
 @pytest.fixture(scope="module")
 def gstreamer() -> GStreamer:
-    found = find_gstreamer()
+    found = trio.run(find_gstreamer)
     assert found is not None, "gst-launch-1.0 missing: run tests/setup.sh (tests/apt-packages.txt)"
     return found
 

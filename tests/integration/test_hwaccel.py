@@ -33,28 +33,28 @@ def ffmpeg_claiming(tmp_path: Path, encoder: str) -> str:
     return str(stub)
 
 
-def test_without_devices_no_encoder_passes_the_probe() -> None:
+async def test_without_devices_no_encoder_passes_the_probe() -> None:
     """The real FFmpeg lists h264_nvenc and friends, yet none can encode a frame here."""
-    assert detect_hardware_encoders(find_ffmpeg()) == ()
+    assert await detect_hardware_encoders(find_ffmpeg()) == ()
 
 
-def test_only_the_encoders_whose_probe_succeeds_are_reported(tmp_path: Path) -> None:
+async def test_only_the_encoders_whose_probe_succeeds_are_reported(tmp_path: Path) -> None:
     """Detection runs every candidate and keeps the ones that exit 0."""
-    assert detect_hardware_encoders(ffmpeg_claiming(tmp_path, "hevc_vaapi")) == (HardwareEncoder("vaapi", "h265"),)
+    assert await detect_hardware_encoders(ffmpeg_claiming(tmp_path, "hevc_vaapi")) == (HardwareEncoder("vaapi", "h265"),)
 
 
-def test_a_hanging_probe_counts_as_absent(tmp_path: Path) -> None:
+async def test_a_hanging_probe_counts_as_absent(tmp_path: Path) -> None:
     """A driver that never answers does not hold the agent's start."""
     stub = tmp_path / "ffmpeg-hangs"
     stub.write_text("#!/bin/sh\nexec sleep 30\n")
     stub.chmod(0o755)
-    assert detect_hardware_encoders(str(stub), candidates()[:2], timeout=0.5) == ()
+    assert await detect_hardware_encoders(str(stub), candidates()[:2], timeout=0.5) == ()
 
 
 async def test_a_failing_hardware_encoder_falls_back_to_software(tmp_path: Path) -> None:
     """The job tries h264_nvenc, which fails, then completes with libx264; the result records both."""
     ffmpeg = ffmpeg_claiming(tmp_path, "h264_nvenc")
-    hardware = detect_hardware_encoders(ffmpeg)
+    hardware = await detect_hardware_encoders(ffmpeg)
     assert [h.name for h in hardware] == ["h264_nvenc"]
     runner = JobRunner(ffmpeg=ffmpeg, work_dir=tmp_path / "work", inputs=InputCache(tmp_path / "inputs"),
                        hardware=hardware)

@@ -11,6 +11,7 @@ import errno
 import shutil
 import socket
 import subprocess
+import urllib.parse
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from agent.worker.engines.ffmpeg import find_ffmpeg, probe_media
 from agent.worker.engines.gstreamer import find_gstreamer
 from agent.worker.inputs import InputCache
 from agent.worker.jobrunner import JobRunner
+from agent.worker.netguard import AllowList
 
 pytestmark = pytest.mark.slow
 
@@ -106,7 +108,9 @@ async def stream(
     **params: Any,
 ) -> JobResult:
     runner = JobRunner(ffmpeg=find_ffmpeg(), work_dir=tmp_path / "work", inputs=InputCache(tmp_path / "inputs"),
-                       gstreamer=find_gstreamer(), input_dirs=input_dirs)
+                       gstreamer=await find_gstreamer(), input_dirs=input_dirs)
+    # The job names the server's own URL, on 127.0.0.1: this worker allows that address and port.
+    runner.allow_private_outputs = AllowList.parse([urllib.parse.urlsplit(server.url).netloc])
     job = Job(id=key, scenario="144p30-h264", engine=engine, parameters={
         "duration": 1, "output_mode": "rtmp", "rtmp_url": server.url, "stream_key": key, **params,
     })

@@ -91,3 +91,33 @@ def test_a_job_trip_is_probed_by_a_job_not_by_an_empty_claim() -> None:
     assert breaker.claim_delay(now=6) == math.inf
     breaker.job_finished(now=7, result=completed())
     assert breaker.state is BreakerState.CLOSED
+
+
+def test_a_stalled_encoder_counts_like_a_crash() -> None:
+    """stalled is a platform failure: enough in a row open the breaker."""
+    breaker = CircuitBreaker(threshold=2)
+    breaker.job_finished(now=0, result=failed(FailureReason.STALLED))
+    breaker.job_finished(now=0, result=failed(FailureReason.RUNTIME_ERROR))
+    assert breaker.state is BreakerState.OPEN
+
+
+def test_user_errors_neither_count_nor_break_a_run_of_platform_failures() -> None:
+    """A bad job between two crashes says nothing about the node: the crashes still add up."""
+    breaker = CircuitBreaker(threshold=2)
+    breaker.job_finished(now=0, result=failed(FailureReason.RUNTIME_ERROR))
+    breaker.job_finished(now=0, result=failed(FailureReason.USER_ERROR))
+    assert breaker.state is BreakerState.CLOSED
+    breaker.job_finished(now=0, result=failed(FailureReason.RUNTIME_ERROR))
+    assert breaker.state is BreakerState.OPEN
+
+
+def test_a_user_error_probe_leaves_the_breaker_half_open_for_the_next_job() -> None:
+    """A probe job that fails by its own fault proves nothing: the next claim probes again."""
+    breaker = CircuitBreaker(threshold=1, cooldown=5)
+    breaker.job_finished(now=0, result=failed(FailureReason.RUNTIME_ERROR))
+    breaker.claim_delay(now=5)
+    breaker.claim_started()
+    breaker.claim_succeeded(got_job=True)
+    breaker.job_finished(now=6, result=failed(FailureReason.USER_ERROR))
+    assert breaker.state is BreakerState.HALF_OPEN
+    assert breaker.claim_delay(now=6) == 0, "the next claim is the probe"

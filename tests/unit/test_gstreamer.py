@@ -111,7 +111,7 @@ def test_what_gstreamer_cannot_do_is_said_in_words(spec: EncodeSpec, generated: 
     assert (reason in said) if reason else said == ""
 
 
-def test_a_missing_gst_launch_means_no_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_missing_gst_launch_means_no_engine(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without GStreamer on PATH the worker runs FFmpeg only."""
     monkeypatch.setenv("PATH", "")
-    assert gst.find_gstreamer() is None
+    assert await gst.find_gstreamer() is None

@@ -25,13 +25,14 @@ import fractions
 import logging
 import re
 import shutil
-import subprocess
 from collections.abc import Callable
 
 import attrs
+import trio
 
 from ...scenarios import VP9_PRESETS, EncodeSpec
-from ..encoder import encoder_env
+from ..guardian import Guardian
+from ..processes import capture_child
 
 __all__ = ["GStreamer", "encoder_element", "find_gstreamer", "pipeline_argv", "required_elements"]
 
@@ -178,12 +179,12 @@ class GStreamer:
 _INSPECT_LINE = re.compile(r"^[\w.-]+:\s+([\w-]+):", re.M)
 
 
-def find_gstreamer(override: str = "") -> GStreamer | None:
+async def find_gstreamer(override: str = "", *, guardian: Guardian | None = None) -> GStreamer | None:
     """The GStreamer to run pipelines with, or None when it is not installed.
 
     ``override`` replaces the ``gst-launch-1.0`` on PATH; the element list
     always comes from ``gst-inspect-1.0``, which lists every installed
-    element in one run.
+    element in one run; ``guardian`` kills it should the agent die meanwhile.
     """
     launch = shutil.which(override or "gst-launch-1.0")
     inspect = shutil.which("gst-inspect-1.0")
@@ -191,12 +192,10 @@ def find_gstreamer(override: str = "") -> GStreamer | None:
         log.info("GStreamer engine unavailable: gst-launch-1.0 or gst-inspect-1.0 not found")
         return None
     try:
-        listing = subprocess.run(
-            [inspect], stdin=subprocess.DEVNULL, capture_output=True, timeout=INSPECT_TIMEOUT_S, check=False,
-            env=encoder_env(),
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        log.warning("GStreamer engine unavailable: gst-inspect-1.0 failed (%s)", exc)
+        with trio.fail_after(INSPECT_TIMEOUT_S):
+            listing = await capture_child([inspect], guardian=guardian)
+    except (OSError, trio.TooSlowError) as exc:
+        log.warning("GStreamer engine unavailable: gst-inspect-1.0 failed (%r)", exc)
         return None
     elements = frozenset(_INSPECT_LINE.findall(listing.stdout.decode(errors="replace")))
     return GStreamer(launch=launch, elements=elements)

@@ -4,20 +4,22 @@ An FFmpeg build lists ``h264_nvenc`` whether or not the machine has an NVIDIA
 card, so listing encoders proves nothing. Each candidate is instead asked to
 encode one frame; only those that succeed are offered to jobs.
 
-Detection runs once, at agent start, from the synchronous constructor, before
-any of the agent's tasks exist: the probes start together and the slowest
-bounds the wait, so the start-up delay is one short FFmpeg run.
+Detection runs once, at agent start, once the guardian runs (so a probe dies
+with the agent) and before registration (which lists the encoders): the
+probes start together and the slowest bounds the wait, so the start-up delay
+is one short FFmpeg run.
 """
 
 from __future__ import annotations
 
 import logging
-import subprocess
 from collections.abc import Sequence
 
 import attrs
+import trio
 
-from ..encoder import encoder_env
+from ..guardian import Guardian
+from ..processes import capture_child
 
 __all__ = ["VENDORS", "HardwareEncoder", "candidates", "detect_hardware_encoders", "probe_argv"]
 
@@ -93,37 +95,38 @@ def probe_argv(ffmpeg: str, encoder: HardwareEncoder) -> list[str]:
     ]
 
 
-def detect_hardware_encoders(
-    ffmpeg: str, wanted: Sequence[HardwareEncoder] | None = None, *, timeout: float = PROBE_TIMEOUT_S
+async def detect_hardware_encoders(
+    ffmpeg: str,
+    wanted: Sequence[HardwareEncoder] | None = None,
+    *,
+    timeout: float = PROBE_TIMEOUT_S,
+    guardian: Guardian | None = None,
 ) -> tuple[HardwareEncoder, ...]:
     """The encoders of ``wanted`` (default: all candidates) that encode a frame on this machine.
 
-    All probes run at once. A probe that cannot start, fails or outlives
-    ``timeout`` (it is killed) counts as absent; nothing here raises.
+    All probes run at once; ``guardian`` kills them should the agent die
+    meanwhile. A probe that cannot start, fails or outlives ``timeout`` (it
+    is killed) counts as absent; nothing here raises.
     """
     wanted = candidates() if wanted is None else wanted
-    running: list[tuple[HardwareEncoder, subprocess.Popen[bytes]]] = []
-    for encoder in wanted:
-        try:
-            process = subprocess.Popen(
-                probe_argv(ffmpeg, encoder), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE, env=encoder_env(),
-            )
-        except OSError as exc:
-            log.debug("cannot probe %s: %s", encoder.name, exc)
-            continue
-        running.append((encoder, process))
-    found = []
-    for encoder, process in running:
-        try:
-            _, stderr = process.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.communicate()
+    works = dict.fromkeys(wanted, False)
+
+    async def probe(encoder: HardwareEncoder) -> None:
+        with trio.move_on_after(timeout) as timer:
+            try:
+                result = await capture_child(probe_argv(ffmpeg, encoder), guardian=guardian)
+            except OSError as exc:
+                log.debug("cannot probe %s: %s", encoder.name, exc)
+                return
+        if timer.cancelled_caught:
             log.debug("hardware encoder %s: probe timed out", encoder.name)
-            continue
-        if process.returncode == 0:
-            found.append(encoder)
+        elif result.returncode == 0:
+            works[encoder] = True
         else:
-            log.debug("hardware encoder %s unavailable: %s", encoder.name, stderr.decode(errors="replace").strip())
-    return tuple(found)
+            reason = result.stderr.decode(errors="replace").strip()
+            log.debug("hardware encoder %s unavailable: %s", encoder.name, reason)
+
+    async with trio.open_nursery() as nursery:
+        for encoder in wanted:
+            nursery.start_soon(probe, encoder)
+    return tuple(encoder for encoder, ok in works.items() if ok)
