@@ -30,11 +30,13 @@ from agent.models import (
     Node,
     NodeRegistration,
     ResultAck,
+    log_tail,
 )
 
 __all__ = [
     "AuthError",
     "Conflict",
+    "JobPage",
     "MasterClient",
     "MasterError",
     "MasterUnavailable",
@@ -45,6 +47,16 @@ __all__ = [
 
 # Long enough for a loaded SQLite master, short enough that a dead one is noticed.
 DEFAULT_TIMEOUT_S = 10.0
+# The most jobs a master puts on one page of GET /jobs.
+LARGEST_PAGE = 1000
+
+
+@attrs.frozen
+class JobPage:
+    """One page of ``GET /jobs``; ``next_cursor`` reads on, and is None on the last page."""
+
+    jobs: list[Job]
+    next_cursor: str | None = None
 
 
 class MasterError(Exception):
@@ -233,6 +245,8 @@ class MasterClient:
 
     async def send_result(self, result: JobResult) -> ResultAck:
         """Raises Conflict when the master gave the job to another node meanwhile."""
+        # The master keeps only the tail anyway; a huge log would also pass its body limit.
+        result = attrs.evolve(result, logs=log_tail(result.logs))
         body = await self._call("POST", "/results", json=result.to_json())
         return ResultAck.from_json(body) if isinstance(body, dict) else ResultAck(status="success")
 
@@ -247,10 +261,33 @@ class MasterClient:
     async def get_job(self, job_id: str) -> Job:
         return Job.from_json(await self._call("GET", f"/jobs/{job_id}"))
 
-    async def list_jobs(self, status: str = "") -> list[Job]:
-        params = {"status": status} if status else {}
-        body = await self._call("GET", "/jobs", params=params)
-        return [Job.from_json(item) for item in body.get("jobs") or []]
+    async def list_jobs_page(
+        self, *, status: str = "", node: str = "", queue: str = "", limit: int | None = None, cursor: str = ""
+    ) -> JobPage:
+        """One page of jobs in submission order, filtered by status, node (id or address) and queue.
+
+        Args:
+            limit: jobs on the page, 1 to 1000; None leaves it to the master (100).
+            cursor: a previous page's ``next_cursor``, to read on from there.
+        """
+        wanted = {"status": status, "node": node, "queue": queue, "cursor": cursor, "limit": limit}
+        body = await self._call("GET", "/jobs", params={k: v for k, v in wanted.items() if v})
+        following = body.get("next_cursor")
+        return JobPage(
+            jobs=[Job.from_json(item) for item in body.get("jobs") or []],
+            next_cursor=following if isinstance(following, str) and following else None,
+        )
+
+    async def list_jobs(self, status: str = "", *, node: str = "", queue: str = "") -> list[Job]:
+        """Every job that matches, following the master's pages (the Go master sends all on one)."""
+        jobs: list[Job] = []
+        cursor = ""
+        while True:
+            page = await self.list_jobs_page(status=status, node=node, queue=queue, limit=LARGEST_PAGE, cursor=cursor)
+            jobs += page.jobs
+            if page.next_cursor is None:
+                return jobs
+            cursor = page.next_cursor
 
     async def list_nodes(self) -> list[Node]:
         body = await self._call("GET", "/nodes")

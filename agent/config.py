@@ -195,6 +195,11 @@ class MasterConfig:
     job_timeout: float | None = None
     # Days finished jobs are kept; 0 keeps them for ever.
     cleanup_retention: float = 7.0
+    # POST /jobs answers 429 while this many jobs are pending: a runaway script cannot
+    # fill the database, and a full queue says so instead of growing for ever.
+    max_pending_jobs: int = 100_000
+    # Seconds a request body may take to arrive whole; a body trickled slower is cut (408).
+    body_timeout: float = 20.0
     log_level: str = "info"
     # None serves plain HTTP.
     tls: ServerTLS | None = None

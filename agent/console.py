@@ -77,6 +77,16 @@ def _show_jobs(jobs: list[Job], args: argparse.Namespace, out: TextIO) -> None:
         out.write(format_table(JOB_COLUMNS, [_job_row(job) for job in jobs]) + "\n")
 
 
+async def _list_jobs(client: MasterClient, args: argparse.Namespace) -> list[Job]:
+    """Every job with ``--all``; else one page, and a note on stderr when more match."""
+    if args.all:
+        return await client.list_jobs(args.status, node=args.node, queue=args.queue)
+    page = await client.list_jobs_page(status=args.status, node=args.node, queue=args.queue, limit=args.limit)
+    if page.next_cursor is not None:
+        print(f"showing the first {len(page.jobs)} matching jobs; --all shows every one", file=sys.stderr)
+    return page.jobs
+
+
 async def _follow(client: MasterClient, job_id: str, args: argparse.Namespace, out: TextIO) -> Job:
     last = ""
     while True:
@@ -126,7 +136,7 @@ async def run_command(client: MasterClient, args: argparse.Namespace, out: TextI
         _show_jobs(jobs, args, out)
         return 0
     if args.command == "list":
-        _show_jobs(await client.list_jobs(args.status), args, out)
+        _show_jobs(await _list_jobs(client, args), args, out)
         return 0
     if action := _job_actions(client).get(args.command):
         _show_jobs([await action(args.job_id)], args, out)

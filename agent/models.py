@@ -30,12 +30,14 @@ __all__ = [
     "JobRequest",
     "JobResult",
     "JobStatus",
+    "MAX_RESULT_LOG_BYTES",
     "Node",
     "NodeRegistration",
     "Priority",
     "Queue",
     "ResultAck",
     "format_time",
+    "log_tail",
     "parse_time",
     "utcnow",
 ]
@@ -248,6 +250,22 @@ class JobResult(_Wire):
             error=error,
             **fields,
         )
+
+
+# FFmpeg's last lines say why a job failed; 64 KiB holds hundreds of them, and a
+# thousand jobs' logs in one page of GET /jobs stay under 64 MB.
+MAX_RESULT_LOG_BYTES = 64 * 1024
+
+
+def log_tail(logs: str, limit: int = MAX_RESULT_LOG_BYTES) -> str:
+    """The end of ``logs`` that fits in ``limit`` bytes of UTF-8: where an encoder says what went wrong.
+
+    A character cut in half at the start is dropped, so the tail is always valid text.
+    """
+    encoded = logs.encode("utf-8", "surrogatepass")
+    if len(encoded) <= limit:
+        return logs
+    return encoded[-limit:].decode("utf-8", "ignore")
 
 
 @attrs.define

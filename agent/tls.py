@@ -96,6 +96,7 @@ def prepare_server(tls: ServerTLS) -> None:
             tls.cert, tls.key, ", ".join([*tls.hosts, *tls.ips]), tls.cert,
         )
     elif tls.generate:
+        _refuse_readable_key(tls.cert, tls.key)
         log.info("Using the certificate generated before, %s (delete it to make a new one)", tls.cert)
     probe = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
@@ -104,6 +105,24 @@ def prepare_server(tls: ServerTLS) -> None:
             probe.load_verify_locations(str(tls.client_ca))
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"cannot load the master's TLS files: {exc}; check --cert, --key and --ca") from None
+
+
+def _refuse_readable_key(cert: Path, key: Path) -> None:
+    """Refuse to serve with a generated key that other users can read.
+
+    Tightening the mode quietly would hide that the key may already have been
+    copied; like ssh, we stop and let the operator decide.
+
+    Raises:
+        ConfigError: the key is readable or writable by its group or others.
+    """
+    mode = key.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise ConfigError(
+            f"the master's private key {key} is open to other users (mode {mode:04o}), so anyone on this machine "
+            f"may have copied it and can impersonate the master: delete {cert} and {key} to generate a new pair "
+            f"(agents then need the new --ca), or, if you are sure it has not leaked, chmod 600 {key}"
+        )
 
 
 def default_cert_hosts() -> tuple[str, ...]:
@@ -169,6 +188,7 @@ def generate_self_signed(cert: Path, key: Path, *, hosts: Sequence[str], ips: Se
     )
     # The key is born private: no moment where another user could read it.
     fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # the mode above only applies to a new file, not to one we overwrite
     with os.fdopen(fd, "wb") as out:
         out.write(key_bytes)
     cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))

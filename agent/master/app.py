@@ -13,9 +13,8 @@ hypercorn), so the long-poll of ``GET /jobs/next`` waits with trio directly.
 from __future__ import annotations
 
 import hmac
-import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from typing import Any, TypeVar
 
@@ -26,7 +25,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketClose
@@ -42,11 +41,14 @@ from ..models import (
     JobStatus,
     NodeRegistration,
     ResultAck,
+    log_tail,
     utcnow,
 )
 from . import scheduler
 from .events import EventHub
+from .jsonbody import BodyRejected, JSONResponse, parse_body
 from .metrics import MasterMetrics
+from .paging import JobQuery, QueryRejected, cursor_after
 from .store import NotFound, Store, StoreError
 from .validation import JobRejected, validate_request
 
@@ -58,6 +60,8 @@ log = logging.getLogger("agent.master")
 MAX_BODY_BYTES = 1024 * 1024
 # Longer than any agent asks for (20 s), shorter than proxies' idle timeouts (60 s).
 MAX_LONG_POLL_S = 30.0
+# A full queue drains at encoding speed: asking again sooner than this rarely finds room.
+QUEUE_FULL_RETRY_AFTER_S = 30
 
 # RFC 6455 close code for a refused client; the handshake then answers 403.
 _POLICY_VIOLATION = 1008
@@ -130,8 +134,8 @@ def _cancel_now() -> Callable[[Job], Job]:
     return partial(scheduler.cancel, now=utcnow())
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 async def _error_response(status: int, request: Request, exc: Exception) -> Response:
@@ -140,7 +144,7 @@ async def _error_response(status: int, request: Request, exc: Exception) -> Resp
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    return _error(exc.status_code, exc.detail)
+    return _error(exc.status_code, exc.detail, exc.headers)  # Retry-After, Connection: close
 
 
 def _go_http_error(message: str, status: int) -> Response:
@@ -200,9 +204,9 @@ async def _read_json(request: Request, *, allow_empty: bool = False) -> Any:
     if allow_empty and not body.strip():
         return None
     try:
-        return json.loads(body)
-    except ValueError as exc:  # also bad UTF-8, and integers past Python's digit limit
-        raise HTTPException(400, f"request body is not valid JSON: {exc}") from None
+        return parse_body(body)
+    except BodyRejected as exc:
+        raise HTTPException(400, str(exc)) from None
 
 
 def _parse(cls: type[_W], data: Any) -> _W:
@@ -334,19 +338,31 @@ class _Api:
             validate_request(job_request)
         except JobRejected as exc:
             raise HTTPException(400, str(exc)) from None
+        pending = (await self._store.counts()).jobs.get(JobStatus.PENDING.value, 0)
+        if pending >= self._config.max_pending_jobs:
+            raise HTTPException(
+                429,
+                f"the queue is full: {pending} jobs are pending, the most this master takes "
+                f"(--max-pending-jobs {self._config.max_pending_jobs}); submit again when agents have caught up",
+                headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)},
+            )
         job = await self._store.submit(job_request, self._config.max_retries)
         log.info("Job %s submitted (#%d, scenario: %s)", job.id, job.sequence_number, job.scenario)
         return JSONResponse(job.to_json(), status_code=201)
 
     async def list_jobs(self, request: Request) -> Response:
-        wanted = request.query_params.get("status")
+        """One page of jobs in submission order; ``next_cursor`` (null on the last) asks for the next."""
         try:
-            status = JobStatus(wanted) if wanted else None
-        except ValueError:
-            choices = ", ".join(s.value for s in JobStatus)
-            raise HTTPException(400, f"status must be one of {choices}") from None
-        jobs = await self._store.list_jobs(status)
-        return JSONResponse({"jobs": [job.to_json() for job in jobs], "count": len(jobs)})
+            query = JobQuery.from_params(request.query_params)
+        except QueryRejected as exc:
+            raise HTTPException(400, str(exc)) from None
+        # One job more than asked for says whether another page follows.
+        jobs = await self._store.list_jobs(
+            query.status, node=query.node, queue=query.queue, after=query.after, limit=query.limit + 1
+        )
+        page = jobs[: query.limit]
+        cursor = cursor_after(page[-1].sequence_number) if len(jobs) > query.limit else None
+        return JSONResponse({"jobs": [job.to_json() for job in page], "count": len(page), "next_cursor": cursor})
 
     async def get_job(self, request: Request) -> Response:
         job = await self._store.get_job(request.path_params["ref"])
@@ -413,6 +429,7 @@ class _Api:
 
     async def record_result(self, request: Request) -> Response:
         result = _parse(JobResult, await _read_json(request))
+        result.logs = log_tail(result.logs)  # the end says why it failed; the rest would only weigh on listings
         if not result.status.is_final:
             raise HTTPException(
                 400, f"status must be completed, failed or canceled, not {result.status.value!r}"

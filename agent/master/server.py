@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import ipaddress
 import logging
+import resource
 import signal
 from functools import partial
 from typing import TYPE_CHECKING, cast
@@ -16,6 +19,7 @@ from ..config import ConfigError, MasterConfig
 from ..models import AgentEvent, utcnow
 from ..tls import configure_server, prepare_server
 from .app import create_app
+from .bodylimits import BodyLimits
 from .events import EventHub
 from .scheduler import OFFLINE_AFTER_BEATS
 from .store import Store, StoreError, open_store
@@ -26,6 +30,9 @@ if TYPE_CHECKING:
 __all__ = ["keep_house", "run_master", "serve_master"]
 
 log = logging.getLogger("agent.master")
+
+# Seconds a client has to send its request headers, and an idle connection stays open.
+HEADER_TIMEOUT_S = 5.0
 
 
 def _bind(host: str, port: int) -> str:
@@ -96,14 +103,17 @@ async def serve_master(
     http = hypercorn.Config()
     http.bind = [_bind(config.host, config.port)]
     http.errorlog = logging.getLogger("agent.master.http")
+    # Also how long request headers may take: hypercorn counts a connection as idle
+    # until its request's headers are in, so a slow sender is closed after this.
+    http.keep_alive_timeout = HEADER_TIMEOUT_S
     if config.tls is not None:
         prepare_server(config.tls)
         configure_server(http, config.tls)
     async with open_store(config.db, dsn=config.db_dsn) as store:
         hub = EventHub()
-        app = create_app(store, config, hub)
+        app = BodyLimits(create_app(store, config, hub), timeout=config.body_timeout)
         async with trio.open_nursery() as nursery:
-            asgi = cast("ASGIFramework", app)  # Starlette is one; its annotations differ
+            asgi = cast("ASGIFramework", app)  # an ASGI app; Starlette's annotations differ from hypercorn's
             urls: list[str] = await nursery.start(partial(hypercorn.trio.serve, asgi, http))
             await nursery.start(hub.serve_wake_ups, store)
             nursery.start_soon(keep_house, store, hub, config)
@@ -116,10 +126,38 @@ async def _main(config: MasterConfig) -> None:
         async with trio.open_nursery() as nursery:
             url = await nursery.start(serve_master, config)
             log.info("Master listening on %s", url)
+            if not config.api_key and not _is_loopback(config.host):
+                log.warning(
+                    "No API key (--api-key or --api-key-file) and listening on %s: anyone who can reach "
+                    "this address can submit, cancel and read jobs, and register nodes",
+                    config.host,
+                )
             async for signum in signals:
                 log.info("Received %s, shutting down", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()
                 break
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether only this machine can reach ``host``; a name other than localhost might not be."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _raise_open_file_limit() -> None:
+    """Raise the soft limit on open files to the hard one, as Go programs do at start.
+
+    Each client connection is a file; the usual soft limit of 1024 would let a few
+    hundred slow clients plus the agents exhaust it, and then even ``/health`` waits.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _leaves(error: BaseException) -> list[BaseException]:
@@ -138,6 +176,7 @@ def run_master(config: MasterConfig) -> int:
     Raises:
         Any other error, unchanged: it is a bug, and its traceback helps.
     """
+    _raise_open_file_limit()
     try:
         trio.run(_main, config)
     except (StoreError, ConfigError, OSError, BaseExceptionGroup) as error:

@@ -89,7 +89,7 @@ async def test_with_a_key_every_route_but_health_needs_the_bearer_token(
         not_bearer = await http.get("/jobs", headers={"Authorization": KEY})
         assert not_bearer.status_code == 401
         good = await http.get("/jobs", headers={"Authorization": f"Bearer {KEY}"})
-        assert good.json() == {"jobs": [], "count": 0}
+        assert good.json() == {"jobs": [], "count": 0, "next_cursor": None}
 
 
 async def test_without_a_key_no_header_is_needed(http: httpx.AsyncClient) -> None:

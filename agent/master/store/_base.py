@@ -11,7 +11,17 @@ import attrs
 if TYPE_CHECKING:
     import trio
 
-    from ...models import HeartbeatReply, HeartbeatReport, Job, JobRequest, JobResult, JobStatus, Node, NodeRegistration
+    from ...models import (
+        HeartbeatReply,
+        HeartbeatReport,
+        Job,
+        JobRequest,
+        JobResult,
+        JobStatus,
+        Node,
+        NodeRegistration,
+        Queue,
+    )
     from ..scheduler import ResultOutcome
 
 __all__ = ["NotFound", "Store", "StoreCounts", "StoreError"]
@@ -57,7 +67,20 @@ class Store(Protocol):
     async def get_job(self, ref: str) -> Job:
         """A job by id, or by sequence number when ``ref`` is all digits."""
 
-    async def list_jobs(self, status: JobStatus | None = None) -> list[Job]: ...
+    async def list_jobs(
+        self,
+        status: JobStatus | None = None,
+        *,
+        node: str = "",
+        queue: Queue | None = None,
+        after: int = 0,
+        limit: int | None = None,
+    ) -> list[Job]:
+        """Jobs in submission order with a sequence number past ``after``; at most ``limit`` (None: all).
+
+        ``node`` is a node id or address: the jobs leased to it, now or last.
+        Sequence numbers start at 1, so ``after=0`` is the start.
+        """
 
     async def claim(self, node_id: str) -> Job | None:
         """Lease the first job in dispatch order this node can run, or ``None``."""

@@ -51,6 +51,8 @@ CLAIM_PAGE = 64
 
 _JOB_COLUMNS = "id, sequence_number, status, queue_rank, priority_rank, node_id, finished_at, body"
 _FINAL = tuple(status.value for status in JobStatus if status.is_final)
+# The largest sequence number a BIGINT column (and a Go client's int64) holds.
+MAX_SEQUENCE_NUMBER = 2**63 - 1
 
 
 class Transaction(Protocol):
@@ -140,6 +142,14 @@ def _node_params(node: Node) -> list[Any]:
     return [node.id, node.address, node.status, json.dumps(node.to_json())]
 
 
+def _sequence_number(ref: str) -> int | None:
+    """``ref`` as a sequence number, or None when it cannot be one (not ASCII digits, past 64 bits)."""
+    if not (ref.isascii() and ref.isdigit() and len(ref) <= 19):
+        return None
+    number = int(ref)
+    return number if number <= MAX_SEQUENCE_NUMBER else None
+
+
 def _jobs(rows: Iterable[tuple[Any, ...]]) -> Iterator[Job]:
     return (Job.from_json(json.loads(row[-1])) for row in rows)
 
@@ -188,9 +198,10 @@ class SqlStore:
     def _load_job(self, tx: Transaction, ref: str, *, lock: bool = True) -> Job:
         """The job by id, or by sequence number when ``ref`` is all digits; locked unless reading."""
         locking = self._sql.lock if lock else ""
-        rows = tx.rows(f"SELECT body FROM jobs WHERE id = ?{locking}", [ref])
-        if not rows and ref.isdigit():
-            rows = tx.rows(f"SELECT body FROM jobs WHERE sequence_number = ?{locking}", [int(ref)])
+        # A NUL is no job's id, and PostgreSQL refuses it in a query.
+        rows = tx.rows(f"SELECT body FROM jobs WHERE id = ?{locking}", [ref]) if "\x00" not in ref else []
+        if not rows and (number := _sequence_number(ref)) is not None:
+            rows = tx.rows(f"SELECT body FROM jobs WHERE sequence_number = ?{locking}", [number])
         if not rows:
             raise NotFound(f"job {ref} not found")
         return next(_jobs(rows))
@@ -257,14 +268,32 @@ class SqlStore:
     async def get_job(self, ref: str) -> Job:
         return await self._db.read(lambda tx: self._load_job(tx, ref, lock=False))
 
-    async def list_jobs(self, status: JobStatus | None = None) -> list[Job]:
+    async def list_jobs(
+        self,
+        status: JobStatus | None = None,
+        *,
+        node: str = "",
+        queue: Queue | None = None,
+        after: int = 0,
+        limit: int | None = None,
+    ) -> list[Job]:
         def select(tx: Transaction) -> list[Job]:
-            if status is None:
-                return list(_jobs(tx.rows("SELECT body FROM jobs ORDER BY sequence_number")))
-            rows = tx.rows(
-                "SELECT body FROM jobs WHERE status = ? ORDER BY sequence_number", [status.value]
-            )
-            return list(_jobs(rows))
+            conditions = ["sequence_number > ?"]
+            params: list[Any] = [after]
+            if status is not None:
+                conditions.append("status = ?")
+                params.append(status.value)
+            if queue is not None:
+                conditions.append("queue_rank = ?")
+                params.append(queue.rank)
+            if node:
+                conditions.append("(node_id = ? OR node_id IN (SELECT id FROM nodes WHERE address = ?))")
+                params += [node, node]
+            sql = f"SELECT body FROM jobs WHERE {' AND '.join(conditions)} ORDER BY sequence_number"
+            if limit is not None:
+                sql += " LIMIT ?"
+                params.append(limit)
+            return list(_jobs(tx.rows(sql, params)))
 
         return await self._db.read(select)
 
