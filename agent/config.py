@@ -13,6 +13,8 @@ from pathlib import Path
 
 import attrs
 
+from agent.worker.netguard import AllowList, as_allow_list
+
 __all__ = [
     "AgentConfig",
     "ClientTLS",
@@ -141,8 +143,6 @@ class AgentConfig:
     breaker_max_cooldown: float = 300.0
     # Seconds a job may run when it sets no resource_limits.timeout_sec; None = no limit.
     job_timeout: float | None = None
-    # Seconds an encoder's output may stand still before the job fails as stalled; 0 = never.
-    stall_timeout: float = 300.0
     log_level: str = "info"
     # Unattended runs (systemd, containers) pause for long on 401 instead of exiting.
     exit_on_auth_error: bool = True
@@ -170,8 +170,12 @@ class AgentConfig:
     allow_master_as_worker: bool = False
     # Allowed master-as-worker runs ask on a terminal first, unless this is set.
     skip_confirmation: bool = False
-    # Job inputs may be URLs to loopback, private or link-local addresses.
-    allow_private_inputs: bool = False
+    # The loopback, private and link-local addresses a job's input URLs (their
+    # redirects and playlist entries too) and its own rtmp_url may reach, checked
+    # after name resolution (agent/worker/netguard.py). True allows them all;
+    # none by default, so a job cannot probe the worker's network.
+    allow_private_inputs: AllowList = attrs.field(factory=AllowList, converter=as_allow_list)
+    allow_private_outputs: AllowList = attrs.field(factory=AllowList, converter=as_allow_list)
 
     def node_address(self, bound_port: int) -> str:
         """The identity we register under: one node per agent, even several on one host."""
@@ -195,11 +199,6 @@ class MasterConfig:
     job_timeout: float | None = None
     # Days finished jobs are kept; 0 keeps them for ever.
     cleanup_retention: float = 7.0
-    # POST /jobs answers 429 while this many jobs are pending: a runaway script cannot
-    # fill the database, and a full queue says so instead of growing for ever.
-    max_pending_jobs: int = 100_000
-    # Seconds a request body may take to arrive whole; a body trickled slower is cut (408).
-    body_timeout: float = 20.0
     log_level: str = "info"
     # None serves plain HTTP.
     tls: ServerTLS | None = None

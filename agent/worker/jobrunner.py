@@ -10,12 +10,6 @@ job asks for it, a hardware encoder when one was detected and the job allows
 it, and software FFmpeg last. An attempt that fails hands the job to the next
 one; the result's metrics say which engine finished it (``engine``,
 ``encoder``) and which gave up and why (``fallback_from``, ``fallback_error``).
-
-A failure is the job's own (``user_error``: final, not counted by the
-circuit breaker) only when that is clear — a local input that is not there,
-or an encoder exit whose stderr says so (:mod:`agent.worker.failures`);
-anything else is this worker's (``runtime_error``), and an encoder whose
-output stopped advancing is ``stalled`` (:mod:`agent.worker.stall`).
 """
 
 from __future__ import annotations
@@ -35,11 +29,12 @@ from agent.models import Engine, FailureReason, Job, JobResult, JobStatus
 from agent.scenarios import EncodeSpec, JobRejected, build_spec
 from agent.worker.encoder import EncoderWatch, StopPolicy, run_encoder
 from agent.worker.engines.ffmpeg import encode_argv
-from agent.worker.engines.gstreamer import GStreamer, encoder_element, find_gstreamer, pipeline_argv
-from agent.worker.engines.hwaccel import HardwareEncoder, detect_hardware_encoders
-from agent.worker.failures import input_file_problem, job_fault
+from agent.worker.engines.gstreamer import GStreamer, encoder_element, pipeline_argv
+from agent.worker.engines.hwaccel import HardwareEncoder
+from agent.worker.fetch import open_http_input
 from agent.worker.guardian import Guardian
 from agent.worker.inputs import InputCache, InputGenerationFailed
+from agent.worker.netguard import AllowList, DestinationUnavailable, as_allow_list, checked_url
 from agent.worker.progress import ProgressSnapshot, percent
 
 log = logging.getLogger(__name__)
@@ -138,19 +133,20 @@ class JobRunner:
         output_dir: a directory the operator lets jobs write into (``--output-dir``).
         rtmp_host: host of the default RTMP URL (the master's, as the original does).
         job_timeout: seconds a job may run when it sets no ``timeout_sec``; None = no limit.
-        stall_timeout: seconds an encoder's output may stand still before it is
-            stopped and the job fails as ``stalled``; 0 = never.
         guardian: kills the encoders should the agent die without stopping them.
-        gstreamer: the installed GStreamer, or None: jobs asking for it run on FFmpeg
-            (see :meth:`detect_engines`).
+        gstreamer: the installed GStreamer, or None: jobs asking for it run on FFmpeg.
         hardware: hardware encoders that passed the one-frame test at start.
         min_free_bytes: space the work dir must keep free after a job's
             estimated files; a job that would cut into it fails at once with
             ``resource_error`` instead of filling the disk half-way through.
         persist_outputs: keep output files after measuring them (``PERSIST_OUTPUTS``).
         persist_inputs: keep generated inputs for later jobs (``PERSIST_INPUTS``).
-        allow_private_inputs: input URLs may name loopback, private or link-local
-            addresses (``--allow-private-inputs``).
+        allow_private_inputs: the private addresses input URLs, their redirects
+            and playlist entries may reach (``--allow-private-inputs``); True
+            allows all of them. Checked after resolution, see ``netguard``.
+        allow_private_outputs: the same for RTMP URLs that jobs give
+            (``--allow-private-outputs``); the default URL, on the master's
+            host, is the operator's choice and always allowed.
     """
 
     ffmpeg: str
@@ -161,14 +157,14 @@ class JobRunner:
     output_dir: Path | None = None
     rtmp_host: str = "localhost"
     job_timeout: float | None = None
-    stall_timeout: float = 0.0
     guardian: Guardian | None = None
     gstreamer: GStreamer | None = None
     hardware: tuple[HardwareEncoder, ...] = ()
     min_free_bytes: int = 0
     persist_outputs: bool = True
     persist_inputs: bool = True
-    allow_private_inputs: bool = False
+    allow_private_inputs: AllowList = attrs.field(default=AllowList(), converter=as_allow_list)
+    allow_private_outputs: AllowList = attrs.field(default=AllowList(), converter=as_allow_list)
     # Off (--generate-input=false): a job must name its input.
     generate_input: bool = True
 
@@ -177,38 +173,19 @@ class JobRunner:
         """The engines this runner can start, FFmpeg first."""
         return [Engine.FFMPEG.value] + ([Engine.GSTREAMER.value] if self.gstreamer is not None else [])
 
-    async def detect_engines(self, gst_launch: str = "") -> None:
-        """Find GStreamer (``gst_launch`` overrides the one on PATH) and the working hardware encoders.
-
-        Both run child processes, so the guardian must be serving first;
-        they run together, and what they find replaces ``gstreamer`` and
-        ``hardware``.
-        """
-
-        async def gstreamer() -> None:
-            self.gstreamer = await find_gstreamer(gst_launch, guardian=self.guardian)
-
-        async def hardware() -> None:
-            self.hardware = await detect_hardware_encoders(self.ffmpeg, guardian=self.guardian)
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(gstreamer)
-            nursery.start_soon(hardware)
-
     async def run(
         self, job: Job, node_id: str, on_progress: Callable[[float, ProgressSnapshot], None]
     ) -> JobResult:
         try:
             spec = build_spec(
                 job, input_dirs=self.input_dirs, output_dir=self.output_dir, default_rtmp_host=self.rtmp_host,
-                allow_private_inputs=self.allow_private_inputs,
+                # Not the check of literal addresses: _open_input checks every resolved address.
+                allow_private_inputs=True,
             )
             if not spec.input and not self.generate_input:
                 raise JobRejected(
                     "input", "this worker does not generate test inputs (--generate-input=false); give an input"
                 )
-            if spec.input and "://" not in spec.input and (problem := input_file_problem(spec.input)):
-                raise JobRejected("input", problem)
         except JobRejected as exc:
             log.warning("Job %s rejected: %s", job.id, exc)
             return JobResult.failure(job, node_id, FailureReason.USER_ERROR, str(exc))
@@ -217,10 +194,17 @@ class JobRunner:
             log.warning("Job %s refused: %s", job.id, shortage)
             return JobResult.failure(job, node_id, FailureReason.RESOURCE_ERROR, shortage)
         try:
+            spec = attrs.evolve(spec, rtmp_url=await self._output_url(job, spec))
             async with self._open_input(spec) as input_path:
                 return await self._encode(job, node_id, spec, input_path, on_progress)
         except InputGenerationFailed as exc:
             return JobResult.failure(job, node_id, FailureReason.PLATFORM_ERROR, str(exc))
+        except JobRejected as exc:
+            log.warning("Job %s refused: %s", job.id, exc)
+            return JobResult.failure(job, node_id, FailureReason.USER_ERROR, str(exc))
+        except DestinationUnavailable as exc:
+            log.warning("Job %s: %s", job.id, exc)
+            return JobResult.failure(job, node_id, exc.reason, str(exc))
 
     def _space_shortage(self, spec: EncodeSpec) -> str:
         """Why the work dir cannot take this job, or ``""``."""
@@ -236,8 +220,37 @@ class JobRunner:
             "--min-free-mb); free some space, or run the job on another worker"
         )
 
+    async def _output_url(self, job: Job, spec: EncodeSpec) -> str:
+        """The RTMP URL to stream to, its host replaced by the address that passed the check.
+
+        The default URL names the master's host, which the operator chose
+        with ``--master``: it is used as is, even when private (127.0.0.1 in
+        local mode and tests). A URL the job gives is resolved and checked
+        against ``--allow-private-outputs``, and FFmpeg gets the checked
+        address so that it cannot resolve the name to another one.
+        """
+        if spec.output_mode != "rtmp" or job.parameters.get("rtmp_url") is None:
+            return spec.rtmp_url
+        return await checked_url(
+            spec.rtmp_url, self.allow_private_outputs, field="rtmp_url", flag="--allow-private-outputs"
+        )
+
     @contextlib.asynccontextmanager
     async def _open_input(self, spec: EncodeSpec) -> AsyncIterator[str]:
+        """The input FFmpeg reads: a local file (downloaded, given or generated) or a checked stream URL."""
+        scheme = spec.input.partition("://")[0].lower() if "://" in spec.input else ""
+        if scheme in ("http", "https"):
+            room = shutil.disk_usage(self.work_dir).free - self.min_free_bytes - estimated_bytes(spec)
+            async with open_http_input(
+                spec.input, self.work_dir, allow=self.allow_private_inputs, max_bytes=max(room, 0),
+                deadline=spec.timeout_sec or self.job_timeout,
+            ) as path:
+                yield str(path)
+            return
+        if scheme:
+            # rtmp and srt inputs: FFmpeg connects, but to the address checked here.
+            yield await checked_url(spec.input, self.allow_private_inputs, field="input", flag="--allow-private-inputs")
+            return
         if spec.input:
             yield spec.input
             return
@@ -274,13 +287,10 @@ class JobRunner:
                 started = time.monotonic()
                 argv = self._argv(attempt, spec, input_path, target)
                 log.debug("job %s: %s", job.id, argv)
-                await run_encoder(
-                    argv, watch, cwd=output_path.parent, stop=self.stop, guardian=self.guardian,
-                    stall_timeout=self.stall_timeout,
-                )
+                await run_encoder(argv, watch, cwd=output_path.parent, stop=self.stop, guardian=self.guardian)
                 if watch.returncode == 0 or attempt is attempts[-1]:
                     break
-                error = self._exit_error(attempt, watch, input_path)
+                error = f"{attempt.label} exited with code {watch.returncode}: {_last_line(watch.stderr_tail)}"
                 log.warning("Job %s: %s; trying the next engine", job.id, error)
                 fallbacks.append((attempt.label, error))
         elapsed = time.monotonic() - started
@@ -302,26 +312,15 @@ class JobRunner:
                 job, node_id, FailureReason.TIMEOUT,
                 f"encoder stopped after the job's timeout of {timeout:g}s", **common,
             )
-        if watch.stalled:
-            return JobResult.failure(job, node_id, FailureReason.STALLED, self._exit_error(attempt, watch, input_path),
-                                     **common)
         if watch.returncode != 0:
-            fault = job_fault(watch.stderr_tail, input_path)
-            reason = FailureReason.USER_ERROR if fault else FailureReason.RUNTIME_ERROR
-            return JobResult.failure(job, node_id, reason, self._exit_error(attempt, watch, input_path), **common)
+            return JobResult.failure(
+                job, node_id, FailureReason.RUNTIME_ERROR,
+                f"{attempt.label} exited with code {watch.returncode}: {_last_line(watch.stderr_tail)}",
+                **common,
+            )
         return JobResult(
             job_id=job.id, node_id=node_id, status=JobStatus.COMPLETED, progress=100.0, **common
         )
-
-    def _exit_error(self, attempt: Attempt, watch: EncoderWatch, input_path: str) -> str:
-        """Why an attempt failed, in one line: a stall, the job's own fault, or FFmpeg's last word."""
-        if watch.stalled:
-            return (
-                f"{attempt.label} made no progress for {self.stall_timeout:g}s and was stopped "
-                f"(--stall-timeout); last output: {_last_line(watch.stderr_tail)}"
-            )
-        detail = job_fault(watch.stderr_tail, input_path) or _last_line(watch.stderr_tail)
-        return f"{attempt.label} exited with code {watch.returncode}: {detail}"
 
     def _output_path(self, job: Job, spec: EncodeSpec) -> Path:
         directory = Path(spec.output_dir) if spec.output_dir else self.work_dir / "outputs" / job.id

@@ -18,7 +18,7 @@ import attrs
 import trio
 
 from ...scenarios import VP9_PRESETS, EncodeSpec
-from ..processes import capture_child
+from ..encoder import encoder_env
 from ..progress import ProgressParser
 from .hwaccel import HardwareEncoder
 
@@ -48,6 +48,12 @@ KEYFRAME_INTERVAL_S = 2.0
 # The synthetic input must not be trivially compressible, or every encode of it
 # is unrealistically cheap: moving test pattern plus temporal noise.
 TEST_SOURCE = "testsrc2=size={width}x{height}:rate={fps},noise=alls=20:allf=t+u"
+
+# What FFmpeg may open for a local input: the file, and what an HLS copy needs
+# (crypto for AES-128 segments, data for inline URIs). No network protocol, so a
+# playlist or other reference in the file cannot reach a host the worker did
+# not check (see agent/worker/fetch.py).
+LOCAL_PROTOCOLS = "file,crypto,data"
 
 _AUDIO_CODEC = {"mp4": ("aac", "128k"), "flv": ("aac", "128k"), "webm": ("libopus", "96k")}
 
@@ -121,7 +127,8 @@ def encode_argv(
     Args:
         ffmpeg: the binary, from :func:`find_ffmpeg`.
         spec: the validated job.
-        input_path: file path or URL to read.
+        input_path: file path or URL to read; a file path may lead FFmpeg to
+            no other protocols than :data:`LOCAL_PROTOCOLS`.
         output: file path, or the RTMP URL when ``spec.output_mode`` is ``rtmp``.
         hardware: a detected hardware encoder for ``spec.codec`` to use instead
             of the software one; its device is opened and frames uploaded to
@@ -138,6 +145,8 @@ def encode_argv(
         argv += hardware.device_args
     if spec.realtime:
         argv.append("-re")
+    if "://" not in input_path:
+        argv += ["-protocol_whitelist", LOCAL_PROTOCOLS]
     argv += ["-i", input_path, "-map", "0:v:0", "-map", "0:a:0?", "-t", _num(spec.duration)]
     upload = hardware.upload if hardware is not None else ""
     filters = [f"fps={_num(spec.fps)}", f"scale={spec.width}:{spec.height}"] + ([upload] if upload else [])
@@ -265,7 +274,7 @@ async def probe_media(ffmpeg: str, path: str | os.PathLike[str]) -> MediaInfo:
         ffmpeg, "-hide_banner", "-nostdin", "-i", os.fspath(path),
         "-map", "0:v:0", "-c", "copy", "-progress", "pipe:1", "-nostats", "-f", "null", "-",
     ]
-    result = await capture_child(argv, guardian=None)
+    result = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False, env=encoder_env())
     if result.returncode != 0:
         raise ProbeFailed(
             f"cannot read {os.fspath(path)!r} as video", returncode=result.returncode,
@@ -292,7 +301,7 @@ async def decodes_cleanly(ffmpeg: str, path: str | os.PathLike[str]) -> bool:
     tests and spot checks, not for every job.
     """
     argv = [ffmpeg, "-hide_banner", "-nostdin", "-v", "error", "-i", os.fspath(path), "-f", "null", "-"]
-    result = await capture_child(argv, guardian=None)
+    result = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False, env=encoder_env())
     if result.returncode != 0 or result.stderr.strip():
         log.debug("%s does not decode cleanly: %s", path, stderr_tail(result.stderr))
         return False
