@@ -57,6 +57,8 @@ __all__ = [
 MAX_REDIRECTS = 5
 # A playlist is text; anything larger is not one we want to parse.
 MAX_PLAYLIST_BYTES = 4 * 1024 * 1024
+# An AES-128 key is 16 bytes; anything much larger is not a key.
+MAX_KEY_BYTES = 4096
 # Connect fails fast; a read may wait for a slow origin, but a silent server
 # ends the job instead of holding its slot.
 TIMEOUTS = {"connect": 10.0, "read": 30.0, "write": 30.0, "pool": 30.0}
@@ -68,7 +70,9 @@ _FFMPEG_EXTENSIONS = frozenset(
     "3gp aac avi ac3 eac3 flac mkv m4a m4s m4v mpg mov mp2 mp3 mp4 mpeg mpegts ogg ogv oga ts vob wav "
     "cmfv cmfa ec3 fmp4".split()
 )
-_DEFAULT_EXTENSION = {"segment": ".ts", "map": ".mp4", "key": ".key"}
+# FFmpeg's HLS demuxer opens every local entry, keys too, only with one of
+# those extensions (an inline data: URI is refused alike), so keys get one.
+_DEFAULT_EXTENSION = {"segment": ".ts", "map": ".mp4", "key": ".key.ts"}
 
 
 class InputRejected(JobRejected):
@@ -169,7 +173,7 @@ class _Download:
 
     def _too_large(self, url: str, limit: int | None) -> None:
         if limit is not None and limit < self.remaining:
-            raise InputRejected(f"{url} is larger than {limit // 1024} KiB, too large for a playlist")
+            raise InputRejected(f"{url} is larger than {limit // 1024} KiB, too large for a playlist or key")
         raise InputUnavailable(
             f"the input at {url} is larger than the {self.max_bytes // 2**20} MiB this worker's disk can take "
             "(its free space less --min-free-mb); run the job on a worker with more space",
@@ -188,10 +192,11 @@ class _Download:
             for number, resource in enumerate(hls.media_resources(text)):
                 absolute = urllib.parse.urljoin(url, resource.uri)
                 names[resource.uri] = f"{resource.kind}{number:05d}{_extension(absolute, resource.kind)}"
-                await self.get(absolute, self.directory / names[resource.uri])
-            local = self.directory / "index.m3u8"
-            local.write_text(hls.rewrite_media(text, names), "utf-8")
-            return local
+                limit = MAX_KEY_BYTES if resource.kind == "key" else None
+                await self.get(absolute, self.directory / names[resource.uri], limit=limit)
+            index = self.directory / "index.m3u8"
+            index.write_text(hls.rewrite_media(text, names), "utf-8")
+            return index
         except UnicodeDecodeError:
             raise InputRejected(f"the HLS playlist at {url} is not UTF-8 text") from None
         except hls.PlaylistRejected as exc:

@@ -191,16 +191,25 @@ async def test_an_allowed_http_input_is_downloaded_and_encoded(tmp_path: Path, s
     assert list((tmp_path / "work" / "fetch").iterdir()) == []
 
 
-async def test_an_allowed_hls_input_is_downloaded_and_encoded(tmp_path: Path, start_probe: StartProbe) -> None:
-    """A playlist made by FFmpeg's HLS muxer, segments relative to it: all fetched, encoded to the job's length."""
+@pytest.mark.parametrize("encrypted", [False, True])
+async def test_an_allowed_hls_input_is_downloaded_and_encoded(
+    tmp_path: Path, start_probe: StartProbe, encrypted: bool
+) -> None:
+    """A playlist made by FFmpeg's HLS muxer (AES-128 too): segments and key fetched, encoded to the job's length."""
     hls_dir = tmp_path / "hls"
     hls_dir.mkdir()
-    await make_clip(hls_dir / "index.m3u8", "-f", "hls", "-hls_time", "0.5", "-hls_playlist_type", "vod")
     server = await start_probe()
+    extra = ["-f", "hls", "-hls_time", "0.5", "-hls_playlist_type", "vod"]
+    if encrypted:
+        (tmp_path / "enc.key").write_bytes(bytes(range(16)))
+        (tmp_path / "keyinfo").write_text(f"{server.url('/keys/enc.key')}\n{tmp_path / 'enc.key'}\n")
+        server.routes["/keys/enc.key"] = (200, {}, bytes(range(16)))
+        extra += ["-hls_key_info_file", str(tmp_path / "keyinfo")]
+    await make_clip(hls_dir / "index.m3u8", *extra)
     for file in hls_dir.iterdir():
         server.routes[f"/media/{file.name}"] = (200, {}, file.read_bytes())
     result = await run_job(tmp_path, inputs=server.entry, input=server.url("/media/index.m3u8"))
-    assert result.status is JobStatus.COMPLETED, result.error
+    assert result.status is JobStatus.COMPLETED, result.logs
     info = await probe_media(find_ffmpeg(), result.metrics["output_file"])
     assert (info.codec, info.height) == ("h264", 144)
     assert info.duration == pytest.approx(1.0, abs=0.25)
