@@ -79,6 +79,13 @@ def _parse_positive(text: str) -> int:
     return value
 
 
+def _parse_positive_duration(text: str) -> float:
+    seconds = parse_duration(text)
+    if seconds <= 0:
+        raise ConfigError(f"{text!r} must be a duration longer than 0, such as 20s")
+    return seconds
+
+
 def _parse_port(text: str) -> int:
     port = int(text)
     if not 0 <= port <= 65535:
@@ -108,6 +115,7 @@ boolean = _checked(_parse_bool)
 concurrency = _checked(_parse_concurrency)
 port_number = _checked(_parse_port)
 positive = _checked(_parse_positive)
+positive_duration = _checked(_parse_positive_duration)
 param = _checked(_parse_param)
 
 
@@ -194,6 +202,9 @@ def worker_parser() -> argparse.ArgumentParser:
                         help="time from asking an encoder to stop to SIGKILL (default 10s)")
     parser.add_argument("--job-timeout", type=duration, default=_env("job-timeout", "0"),
                         help="stop a job that runs longer, unless it sets its own timeout (default 0: none)")
+    parser.add_argument("--stall-timeout", type=duration, default=_env("stall-timeout", "5m"),
+                        help="stop an encoder whose output time and frame count stand still this long; "
+                        "its job fails as stalled and is retried (default 5m, 0: never)")
     parser.add_argument("--breaker-threshold", type=positive, default=_env("breaker-threshold", "5"),
                         help="consecutive master errors or platform job failures that pause claiming (default 5)")
     parser.add_argument("--breaker-cooldown", type=duration, default=_env("breaker-cooldown", "10s"),
@@ -277,6 +288,15 @@ def master_parser() -> argparse.ArgumentParser:
                         "resource_limits.timeout_sec (default 0: none)")
     parser.add_argument("--cleanup-retention", type=_checked(parse_days), default=_env("cleanup-retention", "7"),
                         help="days finished jobs are kept before they are deleted (default 7; 0 keeps them)")
+    parser.add_argument("--allow-legacy-agents", type=boolean, nargs="?", const=True,
+                        default=_env("allow-legacy-agents", "false"),
+                        help="accept the shared API key on node routes, as original Go agents send it; any key "
+                        "holder can then speak for any node (default false: each node needs its own token)")
+    parser.add_argument("--max-pending-jobs", type=positive, default=_env("max-pending-jobs", "100000"),
+                        help="refuse new jobs (429, Retry-After) while this many are pending (default 100000)")
+    parser.add_argument("--body-timeout", type=positive_duration, default=_env("body-timeout", "20s"),
+                        help="time a request body may take to arrive whole; a slower one is cut with 408 "
+                        "(default 20s; request headers get 5s)")
     _add_logging_flags(parser)
     return parser
 
@@ -325,8 +345,13 @@ def console_parser(prog: str) -> argparse.ArgumentParser:
     status = jobs.add_parser("status", help="show one job, or all", parents=[common])
     status.add_argument("job_id", nargs="?", help="id or sequence number")
     status.add_argument("--follow", action="store_true", help="keep showing until the job ends")
-    listing = jobs.add_parser("list", help="list jobs", parents=[common])
-    listing.add_argument("--status", default="", help="only jobs with this status")
+    listing = jobs.add_parser("list", help="list jobs, oldest first, a page at a time", parents=[common])
+    listing.add_argument("--status", default="", help="only jobs with this status (pending, processing, ...)")
+    listing.add_argument("--node", default="", help="only jobs leased to this node (id or address)")
+    listing.add_argument("--queue", default="", help="only jobs in this queue (live, default, batch)")
+    how_many = listing.add_mutually_exclusive_group()
+    how_many.add_argument("--limit", type=positive, help="show at most this many jobs, up to 1000 (default 100)")
+    how_many.add_argument("--all", action="store_true", help="show every job, reading page after page")
     for action, described in (
         ("cancel", "cancel a job; it is never retried"),
         ("pause", "hold a job out of the queue; a running one is stopped and starts over on resume"),
@@ -424,6 +449,7 @@ def _run_worker(argv: Sequence[str]) -> int:
         shutdown_grace=args.shutdown_grace,
         kill_timeout=args.kill_timeout,
         job_timeout=args.job_timeout or None,
+        stall_timeout=args.stall_timeout,
         breaker_threshold=args.breaker_threshold,
         breaker_cooldown=args.breaker_cooldown,
         breaker_max_cooldown=args.breaker_max_cooldown,
@@ -466,7 +492,10 @@ def _run_master(argv: Sequence[str]) -> int:
             db_dsn=args.db_dsn,
             job_timeout=args.job_timeout or None,
             cleanup_retention=args.cleanup_retention,
+            max_pending_jobs=args.max_pending_jobs,
+            body_timeout=args.body_timeout,
             log_level=args.log_level,
+            allow_legacy_agents=args.allow_legacy_agents,
         )
     )
 

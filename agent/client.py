@@ -7,6 +7,7 @@ hierarchy whose classes say what the caller can do about them:
 * ``AuthError`` — 401/403: a configuration error, retrying cannot help;
 * ``TLSVerifyError`` — the master's certificate did not verify: also configuration;
 * ``NotFound`` / ``Conflict`` — normal answers (unknown node, lost lease);
+* ``NameInUse`` — a registration refused: another running agent holds the node name;
 * ``RequestRejected`` — any other 4xx, with the master's message.
 """
 
@@ -28,6 +29,7 @@ from agent.models import (
     JobRequest,
     JobResult,
     Node,
+    NodeRegistered,
     NodeRegistration,
     ResultAck,
     log_tail,
@@ -40,6 +42,7 @@ __all__ = [
     "MasterClient",
     "MasterError",
     "MasterUnavailable",
+    "NameInUse",
     "NotFound",
     "RequestRejected",
     "TLSVerifyError",
@@ -90,6 +93,10 @@ class Conflict(MasterError):
     """409: the job is no longer leased to this node."""
 
 
+class NameInUse(MasterError):
+    """409 to a registration: a running agent holds the node name; only another name (or waiting) helps."""
+
+
 class RequestRejected(MasterError):
     """Another 4xx: the master says the request is wrong, and why."""
 
@@ -128,6 +135,8 @@ _MTLS_HINT = (
 
 def _auth_message(url: str, response: httpx.Response) -> str:
     said = _error_text(response) or response.reason_phrase
+    if response.status_code == 403:
+        return f"{url} answered 403: {said}"
     if "missing" in said.lower():
         advice = "the master requires an API key: pass it with --api-key or set " + API_KEY_ENV
     else:
@@ -142,6 +151,9 @@ class MasterClient:
     Args:
         base_url: the master, e.g. ``http://localhost:8080``.
         api_key: sent as ``Authorization: Bearer``; empty sends nothing.
+        node_token: sent instead of the key on calls that speak for the node (claims,
+            heartbeats, progress, results); set by :meth:`register` when the master
+            hands one out. Empty (the Go master) sends the key there too.
         timeout: seconds per request; a long-poll adds its own wait on top.
         verify: how an ``https`` master is trusted: True for the system store,
             or an :class:`ssl.SSLContext` from :func:`agent.tls.client_context`
@@ -151,6 +163,7 @@ class MasterClient:
 
     base_url: str
     api_key: str = attrs.field(default="", repr=False)
+    node_token: str = attrs.field(default="", repr=False)
     timeout: float = DEFAULT_TIMEOUT_S
     verify: bool | str | ssl.SSLContext = True
     transport: httpx.AsyncBaseTransport | None = None
@@ -221,12 +234,29 @@ class MasterClient:
 
     # --- worker calls ---------------------------------------------------------
 
-    async def register(self, registration: NodeRegistration) -> Node:
-        return Node.from_json(await self._call("POST", "/nodes/register", json=registration.to_json()))
+    def _as_node(self) -> dict[str, Any]:
+        """Keyword arguments making a call speak as the node: its token in place of the key."""
+        return {"headers": {"Authorization": f"Bearer {self.node_token}"}} if self.node_token else {}
+
+    async def register(self, registration: NodeRegistration) -> NodeRegistered:
+        """Register a new run of the node; node calls then carry the token the master handed out.
+
+        Raises:
+            NameInUse: a running agent holds the name, and this one could not prove it is that node.
+        """
+        try:
+            body = await self._call("POST", "/nodes/register", json=registration.to_json())
+        except Conflict as exc:
+            raise NameInUse(str(exc).removeprefix("POST /nodes/register: ")) from None
+        registered = NodeRegistered.from_json(body)
+        self.node_token = registered.node_token
+        return registered
 
     async def heartbeat(self, node_id: str, report: HeartbeatReport) -> HeartbeatReply:
         """Raises NotFound when the master forgot the node: register again."""
-        body = await self._call("POST", f"/nodes/{node_id}/heartbeat", json=report.to_json())
+        body = await self._call(
+            "POST", f"/nodes/{node_id}/heartbeat", json=report.to_json(), **self._as_node()
+        )
         # The Go master answers with a status message or nothing: no cancel channel.
         return HeartbeatReply.from_json(body) if isinstance(body, dict) else HeartbeatReply()
 
@@ -239,7 +269,9 @@ class MasterClient:
         params: dict[str, Any] = {"node_id": node_id}
         if wait > 0:
             params["wait"] = int(wait)
-        body = await self._call("GET", "/jobs/next", params=params, timeout=self.timeout + wait)
+        body = await self._call(
+            "GET", "/jobs/next", params=params, timeout=self.timeout + wait, **self._as_node()
+        )
         job = body.get("job") if isinstance(body, dict) else None
         return Job.from_json(job) if job else None
 
@@ -247,11 +279,11 @@ class MasterClient:
         """Raises Conflict when the master gave the job to another node meanwhile."""
         # The master keeps only the tail anyway; a huge log would also pass its body limit.
         result = attrs.evolve(result, logs=log_tail(result.logs))
-        body = await self._call("POST", "/results", json=result.to_json())
+        body = await self._call("POST", "/results", json=result.to_json(), **self._as_node())
         return ResultAck.from_json(body) if isinstance(body, dict) else ResultAck(status="success")
 
     async def send_progress(self, job_id: str, progress: JobProgress) -> None:
-        await self._call("POST", f"/jobs/{job_id}/progress", json=progress.to_json())
+        await self._call("POST", f"/jobs/{job_id}/progress", json=progress.to_json(), **self._as_node())
 
     # --- operator calls -------------------------------------------------------
 

@@ -143,6 +143,8 @@ class AgentConfig:
     breaker_max_cooldown: float = 300.0
     # Seconds a job may run when it sets no resource_limits.timeout_sec; None = no limit.
     job_timeout: float | None = None
+    # Seconds an encoder's output may stand still before the job fails as stalled; 0 = never.
+    stall_timeout: float = 300.0
     log_level: str = "info"
     # Unattended runs (systemd, containers) pause for long on 401 instead of exiting.
     exit_on_auth_error: bool = True
@@ -199,6 +201,14 @@ class MasterConfig:
     job_timeout: float | None = None
     # Days finished jobs are kept; 0 keeps them for ever.
     cleanup_retention: float = 7.0
+    # POST /jobs answers 429 while this many jobs are pending: a runaway script cannot
+    # fill the database, and a full queue says so instead of growing for ever.
+    max_pending_jobs: int = 100_000
+    # Seconds a request body may take to arrive whole; a body trickled slower is cut (408).
+    body_timeout: float = 20.0
     log_level: str = "info"
     # None serves plain HTTP.
     tls: ServerTLS | None = None
+    # Accept the shared API key on node routes, as the original Go agent sends it
+    # (such agents get no node token); any key holder can then speak for any node.
+    allow_legacy_agents: bool = False

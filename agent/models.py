@@ -32,6 +32,7 @@ __all__ = [
     "JobStatus",
     "MAX_RESULT_LOG_BYTES",
     "Node",
+    "NodeRegistered",
     "NodeRegistration",
     "Priority",
     "Queue",
@@ -210,6 +211,8 @@ class Job(_Wire):
     logs: str = ""
     # The last result's metrics (duration, bandwidth_mbps, fps, ...), kept for the CLI and reports.
     metrics: dict[str, Any] = attrs.field(factory=dict)
+    # Times a node handed the job back unstarted; past a few, a hand-back counts as a retry.
+    handbacks: int = 0
 
 
 @attrs.define
@@ -237,6 +240,9 @@ class JobResult(_Wire):
     failure_reason: str = ""
     logs: str = ""
     completed_at: dt.datetime = attrs.field(factory=utcnow)
+    # Extension: the worker claimed the job but never started it (draining, say).
+    # The error text still says "not started" for masters that only read that.
+    not_started: bool = False
 
     @classmethod
     def failure(
@@ -290,6 +296,34 @@ class NodeRegistration(_Wire):
     gpu_capabilities: list[str] = attrs.field(factory=list)
     ram_total_bytes: int = 0
     labels: dict[str, str] = attrs.field(factory=dict)
+    # Extension: jobs this node still answers for after a restart (results it has not
+    # delivered yet); the master keeps their leases and hands back every other.
+    active_job_ids: list[str] = attrs.field(factory=list)
+    # Extension: the token of the node's previous run, proving that this is the same node.
+    node_token: str = attrs.field(default="", repr=False)
+
+
+@attrs.define
+class NodeRegistered(_Wire):
+    """Extension answer to a registration: the node, and the token for its node-scoped calls.
+
+    The token is sent as ``Authorization: Bearer`` on claims, heartbeats,
+    progress, results and the event channel; only its hash is stored. A master
+    without the extension (the Go one) sends no token.
+    """
+
+    node: Node
+    node_token: str = attrs.field(default="", repr=False)
+
+    @classmethod
+    def from_json(cls, data: Any) -> NodeRegistered:
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object for a registration answer, got {type(data).__name__}")
+        token = data.get("node_token")
+        return cls(node=Node.from_json(data), node_token=token if isinstance(token, str) else "")
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.node.to_json(), "node_token": self.node_token}
 
 
 @attrs.define
@@ -310,6 +344,8 @@ class Node(_Wire):
     max_concurrent_jobs: int = 1
     registered_at: dt.datetime | None = None
     last_heartbeat: dt.datetime | None = None
+    # Runs of the agent process under this name; each registration starts a new one.
+    incarnation: int = 1
 
 
 @attrs.define

@@ -7,13 +7,14 @@ when it fails. Network rules: everything binds 127.0.0.1 and port 0.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Generator, Sequence
 
 import attrs
 import httpx
@@ -151,6 +152,45 @@ async def start_agent(
     return agent, match.group(1)
 
 
+_NODE_PATH = re.compile(r"/nodes/([^/]+)/(?:heartbeat|events)$")
+
+
+def named_node(request: httpx.Request) -> str:
+    """The node a request speaks for: in its path, its ``node_id`` query parameter or its JSON body."""
+    if match := _NODE_PATH.search(request.url.path):
+        return match.group(1)
+    if node_id := request.url.params.get("node_id"):
+        return node_id
+    try:
+        body = json.loads(request.content or b"null")
+    except ValueError:
+        return ""
+    return str(body.get("node_id", "")) if isinstance(body, dict) else ""
+
+
+class ActAsNode(httpx.Auth):
+    """Sends each node-scoped request with the token of the node it names, as that node's agent does.
+
+    Tokens are learned from the answers to ``POST /nodes/register`` made through
+    the same client, so tests written against raw routes read as before.
+    """
+
+    requires_request_body = True
+    requires_response_body = True
+
+    def __init__(self) -> None:
+        self.tokens: dict[str, str] = {}
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        token = self.tokens.get(named_node(request))
+        if token is not None:
+            request.headers["Authorization"] = f"Bearer {token}"
+        response = yield request
+        if request.url.path.endswith("/nodes/register") and response.status_code in (200, 201):
+            body = response.json()
+            self.tokens[body["id"]] = body["node_token"]
+
+
 async def wait_for_jobs(client: MasterClient, ids: Sequence[str], timeout: float) -> list[Job]:
     """Poll the master until every job is final; fails with their states if they are not in time."""
     wanted = set(ids)
@@ -171,3 +211,29 @@ async def scrape_gauge(http: httpx.AsyncClient, name: str) -> float:
     match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
     assert match, f"{name} not on /metrics:\n{text}"
     return float(match.group(1))
+
+
+def processes_mentioning(marker: str) -> list[int]:
+    """Live processes (zombies excluded) whose command line contains ``marker``, such as a test's own tmp dir."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if marker in cmdline and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+async def wait_until_gone(marker: str, timeout: float) -> None:
+    """Wait until no live process mentions ``marker``; fails naming the survivors."""
+    with trio.move_on_after(timeout):
+        while processes_mentioning(marker):
+            await trio.sleep(0.1)
+        return
+    survivors = {pid: Path(f"/proc/{pid}/cmdline").read_bytes()[:200] for pid in processes_mentioning(marker)}
+    raise AssertionError(f"processes still running after {timeout}s: {survivors}")

@@ -1,4 +1,4 @@
-"""The master's HTTP API (DESIGN §3) as a Starlette application.
+"""The master's HTTP API as a Starlette application.
 
 Routes translate between JSON and the wire types, call one store method, and
 map the store's errors to statuses: :class:`~agent.master.store.NotFound` is
@@ -6,13 +6,15 @@ map the store's errors to statuses: :class:`~agent.master.store.NotFound` is
 (:class:`~agent.master.store.StoreError`) is 503, and a bad body is 400 — also
 a job an agent would reject as ``user_error`` (see :mod:`.validation`).
 Every error body is ``{"error": message}``, except the two 401 answers, which
-are plain text as the Go master writes them. The app runs on Trio (anyio under
+are plain text as the Go master writes them. Who may call what is
+:mod:`.auth`'s business: the API key for operators, each node's own token for
+the routes that speak for a node. The app runs on Trio (anyio under
 hypercorn), so the long-poll of ``GET /jobs/next`` waits with trio directly.
 """
 
 from __future__ import annotations
 
-import hmac
+import enum
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
@@ -21,14 +23,12 @@ from typing import Any, TypeVar
 import prometheus_client
 import trio
 from starlette.applications import Starlette
-from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
-from starlette.types import ASGIApp, Receive, Scope, Send
-from starlette.websockets import WebSocket, WebSocketClose
+from starlette.types import Receive
+from starlette.websockets import WebSocket
 
 from ..config import MasterConfig
 from ..models import (
@@ -39,17 +39,20 @@ from ..models import (
     JobRequest,
     JobResult,
     JobStatus,
+    NodeRegistered,
     NodeRegistration,
     ResultAck,
     log_tail,
     utcnow,
 )
 from . import scheduler
+from .auth import Forbidden, Guard
 from .events import EventHub
 from .jsonbody import BodyRejected, JSONResponse, parse_body
 from .metrics import MasterMetrics
 from .paging import JobQuery, QueryRejected, cursor_after
 from .store import NotFound, Store, StoreError
+from .tokens import hash_token, new_token
 from .validation import JobRejected, validate_request
 
 __all__ = ["MAX_BODY_BYTES", "MAX_LONG_POLL_S", "create_app"]
@@ -92,42 +95,54 @@ def create_app(store: Store, config: MasterConfig, hub: EventHub) -> Starlette:
     """
     api = _Api(store, config, hub)
     timed = api.metrics.timed
-    http_routes: list[tuple[str, str, Callable[[Request], Awaitable[Response]]]] = [
-        ("GET", "/health", api.health),
-        ("GET", "/metrics", api.export_metrics),
-        ("GET", "/nodes", api.list_nodes),
-        ("POST", "/nodes/register", api.register_node),
-        ("DELETE", "/nodes/{node_id}", api.delete_node),
-        ("POST", "/nodes/{node_id}/heartbeat", api.heartbeat),
-        ("POST", "/nodes/{node_id}/drain", api.drain_node),
-        ("GET", "/jobs", api.list_jobs),
-        ("POST", "/jobs", api.submit_job),
-        ("GET", "/jobs/next", api.next_job),
-        ("GET", "/jobs/{ref}", api.get_job),
-        ("GET", "/jobs/{ref}/logs", api.job_logs),
-        ("POST", "/jobs/{ref}/progress", api.job_progress),
-        ("POST", "/jobs/{ref}/cancel", api.changer(_cancel_now)),
-        ("POST", "/jobs/{ref}/pause", api.changer(lambda: scheduler.pause)),
-        ("POST", "/jobs/{ref}/resume", api.changer(lambda: scheduler.resume)),
-        ("POST", "/jobs/{ref}/retry", api.changer(lambda: scheduler.retry)),
-        ("POST", "/results", api.record_result),
+    # Who may call a route: anyone (OPEN), a holder of the API key (OPERATOR: the CLI,
+    # and registration), or the node the request speaks for, with its token (NODE;
+    # the handler checks it, as the node id may be in the path, the query or the body).
+    http_routes: list[tuple[str, str, _Access, Callable[[Request], Awaitable[Response]]]] = [
+        ("GET", "/health", _Access.OPEN, api.health),
+        ("GET", "/metrics", _Access.OPERATOR, api.export_metrics),
+        ("GET", "/nodes", _Access.OPERATOR, api.list_nodes),
+        ("POST", "/nodes/register", _Access.OPERATOR, api.register_node),
+        ("DELETE", "/nodes/{node_id}", _Access.OPERATOR, api.delete_node),
+        ("POST", "/nodes/{node_id}/heartbeat", _Access.NODE, api.heartbeat),
+        ("POST", "/nodes/{node_id}/drain", _Access.OPERATOR, api.drain_node),
+        ("GET", "/jobs", _Access.OPERATOR, api.list_jobs),
+        ("POST", "/jobs", _Access.OPERATOR, api.submit_job),
+        ("GET", "/jobs/next", _Access.NODE, api.next_job),
+        ("GET", "/jobs/{ref}", _Access.OPERATOR, api.get_job),
+        ("GET", "/jobs/{ref}/logs", _Access.OPERATOR, api.job_logs),
+        ("POST", "/jobs/{ref}/progress", _Access.NODE, api.job_progress),
+        ("POST", "/jobs/{ref}/cancel", _Access.OPERATOR, api.changer(_cancel_now)),
+        ("POST", "/jobs/{ref}/pause", _Access.OPERATOR, api.changer(lambda: scheduler.pause)),
+        ("POST", "/jobs/{ref}/resume", _Access.OPERATOR, api.changer(lambda: scheduler.resume)),
+        ("POST", "/jobs/{ref}/retry", _Access.OPERATOR, api.changer(lambda: scheduler.retry)),
+        ("POST", "/results", _Access.NODE, api.record_result),
     ]
     routes: list[BaseRoute] = [
-        Route(path, timed(method, path, endpoint), methods=[method])
-        for method, path, endpoint in http_routes
+        Route(
+            path,
+            timed(method, path, api.guard.operator_only(endpoint) if access is _Access.OPERATOR else endpoint),
+            methods=[method],
+        )
+        for method, path, access, endpoint in http_routes
     ]
     routes.append(WebSocketRoute("/nodes/{node_id}/events", api.events))
-    middleware = [Middleware(_BearerAuth, api_key=config.api_key)] if config.api_key else []
     return Starlette(
         routes=routes,
-        middleware=middleware,
         exception_handlers={
             HTTPException: _http_error,
             NotFound: partial(_error_response, 404),
+            Forbidden: partial(_error_response, 403),
             scheduler.Conflict: partial(_error_response, 409),
             StoreError: partial(_error_response, 503),
         },
     )
+
+
+class _Access(enum.Enum):
+    OPEN = "open"
+    OPERATOR = "operator"
+    NODE = "node"
 
 
 def _cancel_now() -> Callable[[Job], Job]:
@@ -145,46 +160,6 @@ async def _error_response(status: int, request: Request, exc: Exception) -> Resp
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     return _error(exc.status_code, exc.detail, exc.headers)  # Retry-After, Connection: close
-
-
-def _go_http_error(message: str, status: int) -> Response:
-    """A plain-text error as Go's ``http.Error`` writes it, so Go clients read it the same."""
-    return PlainTextResponse(
-        message + "\n", status_code=status, headers={"X-Content-Type-Options": "nosniff"}
-    )
-
-
-class _BearerAuth:
-    """Require ``Authorization: Bearer <api key>`` on every route but ``/health``.
-
-    ``/health`` stays open so load balancers and orchestrators can probe without the key.
-    A websocket without the key is refused before its handshake completes (HTTP 403).
-    """
-
-    def __init__(self, app: ASGIApp, api_key: str) -> None:
-        self._app = app
-        self._key = api_key.encode()
-
-    def _problem(self, scope: Scope) -> str:
-        """Why the request may not pass, or ``""`` when it may."""
-        header = Headers(scope=scope).get("authorization")
-        if header is None:
-            return "Missing Authorization header"
-        scheme, _, token = header.partition(" ")
-        valid = scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self._key)
-        return "" if valid else "Invalid API key"
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        guarded = scope["type"] == "websocket" or (
-            scope["type"] == "http" and scope["path"] != "/health"
-        )
-        problem = self._problem(scope) if guarded else ""
-        if problem and scope["type"] == "websocket":
-            await WebSocketClose(code=_POLICY_VIOLATION, reason=problem)(scope, receive, send)
-        elif problem:
-            await _go_http_error(problem, 401)(scope, receive, send)
-        else:
-            await self._app(scope, receive, send)
 
 
 async def _read_body(request: Request) -> bytes:
@@ -229,6 +204,11 @@ def _job_request(data: Any) -> JobRequest:
     return request
 
 
+def _log_handed_back(jobs: list[Job]) -> None:
+    for job in jobs:
+        log.warning("Job %s is %s again: %s", job.id, job.status.value, job.error)
+
+
 def _ack_json(ack: ResultAck) -> dict[str, Any]:
     if ack.status == "success":
         return {"status": "success"}
@@ -265,6 +245,7 @@ class _Api:
         self._config = config
         self._hub = hub
         self.metrics = MasterMetrics()
+        self.guard = Guard(store, api_key=config.api_key, allow_legacy_agents=config.allow_legacy_agents)
 
     async def health(self, request: Request) -> Response:
         return JSONResponse({"status": "healthy"})
@@ -276,23 +257,37 @@ class _Api:
     # --- nodes -------------------------------------------------------------------
 
     async def register_node(self, request: Request) -> Response:
+        """Start a new incarnation of a node and hand it a fresh token; its earlier runs' leases go back.
+
+        A registration that shows the token of the node's last run is that
+        node restarted; one that does not may only take a name nobody live holds.
+        """
         registration = _parse(NodeRegistration, await _read_json(request))
-        node, created = await self._store.register_node(registration)
-        log.info(
-            "Node %s %s as %s", node.address, "registered" if created else "re-registered", node.id
+        token = new_token()
+        registered = await self._store.register_node(
+            registration,
+            token_hash=hash_token(token),
+            heartbeat_interval=self._config.heartbeat_interval,
+            trust_unproven=self._config.allow_legacy_agents and not registration.node_token,
         )
-        return JSONResponse(node.to_json(), status_code=201 if created else 200)
+        node = registered.node
+        log.info(
+            "Node %s %s as %s (run %d)",
+            node.address, "registered" if registered.created else "re-registered", node.id, node.incarnation,
+        )
+        _log_handed_back(registered.handed_back)
+        answer = NodeRegistered(node=node, node_token=token)
+        return JSONResponse(answer.to_json(), status_code=201 if registered.created else 200)
 
     async def heartbeat(self, request: Request) -> Response:
+        node_id = request.path_params["node_id"]
+        await self.guard.check_node(request, node_id)
         data = await _read_json(request, allow_empty=True)
         report = None if data is None else _parse(HeartbeatReport, data)
-        reply = await self._store.heartbeat(request.path_params["node_id"], report)
+        reply, lost = await self._store.heartbeat(node_id, report, self._config.heartbeat_interval)
+        _log_handed_back(lost)
         if reply.cancel_job_ids:
-            log.info(
-                "Telling node %s to stop jobs %s",
-                request.path_params["node_id"],
-                reply.cancel_job_ids,
-            )
+            log.info("Telling node %s to stop jobs %s", node_id, reply.cancel_job_ids)
         return JSONResponse(reply.to_json())
 
     async def list_nodes(self, request: Request) -> Response:
@@ -313,8 +308,18 @@ class _Api:
         return JSONResponse(node.to_json())
 
     async def events(self, websocket: WebSocket) -> None:
-        """Extension ``WS /nodes/{id}/events``: push events until the node hangs up."""
+        """Extension ``WS /nodes/{id}/events``: push events until the node hangs up.
+
+        Only the node itself may listen (its token), on one channel: a newer
+        connection replaces the older one, which is closed.
+        """
         node_id = websocket.path_params["node_id"]
+        try:
+            await self.guard.check_node(websocket, node_id)
+        except (NotFound, Forbidden) as refused:
+            log.debug("Event channel for node %s refused: %s", node_id, refused)
+            await websocket.close(code=_POLICY_VIOLATION)
+            return
         await websocket.accept()
         log.debug("Node %s opened its event channel", node_id)
         with self._hub.subscribe(node_id) as events:
@@ -386,6 +391,7 @@ class _Api:
         node_id = request.query_params.get("node_id", "")
         if not node_id:
             raise HTTPException(400, "node_id query parameter is required")
+        await self.guard.check_node(request, node_id)
         try:
             wait = min(MAX_LONG_POLL_S, max(0.0, float(request.query_params.get("wait", "0"))))
         except ValueError:
@@ -405,6 +411,7 @@ class _Api:
 
     async def job_progress(self, request: Request) -> Response:
         report = _parse(JobProgress, await _read_json(request))
+        await self.guard.check_node(request, report.node_id)
         change = partial(scheduler.record_progress, report=report)
         await self._store.change_job(request.path_params["ref"], change)
         return JSONResponse({"status": "ok"})
@@ -430,6 +437,7 @@ class _Api:
     async def record_result(self, request: Request) -> Response:
         result = _parse(JobResult, await _read_json(request))
         result.logs = log_tail(result.logs)  # the end says why it failed; the rest would only weigh on listings
+        await self.guard.check_node(request, result.node_id)
         if not result.status.is_final:
             raise HTTPException(
                 400, f"status must be completed, failed or canceled, not {result.status.value!r}"

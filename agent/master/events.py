@@ -27,37 +27,46 @@ BUFFER = 16
 
 
 class EventHub:
-    """The connected nodes, and the events to send them."""
+    """The connected nodes, one channel each, and the events to send them."""
 
     def __init__(self) -> None:
-        self._clients: dict[str, set[trio.MemorySendChannel[AgentEvent]]] = {}
+        self._clients: dict[str, trio.MemorySendChannel[AgentEvent]] = {}
 
     @property
     def connected(self) -> int:
         """Open event connections, for the master's metrics."""
-        return sum(len(channels) for channels in self._clients.values())
+        return len(self._clients)
 
     @contextlib.contextmanager
     def subscribe(self, node_id: str) -> Iterator[trio.MemoryReceiveChannel[AgentEvent]]:
-        """The events for ``node_id`` while the block runs (one per websocket connection)."""
+        """The events for ``node_id`` while the block runs.
+
+        A node has one channel: subscribing again (a restarted agent, whose
+        old connection has not timed out yet) ends the older subscription,
+        whose iteration then stops, so connections cannot pile up.
+        """
         send, receive = trio.open_memory_channel[AgentEvent](BUFFER)
-        self._clients.setdefault(node_id, set()).add(send)
+        if (older := self._clients.get(node_id)) is not None:
+            older.close()
+        self._clients[node_id] = send
         try:
             with send, receive:
                 yield receive
         finally:
-            channels = self._clients[node_id]
-            channels.discard(send)
-            if not channels:
+            if self._clients.get(node_id) is send:
                 del self._clients[node_id]
 
     def send(self, node_id: str, event: AgentEvent) -> None:
-        """Queue ``event`` for every connection of ``node_id``; a no-op if it has none."""
-        for channel in self._clients.get(node_id, ()):
-            try:
-                channel.send_nowait(event)
-            except trio.WouldBlock:
-                log.debug("event %s for node %s dropped: its connection is not reading", event, node_id)
+        """Queue ``event`` for the connection of ``node_id``; a no-op if it has none."""
+        channel = self._clients.get(node_id)
+        if channel is None:
+            return
+        try:
+            channel.send_nowait(event)
+        except trio.WouldBlock:
+            log.debug("event %s for node %s dropped: its connection is not reading", event, node_id)
+        except trio.ClosedResourceError:
+            pass
 
     def broadcast(self, event: AgentEvent) -> None:
         for node_id in list(self._clients):

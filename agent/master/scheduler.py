@@ -30,7 +30,9 @@ __all__ = [
     "DRAINING",
     "HARDWARE_CODECS",
     "OFFLINE_AFTER_BEATS",
+    "FREE_HANDBACKS",
     "Conflict",
+    "NameTaken",
     "ResultOutcome",
     "apply_heartbeat",
     "can_run",
@@ -40,6 +42,8 @@ __all__ = [
     "decide_result",
     "drain",
     "expire",
+    "hand_back_lost",
+    "is_live",
     "is_overdue",
     "is_silent",
     "jobs_to_cancel",
@@ -48,11 +52,11 @@ __all__ = [
     "merge_registration",
     "pause",
     "record_progress",
-    "requeue_from_lost_node",
     "resume",
     "retry",
     "runnable",
     "timeout_of",
+    "unreported_leases",
 ]
 
 # A node that misses this many heartbeats in a row is offline: one late beat is
@@ -62,8 +66,10 @@ OFFLINE_AFTER_BEATS = 3
 # Encoder families that need a GPU; a job naming one only goes to a node that has it.
 HARDWARE_CODECS = ("nvenc", "qsv", "vaapi")
 
-# The agent's prefix for a job it claimed but handed back unrun (drain, full slots).
-_NOT_STARTED = "not started"
+# Hand-backs of a job that never started (a draining node, a node restarted before
+# it began) cost no retry this many times; after that each one does, so that no
+# node can bounce a job for ever.
+FREE_HANDBACKS = 3
 
 # Node status set by the operator: the node finishes its jobs and is given no more.
 DRAINING = "draining"
@@ -74,6 +80,19 @@ class Conflict(Exception):
 
     The HTTP layer answers 409 with this message; the caller should re-read the job.
     """
+
+
+class NameTaken(Conflict):
+    """A registration names a node that a running agent holds, and cannot prove it is that agent."""
+
+    def __init__(self, node: Node, now: dt.datetime) -> None:
+        seen = node.last_heartbeat or node.registered_at or now
+        super().__init__(
+            f"node name {node.address!r} is held by a running agent (last heard from "
+            f"{(now - seen).total_seconds():.0f}s ago); give this agent another --node-name, or stop the "
+            f"other one: its name is free once it has missed {OFFLINE_AFTER_BEATS} heartbeats. An agent "
+            "restarted with the same --work-dir keeps its name."
+        )
 
 
 @attrs.frozen
@@ -168,9 +187,9 @@ def decide_result(job: Job, result: JobResult, now: dt.datetime) -> ResultOutcom
       so a worker may safely resend after a lost answer;
     * completed: final, progress 100;
     * canceled by the worker: final, never retried;
-    * failed with ``platform_error`` and an error starting "not started": back to the queue
-      without counting a retry (the job never ran: the node was draining); answered as
-      ``retrying`` with the count unchanged, the shape agents already read;
+    * ``not_started`` (the node claimed it but never began, as when draining): back to the
+      queue without counting a retry :data:`FREE_HANDBACKS` times, then like any failure;
+      answered as ``retrying``, the shape agents already read;
     * failed with ``user_error``: final at once, a bad job does not get better;
     * any other failure: retried while ``retry_count < max_retries``, then final.
 
@@ -219,17 +238,32 @@ def decide_result(job: Job, result: JobResult, now: dt.datetime) -> ResultOutcom
         )
         return ResultOutcome(done, _SUCCESS, True)
 
-    reason = result.failure_reason
-    if reason == FailureReason.PLATFORM_ERROR.value and result.error.startswith(_NOT_STARTED):
-        back = _unleased(job, **failure)
-        return ResultOutcome(back, _retrying(back), True)
-    if reason != FailureReason.USER_ERROR.value and job.retry_count < job.max_retries:
-        back = _unleased(job, retry_count=job.retry_count + 1, **failure)
-        return ResultOutcome(back, _retrying(back), True)
-    done = attrs.evolve(
-        job, status=JobStatus.FAILED, progress=result.progress, completed_at=now, **failure
-    )
-    return ResultOutcome(done, _SUCCESS, True)
+    if result.not_started:
+        after = _handed_back(job, now, **failure)
+    elif result.failure_reason == FailureReason.USER_ERROR.value:
+        after = _failed(job, now, progress=result.progress, **failure)
+    else:
+        after = _retried(job, now, **failure)
+    return ResultOutcome(after, _retrying(after) if after.status is JobStatus.PENDING else _SUCCESS, True)
+
+
+def _failed(job: Job, now: dt.datetime, **fields: Any) -> Job:
+    return attrs.evolve(job, status=JobStatus.FAILED, completed_at=now, **fields)
+
+
+def _retried(job: Job, now: dt.datetime, **failure: Any) -> Job:
+    """Back to the queue while the retry budget lasts, else failed for good."""
+    if job.retry_count < job.max_retries:
+        return _unleased(job, retry_count=job.retry_count + 1, **failure)
+    return _failed(job, now, **failure)
+
+
+def _handed_back(job: Job, now: dt.datetime, **failure: Any) -> Job:
+    """A job that never started goes back free of charge, :data:`FREE_HANDBACKS` times."""
+    handbacks = job.handbacks + 1
+    if handbacks > FREE_HANDBACKS:
+        return _retried(attrs.evolve(job, handbacks=handbacks), now, **failure)
+    return _unleased(job, handbacks=handbacks, **failure)
 
 
 def timeout_of(job: Job, default: float | None) -> float | None:
@@ -344,16 +378,40 @@ def retry(job: Job) -> Job:
 
 
 def merge_registration(
-    existing: Node | None, registration: NodeRegistration, new_id: str, now: dt.datetime
+    existing: Node | None,
+    registration: NodeRegistration,
+    new_id: str,
+    now: dt.datetime,
+    *,
+    proven: bool,
+    heartbeat_interval: float,
 ) -> Node:
-    """The node a registration describes: the same id when its address registered before.
+    """The node a registration describes, as a new incarnation (one run of the agent process).
 
-    A returning agent is alive, so its status goes back to available.
+    The same address keeps its node id. An agent that proves it is the node
+    (``proven``: it showed the token of the node's last run) takes over at once;
+    one that cannot, only when the node is no longer live, so two running
+    agents never share a name. A returning agent is alive: its status goes back
+    to available.
+
+    Raises:
+        NameTaken: the address belongs to a live node and the registration is not proven.
     """
     described = attrs.asdict(registration, recurse=False)
+    del described["node_token"]
     if existing is None:
         return Node(id=new_id, registered_at=now, last_heartbeat=now, **described)
-    return attrs.evolve(existing, status="available", last_heartbeat=now, **described)
+    if not proven and is_live(existing, now, heartbeat_interval):
+        raise NameTaken(existing, now)
+    held = registration.active_job_ids
+    return attrs.evolve(
+        existing,
+        status="available",
+        last_heartbeat=now,
+        incarnation=existing.incarnation + 1,
+        current_job_id=held[0] if held else "",
+        **described,
+    )
 
 
 def apply_heartbeat(
@@ -402,12 +460,35 @@ def jobs_to_cancel(node_id: str, reported: Iterable[str], jobs: Mapping[str, Job
     return stop
 
 
+def unreported_leases(
+    leased: Iterable[Job], reported: Iterable[str], now: dt.datetime, grace: float
+) -> list[Job]:
+    """Jobs leased to a node that its heartbeat does not list, leased over ``grace`` seconds ago.
+
+    The node lost them (it restarted, or its job task died); the grace covers a
+    claim whose answer crossed the heartbeat.
+    """
+    listed = set(reported)
+    return [
+        job
+        for job in leased
+        if job.id not in listed
+        and job.started_at is not None
+        and (now - job.started_at).total_seconds() > grace
+    ]
+
+
 def is_silent(node: Node, now: dt.datetime, heartbeat_interval: float) -> bool:
     """Whether a node missed :data:`OFFLINE_AFTER_BEATS` heartbeats and counts as offline."""
     seen = node.last_heartbeat or node.registered_at
     if node.status == "offline" or seen is None:
         return False
     return (now - seen).total_seconds() > OFFLINE_AFTER_BEATS * heartbeat_interval
+
+
+def is_live(node: Node, now: dt.datetime, heartbeat_interval: float) -> bool:
+    """Whether an agent is running as this node: not offline, and heard from lately."""
+    return node.status != "offline" and not is_silent(node, now, heartbeat_interval)
 
 
 def mark_seen(node: Node, now: dt.datetime) -> Node:
@@ -432,13 +513,17 @@ def mark_offline(node: Node) -> Node:
     return attrs.evolve(node, status="offline", active_job_ids=[], current_job_id="")
 
 
-def requeue_from_lost_node(job: Job, node: Node) -> Job:
-    """A job whose node went away goes back to the queue, without counting a retry.
+def hand_back_lost(job: Job, node: Node, why: str, now: dt.datetime) -> Job:
+    """A job its node no longer runs (silent, restarted, or not in its heartbeat) goes back.
 
-    The node failed, not the job; the error says where it was lost.
+    One that never reported progress is handed back like an unstarted one
+    (:func:`_handed_back`); one that did was an interrupted attempt and costs a
+    retry, so a job that kills its node every time cannot loop for ever.
     """
-    return _unleased(
-        job,
-        error=f"node {node.address} was lost while running the job",
-        failure_reason=FailureReason.PLATFORM_ERROR.value,
-    )
+    failure = {
+        "error": f"node {node.address} {why}",
+        "failure_reason": FailureReason.PLATFORM_ERROR.value,
+    }
+    if job.progress > 0:
+        return _retried(job, now, **failure)
+    return _handed_back(job, now, **failure)

@@ -132,6 +132,11 @@ async def _main(config: MasterConfig) -> None:
                     "this address can submit, cancel and read jobs, and register nodes",
                     config.host,
                 )
+            if config.allow_legacy_agents:
+                log.warning(
+                    "--allow-legacy-agents: node routes accept the shared API key, so any key holder "
+                    "can post heartbeats, progress and results for any node"
+                )
             async for signum in signals:
                 log.info("Received %s, shutting down", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()

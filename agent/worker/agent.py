@@ -29,7 +29,7 @@ from functools import partial
 import attrs
 import trio
 
-from agent.client import AuthError, MasterClient, MasterError, MasterUnavailable, NotFound, TLSVerifyError
+from agent.client import AuthError, MasterClient, MasterError, MasterUnavailable, NameInUse, NotFound, TLSVerifyError
 from agent.config import AgentConfig, ConfigError
 from agent.models import AgentEvent, Engine, HeartbeatReport, NodeRegistration
 from agent.tls import client_context
@@ -42,6 +42,7 @@ from agent.worker.engines.hwaccel import candidates as hardware_candidates
 from agent.worker.events import listen_events
 from agent.worker.guardian import Guardian
 from agent.worker.hardware import HostFacts
+from agent.worker.identity import TokenFile
 from agent.worker.inputs import InputCache
 from agent.worker.jobrunner import JobRunner
 from agent.worker.master_host import Decision, decide, is_master_host
@@ -215,14 +216,18 @@ class Agent:
             self._jobs_scope.cancel()
 
     async def _listen_events(self) -> None:
-        """Listen on the node's event channel; a new node id (registered again) needs a new channel."""
+        """Listen on the node's event channel, opened anew after each registration (a new token).
+
+        A refused channel (a master without one, or one that no longer knows
+        this node) is tried again only once the node has registered again.
+        """
         while True:
             with trio.CancelScope() as self._events_scope:
                 await listen_events(
                     self.config.master_url, self.state.node_id, self._on_event,
-                    api_key=self.config.api_key, ssl_context=self.client.tls_context,
+                    api_key=self.client.node_token or self.config.api_key, ssl_context=self.client.tls_context,
                 )
-                return  # the master offers no channel
+                await trio.sleep_forever()
             self._events_scope = None
 
     def _on_event(self, event: AgentEvent) -> None:
@@ -263,15 +268,27 @@ class Agent:
     async def register(self) -> None:
         """Register (again), retrying while the master is unreachable.
 
+        The registration shows the token of this node's last run (kept in the
+        work dir), so the master knows a restart from a second agent under the
+        same name, and lists the jobs whose results are still to be delivered,
+        so that the master keeps their leases and hands back the rest.
+
         Raises:
             AuthError: the master refused our credentials; retrying cannot help.
             TLSVerifyError: the master's certificate did not verify; neither can it.
+            NameInUse: another running agent holds our node name.
         """
         assert self._registration is not None
+        token_file = TokenFile.for_node(self.config.work_dir, self._registration.address)
+        registration = attrs.evolve(
+            self._registration,
+            node_token=token_file.load(),
+            active_job_ids=sorted(self.reporter.held_job_ids()),
+        )
         backoff = Backoff(base=1.0, cap=30.0)
         while True:
             try:
-                node = await self.client.register(self._registration)
+                node = (await self.client.register(registration)).node
             except MasterUnavailable as exc:
                 delay = backoff.next()
                 if backoff.failures == 1:
@@ -281,8 +298,10 @@ class Agent:
                 await trio.sleep(delay)
                 continue
             break
-        if self._events_scope is not None and node.id != self.state.node_id:
-            self._events_scope.cancel()
+        if self.client.node_token:
+            token_file.save(self.client.node_token)
+        if self._events_scope is not None:
+            self._events_scope.cancel()  # the channel must be opened again with the new token
         self.state.node_id = node.id
         log.info("Registered with %s as node %s (%s)", self.config.master_url, node.id, node.address)
 
@@ -291,7 +310,8 @@ class Agent:
         while True:
             await trio.sleep(self.config.heartbeat_interval)
             report = HeartbeatReport(
-                active_job_ids=list(self.state.running),
+                # Jobs whose results are still on their way are ours too, or the master hands them back.
+                active_job_ids=sorted(set(self.state.running) | self.reporter.held_job_ids()),
                 max_concurrent_jobs=self.poller.limit,
             )
             try:
@@ -300,7 +320,7 @@ class Agent:
                 log.warning("The master forgot node %s; registering again", self.state.node_id)
                 await self.register()
                 continue
-            except (AuthError, TLSVerifyError):
+            except (AuthError, TLSVerifyError, NameInUse):
                 raise
             except MasterError as exc:
                 if not warned:
@@ -352,8 +372,8 @@ async def run_agent(config: AgentConfig) -> int:
     0 after a clean drain, or when the operator declined to run on the
     master's host; 2 after one message that says which setting to fix: the
     master refused our credentials, its certificate did not verify, a TLS
-    file does not load, or the master runs on this host and
-    ``allow_master_as_worker`` is off.
+    file does not load, another running agent holds our node name, or the
+    master runs on this host and ``allow_master_as_worker`` is off.
     """
     _warn_if_root()
     master_as_worker = await is_master_host(config.master_url)
@@ -378,7 +398,7 @@ async def run_agent(config: AgentConfig) -> int:
                 await nursery.start(watch_signals, agent)
                 await agent.serve()
                 nursery.cancel_scope.cancel()
-        except* (AuthError, TLSVerifyError) as group:
+        except* (AuthError, TLSVerifyError, NameInUse) as group:
             log.error("%s", _first(group))
             code = 2
     return code

@@ -154,7 +154,8 @@ class Poller:
         node_id = self.state.node_id
         if self.state.draining:
             error = "not started: worker draining"
-            await self.reporter.deliver(JobResult.failure(job, node_id, FailureReason.PLATFORM_ERROR, error))
+            handed_back = JobResult.failure(job, node_id, FailureReason.PLATFORM_ERROR, error, not_started=True)
+            await self.reporter.deliver(handed_back)
             return
         running = RunningJob(job=job, scope=trio.CancelScope())
         self.state.running[job.id] = running

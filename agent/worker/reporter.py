@@ -53,6 +53,9 @@ class Outbox:
                 path.rename(path.with_suffix(".bad"))
         return results
 
+    def job_ids(self) -> list[str]:
+        return [path.stem for path in self.directory.glob("*.json")]
+
     def remove(self, job_id: str) -> None:
         (self.directory / f"{job_id}.json").unlink(missing_ok=True)
 
@@ -64,28 +67,47 @@ class ResultReporter:
     # Quitting: no time to talk to the master, results go straight to the outbox.
     offline: bool = False
     _queued: trio.Event = attrs.field(factory=trio.Event)
+    _in_flight: set[str] = attrs.field(factory=set)
+
+    def held_job_ids(self) -> set[str]:
+        """Jobs whose results are not settled yet: being sent, or waiting in the outbox.
+
+        The node still answers for them, so it lists them to the master (in
+        heartbeats and when it registers again), which keeps their leases.
+        """
+        return self._in_flight | set(self.outbox.job_ids())
 
     async def deliver(self, result: JobResult, *, patience: float = DELIVERY_ATTEMPT_S) -> None:
         """Send now, retrying for ``patience`` seconds; else keep it in the outbox.
 
         Shielded: a result is never lost to a cancel (shutdown, a second signal).
         """
-        with trio.CancelScope(shield=True):
-            with trio.move_on_after(0 if self.offline else patience):
-                backoff = Backoff(base=0.25, cap=2.0)
-                while True:
-                    try:
-                        await self._send(result)
-                        return
-                    except (MasterUnavailable, AuthError) as exc:
-                        log.debug("result of job %s not delivered yet: %s", result.job_id, exc)
-                        await trio.sleep(backoff.next())
-            self.outbox.save(result)
-            log.warning(
-                "The master did not take the result of job %s; kept in %s and retried until it does",
-                result.job_id, self.outbox.directory,
-            )
-            self._queued.set()
+        self._in_flight.add(result.job_id)
+        try:
+            with trio.CancelScope(shield=True):
+                if await self._try_to_send(result, 0 if self.offline else patience):
+                    return
+                self.outbox.save(result)
+        finally:
+            self._in_flight.discard(result.job_id)
+        log.warning(
+            "The master did not take the result of job %s; kept in %s and retried until it does",
+            result.job_id, self.outbox.directory,
+        )
+        self._queued.set()
+
+    async def _try_to_send(self, result: JobResult, patience: float) -> bool:
+        """Whether the result was settled within ``patience`` seconds."""
+        with trio.move_on_after(patience):
+            backoff = Backoff(base=0.25, cap=2.0)
+            while True:
+                try:
+                    await self._send(result)
+                    return True
+                except (MasterUnavailable, AuthError) as exc:
+                    log.debug("result of job %s not delivered yet: %s", result.job_id, exc)
+                    await trio.sleep(backoff.next())
+        return False
 
     async def _send(self, result: JobResult) -> None:
         """One attempt; any answer but "unreachable" or "refused credentials" settles the result.

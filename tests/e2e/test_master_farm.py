@@ -18,9 +18,10 @@ import trio
 
 from agent.client import MasterClient
 from agent.models import Job, JobRequest, JobStatus
+from agent.worker.identity import TokenFile
 from tests import encoder_stubs
 from tests.postgres import fresh_database, postgres_dsn  # noqa: F401  (the fixture)
-from tests.support import Processes, start_agent, start_master, wait_for_jobs
+from tests.support import ActAsNode, Processes, start_agent, start_master, wait_for_jobs
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +50,7 @@ async def test_eight_pollers_run_500_jobs_each_exactly_once(procs: Processes, tm
     """8 nodes claim and complete concurrently against one SQLite master: 500 claims, 500 completed."""
     _, url = await start_master(procs, tmp_path)
     claims: list[tuple[str, str]] = []
-    async with MasterClient(url) as client, httpx.AsyncClient(base_url=url, timeout=30) as http:
+    async with MasterClient(url) as client, httpx.AsyncClient(base_url=url, timeout=30, auth=ActAsNode()) as http:
         ids = await submit_many(client, TINY, 500)
         nodes = [(await http.post("/nodes/register", json={"address": f"poller-{i}:1"})).json()["id"] for i in range(8)]
 
@@ -100,16 +101,16 @@ async def test_a_job_of_a_killed_agent_is_finished_by_another_and_the_late_resul
     procs: Processes, tmp_path: Path
 ) -> None:
     """SIGKILL mid-job: 3 missed beats later the job is requeued, another agent completes it,
-    and the dead node's result, replayed, gets 409 and changes nothing."""
+    and the dead node's result, replayed with its token, gets 409 and changes nothing."""
     master, url = await start_master(procs, tmp_path, "--heartbeat-interval", "0.5s")
     beats = ("--heartbeat-interval", "0.2s", "--poll-interval", "0.1s")
     doomed, _ = await start_agent(procs, "doomed", url, tmp_path / "doomed", *beats)
     async with MasterClient(url) as client:
         job = await client.submit_job(
-            JobRequest.from_json({"scenario": "144p30-h264", "parameters": {"duration": 3, "realtime": True}})
+            JobRequest.from_json({"scenario": "144p30-h264", "parameters": {"duration": 4, "realtime": True}})
         )
         with trio.fail_after(20):
-            while (running := await client.get_job(job.id)).status is not JobStatus.PROCESSING:
+            while (running := await client.get_job(job.id)).progress <= 0:  # the encode has begun
                 await trio.sleep(0.05)
         doomed.process.send_signal(signal.SIGKILL)
         await doomed.wait()
@@ -117,10 +118,11 @@ async def test_a_job_of_a_killed_agent_is_finished_by_another_and_the_late_resul
         await start_agent(procs, "survivor", url, tmp_path / "survivor", *beats)
         [done] = await wait_for_jobs(client, [job.id], timeout=30)
         late = {"job_id": job.id, "node_id": running.node_id, "status": "completed"}
-        async with httpx.AsyncClient(base_url=url) as http:
+        token = TokenFile.for_node(tmp_path / "doomed", running.node_name).load()
+        async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"}) as http:
             replayed = await http.post("/results", json=late)
         after = await client.get_job(job.id)
-    assert (done.status, done.retry_count) == (JobStatus.COMPLETED, 0), "a lost node costs no retry"
+    assert (done.status, done.retry_count) == (JobStatus.COMPLETED, 1), "an interrupted attempt costs a retry"
     assert done.node_id != running.node_id
     assert replayed.status_code == 409 and "not leased" in replayed.json()["error"]
     assert after == done

@@ -8,6 +8,7 @@ tests measure dispatch, not encoding.
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.parse
 from functools import partial
@@ -18,7 +19,7 @@ import hypercorn
 import hypercorn.trio
 import pytest
 import trio
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agent.client import MasterClient
 from agent.config import MasterConfig
@@ -62,10 +63,11 @@ async def test_a_job_for_an_idle_agent_starts_within_a_second_not_a_poll_interva
 
 
 class _WithoutExtensions:
-    """The master as the original Go master answers: no long-poll, no websocket, no progress.
+    """The master as the original Go master answers: no long-poll, no websocket, no progress, no tokens.
 
     ``wait`` is dropped from ``GET /jobs/next`` (answered at once), the event
-    channel and ``POST /jobs/{id}/progress`` are 404.
+    channel and ``POST /jobs/{id}/progress`` are 404, and the registration
+    answer has no ``node_token`` (the master must then accept legacy agents).
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -84,14 +86,32 @@ class _WithoutExtensions:
             query = urllib.parse.parse_qsl(scope["query_string"].decode())
             kept = urllib.parse.urlencode([(k, v) for k, v in query if k != "wait"])
             scope = {**scope, "query_string": kept.encode()}
+        if scope["type"] == "http" and scope["path"] == "/nodes/register":
+            send = _without_node_token(send)
         await self._app(scope, receive, send)
+
+
+def _without_node_token(send: Send) -> Send:
+    """``send`` with ``node_token`` taken out of a JSON answer (sent in one body message, as Starlette does)."""
+
+    async def rewrite(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = [(k, v) for k, v in message["headers"] if k.lower() != b"content-length"]
+            message = {**message, "headers": headers}
+        elif message["type"] == "http.response.body":
+            body = json.loads(message["body"])
+            body.pop("node_token", None)
+            message = {**message, "body": json.dumps(body).encode()}
+        await send(message)
+
+    return rewrite
 
 
 async def test_against_a_master_without_extensions_the_agent_polls_and_says_so_once(
     procs: Processes, tmp_path: Path, nursery: trio.Nursery
 ) -> None:
-    """Three jobs complete by plain polling; the agent logs the fallback exactly once."""
-    config = MasterConfig(host="127.0.0.1", port=0, db="")
+    """Three jobs complete by plain polling, speaking with the shared key; the fallback is logged once."""
+    config = MasterConfig(host="127.0.0.1", port=0, db="", api_key="legacy-key", allow_legacy_agents=True)
     store = await nursery.start(_serve_store)
     app = _WithoutExtensions(create_app(store, config, EventHub()))
     http = hypercorn.Config()
@@ -99,9 +119,10 @@ async def test_against_a_master_without_extensions_the_agent_polls_and_says_so_o
     [url] = await nursery.start(partial(hypercorn.trio.serve, app, http))  # type: ignore[arg-type]
     stub = encoder_stubs.succeeding(tmp_path / "stub")
     agent, _ = await start_agent(
-        procs, "agent", url, tmp_path / "work", "--ffmpeg", str(stub.path), "--poll-interval", "0.3s"
+        procs, "agent", url, tmp_path / "work", "--ffmpeg", str(stub.path), "--poll-interval", "0.3s",
+        "--api-key", "legacy-key",
     )
-    async with MasterClient(url) as client:
+    async with MasterClient(url, "legacy-key") as client:
         ids = [(await client.submit_job(TINY)).id for _ in range(3)]
         jobs = await wait_for_jobs(client, ids, timeout=30)
         await agent.stop()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import urllib.parse
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,6 +26,7 @@ from agent.master.server import serve_master
 from agent.models import AgentEvent
 from agent.worker.backoff import Backoff
 from agent.worker.events import events_url, listen_events
+from tests.support import ActAsNode
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -55,9 +57,10 @@ async def start_master(nursery: trio.Nursery, **fields: Any) -> str:
     return url
 
 
-async def register(http: httpx.AsyncClient) -> str:
-    node_id: str = (await http.post("/nodes/register", json={"address": "w:1"})).json()["id"]
-    return node_id
+async def register(http: httpx.AsyncClient) -> tuple[str, str]:
+    """The new node's id and token."""
+    body = (await http.post("/nodes/register", json={"address": "w:1"})).json()
+    return body["id"], body["node_token"]
 
 
 async def connected(http: httpx.AsyncClient) -> None:
@@ -77,9 +80,9 @@ async def test_submits_cancels_and_drains_reach_the_node(nursery: trio.Nursery) 
     """A wake-up on connect and per submit; a cancel names the job; a drain comes through."""
     url = await start_master(nursery)
     inbox = Inbox()
-    async with httpx.AsyncClient(base_url=url) as http:
-        node_id = await register(http)
-        nursery.start_soon(listen_events, url, node_id, inbox)
+    async with httpx.AsyncClient(base_url=url, auth=ActAsNode()) as http:
+        node_id, token = await register(http)
+        nursery.start_soon(partial(listen_events, url, node_id, inbox, api_key=token))
         await inbox.wait_for(AgentEvent.job_available())
         await connected(http)
         seen = len(inbox.events)
@@ -94,21 +97,45 @@ async def test_submits_cancels_and_drains_reach_the_node(nursery: trio.Nursery) 
     assert nodes[0]["status"] == "draining"
 
 
-async def test_the_api_key_goes_in_the_handshake(nursery: trio.Nursery, caplog: pytest.LogCaptureFixture) -> None:
-    """With the key the channel opens; without it the handshake is refused and the listener ends."""
+async def test_only_the_node_s_own_token_opens_its_channel(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With the node's token the channel opens; with the shared key, another node's token or none it is refused."""
     url = await start_master(nursery, api_key=KEY)
     inbox = Inbox()
     headers = {"Authorization": f"Bearer {KEY}"}
     async with httpx.AsyncClient(base_url=url, headers=headers) as http:
-        node_id = await register(http)
-        nursery.start_soon(partial(listen_events, url, node_id, inbox, api_key=KEY))
-        await inbox.wait_for(AgentEvent.job_available())
+        node_id, token = await register(http)
+        other_token = (await http.post("/nodes/register", json={"address": "w:2"})).json()["node_token"]
         caplog.set_level(logging.INFO, logger="agent.worker.events")
-        with trio.fail_after(5):
-            await listen_events(url, node_id, inbox)  # no key: returns
-    assert [r.message for r in caplog.records if "no event channel" in r.message] == [
-        f"The master has no event channel ({events_url(url, node_id)} answered 403); it will not push events"
-    ]
+        for wrong in (KEY, other_token, ""):
+            with trio.fail_after(5):
+                await listen_events(url, node_id, inbox, api_key=wrong)  # refused: returns
+        assert inbox.events == []
+        nursery.start_soon(partial(listen_events, url, node_id, inbox, api_key=token))
+        await inbox.wait_for(AgentEvent.job_available())
+    refusal = f"The master has no event channel ({events_url(url, node_id)} answered 403); it will not push events"
+    assert [r.message for r in caplog.records if "no event channel" in r.message] == [refusal] * 3
+
+
+async def test_a_node_has_one_event_channel_the_newest(nursery: trio.Nursery) -> None:
+    """A second connection for the node (a restarted agent) replaces the first, which is closed."""
+    url = await start_master(nursery)
+    first, second = Inbox(), Inbox()
+    async with httpx.AsyncClient(base_url=url, auth=ActAsNode()) as http:
+        node_id, token = await register(http)
+        async with trio.open_nursery() as listeners:
+            slow = Backoff(base=30, cap=30)  # the replaced listener stays away
+            listeners.start_soon(partial(listen_events, url, node_id, first, api_key=token, backoff=slow))
+            await first.wait_for(AgentEvent.job_available())
+            await connected(http)
+            listeners.start_soon(partial(listen_events, url, node_id, second, api_key=token))
+            await second.wait_for(AgentEvent.job_available())
+            await connected(http)
+            await http.post("/jobs", json={"scenario": "144p30-h264"})
+            await second.wait_for(AgentEvent.job_available(), after=1)
+            assert first.events == [AgentEvent.job_available()]
+            listeners.cancel_scope.cancel()
 
 
 async def test_a_master_without_the_channel_is_noted_once_and_left_alone(
@@ -127,22 +154,23 @@ async def test_a_master_without_the_channel_is_noted_once_and_left_alone(
     assert len([r for r in caplog.records if "no event channel" in r.message]) == 1
 
 
-async def test_a_broken_channel_is_opened_again_with_a_wake_up() -> None:
+async def test_a_broken_channel_is_opened_again_with_a_wake_up(tmp_path: Path) -> None:
     """The master restarts on the same port: the listener reconnects and reports a job_available."""
     inbox = Inbox()
+    db = str(tmp_path / "master.db")
     async with trio.open_nursery() as outer:
         async with trio.open_nursery() as first:
-            url = await start_master(first)
+            url = await start_master(first, db=db)
             async with httpx.AsyncClient(base_url=url) as http:
-                node_id = await register(http)
+                node_id, token = await register(http)
             fast = Backoff(base=0.05, cap=0.2)
-            outer.start_soon(partial(listen_events, url, node_id, inbox, backoff=fast))
+            outer.start_soon(partial(listen_events, url, node_id, inbox, api_key=token, backoff=fast))
             await inbox.wait_for(AgentEvent.job_available())
             first.cancel_scope.cancel()
         seen = len(inbox.events)
         port = urllib.parse.urlsplit(url).port
         async with trio.open_nursery() as second:
-            await start_master(second, port=port)
+            await start_master(second, port=port, db=db)
             await inbox.wait_for(AgentEvent.job_available(), after=seen)
             second.cancel_scope.cancel()
         outer.cancel_scope.cancel()

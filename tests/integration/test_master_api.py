@@ -22,6 +22,7 @@ import trio
 from agent.config import MasterConfig
 from agent.master.server import serve_master
 from agent.models import Job, Node
+from tests.support import ActAsNode
 
 pytestmark = pytest.mark.timeout(15)
 
@@ -38,7 +39,7 @@ async def start_master(nursery: trio.Nursery, **fields: Any) -> str:
 @pytest.fixture
 async def http(nursery: trio.Nursery) -> AsyncIterator[httpx.AsyncClient]:
     url = await start_master(nursery, max_retries=2)
-    async with httpx.AsyncClient(base_url=url, timeout=5.0) as client:
+    async with httpx.AsyncClient(base_url=url, timeout=5.0, auth=ActAsNode()) as client:
         yield client
 
 
@@ -100,18 +101,32 @@ async def test_without_a_key_no_header_is_needed(http: httpx.AsyncClient) -> Non
 # --- nodes --------------------------------------------------------------------------
 
 
-async def test_registering_the_same_address_again_returns_the_same_node(
+async def test_a_node_restarted_with_its_token_keeps_its_id_and_gets_a_new_token(
     http: httpx.AsyncClient,
 ) -> None:
-    """201 the first time, 200 with the same id and updated fields after."""
+    """201 the first time; 200, the same id, updated fields and a new run with the last token."""
     first = await http.post("/nodes/register", json={"address": "w:1", "cpu_threads": 4})
-    again = await http.post("/nodes/register", json={"address": "w:1", "cpu_threads": 8})
+    token = first.json()["node_token"]
+    again = await http.post("/nodes/register", json={"address": "w:1", "cpu_threads": 8, "node_token": token})
     other = await http.post("/nodes/register", json={"address": "w:2"})
     assert (first.status_code, again.status_code, other.status_code) == (201, 200, 201)
     assert again.json()["id"] == first.json()["id"] != other.json()["id"]
-    assert again.json()["cpu_threads"] == 8
+    assert (again.json()["cpu_threads"], again.json()["incarnation"]) == (8, 2)
+    assert len({token, again.json()["node_token"], other.json()["node_token"]}) == 3
     listed = (await http.get("/nodes")).json()
     assert listed["count"] == 2
+    assert all("node_token" not in node and "token_hash" not in node for node in listed["nodes"])
+
+
+async def test_a_second_agent_under_a_live_name_is_refused_naming_the_flag(http: httpx.AsyncClient) -> None:
+    """Two running agents never share a node: without the last run's token, 409 and nothing changes."""
+    first = await http.post("/nodes/register", json={"address": "w:1", "cpu_threads": 4})
+    for proof in ({}, {"node_token": "guessed"}):
+        refused = await http.post("/nodes/register", json={"address": "w:1", "cpu_threads": 8, **proof})
+        assert refused.status_code == 409
+        assert "--node-name" in refused.json()["error"]
+    node = (await http.get("/nodes")).json()["nodes"][0]
+    assert (node["id"], node["cpu_threads"], node["incarnation"]) == (first.json()["id"], 4, 1)
 
 
 async def test_a_heartbeat_from_an_unknown_node_is_404(http: httpx.AsyncClient) -> None:
@@ -413,11 +428,12 @@ async def test_a_job_handed_back_unstarted_is_requeued_without_a_retry(
     job = await claim(http, node)
     assert job is not None
     body = result(
-        job, node, "failed", error="not started: worker draining", failure_reason="platform_error"
+        job, node, "failed", error="not started: worker draining", failure_reason="platform_error",
+        not_started=True,
     )
     assert (await http.post("/results", json=body)).json()["status"] == "retrying"
     back = await job_of(http, job.id)
-    assert (back.status, back.retry_count, back.node_id) == ("pending", 0, "")
+    assert (back.status, back.retry_count, back.handbacks, back.node_id) == ("pending", 0, 1, "")
 
 
 async def test_a_user_error_fails_the_job_at_once(http: httpx.AsyncClient) -> None:
@@ -491,7 +507,7 @@ async def test_a_silent_node_goes_offline_and_its_jobs_back_to_the_queue(
 ) -> None:
     """heartbeat_interval 0.1 s: after 3 missed beats the node is offline and the job pending."""
     url = await start_master(nursery, heartbeat_interval=0.1)
-    async with httpx.AsyncClient(base_url=url) as http:
+    async with httpx.AsyncClient(base_url=url, auth=ActAsNode()) as http:
         node = await register(http)
         job = await submit(http)
         assert await claim(http, node) is not None

@@ -18,6 +18,7 @@ from agent.config import MasterConfig
 from agent.master.server import serve_master
 from agent.master.store import SqliteStore
 from agent.models import JobRequest, JobStatus, NodeRegistration
+from tests.support import ActAsNode
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -40,7 +41,7 @@ async def test_concurrent_pollers_claim_every_job_exactly_once(nursery: trio.Nur
     """8 nodes poll 100 jobs at once: 100 claims, no job twice, each held by its claimer."""
     url = await start_master(nursery)
     claims: list[tuple[str, str]] = []
-    async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+    async with httpx.AsyncClient(base_url=url, timeout=10, auth=ActAsNode()) as http:
         for _ in range(JOBS):
             await http.post("/jobs", json={"scenario": "720p30-h264"})
         nodes = [await register(http, f"worker-{i}:9091") for i in range(CLAIMERS)]
@@ -73,7 +74,7 @@ async def test_long_pollers_woken_by_submits_claim_each_job_once(nursery: trio.N
     """8 nodes long-poll while 100 jobs arrive in bursts: every job leased once, none left."""
     url = await start_master(nursery)
     claims: list[str] = []
-    async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+    async with httpx.AsyncClient(base_url=url, timeout=10, auth=ActAsNode()) as http:
         nodes = [await register(http, f"worker-{i}:9091") for i in range(CLAIMERS)]
 
         async def poller(node_id: str) -> None:
@@ -107,7 +108,7 @@ async def test_two_stores_on_one_database_file_never_lease_a_job_twice(tmp_path:
     async with await SqliteStore.open(path) as first, await SqliteStore.open(path) as second:
         for _ in range(JOBS):
             await first.submit(JobRequest(scenario="720p30-h264"), max_retries=3)
-        node, _ = await first.register_node(NodeRegistration(address="worker:1"))
+        node = (await first.register_node(NodeRegistration(address="worker:1"))).node
         claims: list[str] = []
 
         async def claimer(store: SqliteStore) -> None:

@@ -46,8 +46,8 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 async def test_a_result_from_a_node_without_the_lease_changes_nothing(store: Store) -> None:
     """409 rule: the holder's result counts once; another node's is a conflict; a repeat is harmless."""
     await store.submit(H264, max_retries=3)
-    holder, _ = await store.register_node(NodeRegistration(address="a:1"))
-    other, _ = await store.register_node(NodeRegistration(address="b:1"))
+    holder = (await store.register_node(NodeRegistration(address="a:1"))).node
+    other = (await store.register_node(NodeRegistration(address="b:1"))).node
     job = await store.claim(holder.id)
     assert job is not None
     done = JobResult(job_id=job.id, node_id=holder.id, status=JobStatus.COMPLETED)
@@ -62,8 +62,8 @@ async def test_a_gpu_job_first_in_line_does_not_hold_up_a_cpu_node(store: Store)
     """The CPU node gets the job behind the nvenc one; the GPU node then gets the nvenc job."""
     gpu_job = await store.submit(JobRequest(scenario="720p30-h264", parameters={"codec": "h264_nvenc"}), 3)
     cpu_job = await store.submit(H264, max_retries=3)
-    cpu, _ = await store.register_node(NodeRegistration(address="cpu:1"))
-    gpu, _ = await store.register_node(NodeRegistration(address="gpu:1", has_gpu=True))
+    cpu = (await store.register_node(NodeRegistration(address="cpu:1"))).node
+    gpu = (await store.register_node(NodeRegistration(address="gpu:1", has_gpu=True))).node
     assert (await store.claim(cpu.id)).id == cpu_job.id  # type: ignore[union-attr]
     assert await store.claim(cpu.id) is None
     assert (await store.claim(gpu.id)).id == gpu_job.id  # type: ignore[union-attr]
@@ -72,7 +72,7 @@ async def test_a_gpu_job_first_in_line_does_not_hold_up_a_cpu_node(store: Store)
 async def test_overdue_jobs_are_expired_and_old_finished_ones_deleted(store: Store) -> None:
     """A job past its timeout is requeued with reason timeout; finished jobs go after the cutoff."""
     slow = await store.submit(JobRequest(scenario="144p30-h264", parameters={"resource_limits": {"timeout_sec": 1}}), 3)
-    node, _ = await store.register_node(NodeRegistration(address="a:1"))
+    node = (await store.register_node(NodeRegistration(address="a:1"))).node
     assert await store.claim(node.id) is not None
     assert await store.expire_overdue_jobs(None, grace=60) == []
     await trio.sleep(1.1)
@@ -92,7 +92,7 @@ async def test_two_masters_on_one_database_lease_every_job_exactly_once(database
     async with open_store("", dsn=database) as first, open_store("", dsn=database) as second:
         for _ in range(JOBS):
             await first.submit(H264, max_retries=3)
-        nodes = [(await first.register_node(NodeRegistration(address=f"w:{i}")))[0] for i in range(CLAIMERS)]
+        nodes = [(await first.register_node(NodeRegistration(address=f"w:{i}"))).node for i in range(CLAIMERS)]
         claims: list[str] = []
 
         async def claimer(store: Store, node_id: str) -> None:
@@ -112,7 +112,7 @@ async def test_a_claim_passes_over_a_row_another_master_has_locked(database: str
     async with open_store("", dsn=database) as store:
         first = await store.submit(H264, max_retries=3)
         second = await store.submit(H264, max_retries=3)
-        node, _ = await store.register_node(NodeRegistration(address="w:1"))
+        node = (await store.register_node(NodeRegistration(address="w:1"))).node
         with psycopg.connect(database) as other:
             other.execute("SELECT id FROM jobs WHERE id = %s FOR UPDATE", [first.id])
             with trio.fail_after(2):

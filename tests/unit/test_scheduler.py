@@ -74,7 +74,9 @@ def test_a_draining_node_is_given_nothing_and_keeps_draining() -> None:
     assert scheduler.runnable([job(1)], draining) == []
     beaten = scheduler.apply_heartbeat(draining, HeartbeatReport(), [], T0)
     assert beaten.status == scheduler.DRAINING
-    again = scheduler.merge_registration(beaten, NodeRegistration(address=NODE.address), "new", T0)
+    again = scheduler.merge_registration(
+        beaten, NodeRegistration(address=NODE.address), "new", T0, proven=True, heartbeat_interval=30.0
+    )
     assert again.status == "available"
     with pytest.raises(Conflict, match="offline"):
         scheduler.drain(scheduler.mark_offline(NODE))
@@ -152,16 +154,36 @@ def test_a_user_error_fails_at_once() -> None:
     assert outcome.job.retry_count == 0
 
 
+def handed_back() -> JobResult:
+    return attrs.evolve(failed(FailureReason.PLATFORM_ERROR, "not started: worker draining"), not_started=True)
+
+
 def test_a_job_handed_back_unstarted_is_requeued_without_counting_a_retry() -> None:
-    """platform_error + "not started: ..." is a drain, not a failure of the job."""
-    outcome = scheduler.decide_result(
-        leased(retry_count=3, max_retries=3),
-        failed(FailureReason.PLATFORM_ERROR, "not started: worker draining"),
-        T0,
-    )
+    """not_started is a drain, not a failure of the job."""
+    outcome = scheduler.decide_result(leased(retry_count=3, max_retries=3), handed_back(), T0)
     assert outcome.job.status is JobStatus.PENDING
-    assert outcome.job.retry_count == 3
+    assert (outcome.job.retry_count, outcome.job.handbacks) == (3, 1)
     assert outcome.ack.status == "retrying"
+
+
+def test_the_not_started_text_alone_is_an_ordinary_failure() -> None:
+    """the master reads the structured field, never the error text."""
+    text_only = failed(FailureReason.PLATFORM_ERROR, "not started: worker draining")
+    outcome = scheduler.decide_result(leased(), text_only, T0)
+    assert (outcome.job.retry_count, outcome.job.handbacks) == (1, 0)
+
+
+def test_past_a_few_free_hand_backs_each_one_costs_a_retry_until_the_job_fails() -> None:
+    """no node can bounce a job for ever."""
+    current = leased(max_retries=1)
+    history = []
+    for _ in range(scheduler.FREE_HANDBACKS + 2):
+        current = scheduler.decide_result(current, handed_back(), T0).job
+        history.append((current.status, current.retry_count))
+        if current.status is JobStatus.PENDING:
+            current = scheduler.claim(current, NODE, T0)
+    free = [(JobStatus.PENDING, 0)] * scheduler.FREE_HANDBACKS
+    assert history == [*free, (JobStatus.PENDING, 1), (JobStatus.FAILED, 1)]
 
 
 def test_a_platform_error_that_ran_counts_as_a_retry() -> None:
@@ -292,14 +314,38 @@ def test_pause_resume_and_retry_move_jobs_between_states() -> None:
 def test_registering_an_address_again_keeps_its_id() -> None:
     """same node, fields updated, back to available."""
     registration = NodeRegistration(address="host:9091", cpu_threads=4)
-    first = scheduler.merge_registration(None, registration, "n1", T0)
+    first = scheduler.merge_registration(None, registration, "n1", T0, proven=False, heartbeat_interval=30.0)
     offline = scheduler.mark_offline(first)
     later = T0 + dt.timedelta(hours=1)
     again = scheduler.merge_registration(
-        offline, attrs.evolve(registration, cpu_threads=8), "unused", later
+        offline, attrs.evolve(registration, cpu_threads=8), "unused", later, proven=False, heartbeat_interval=30.0
     )
     assert (again.id, again.cpu_threads, again.status) == ("n1", 8, "available")
     assert (again.registered_at, again.last_heartbeat) == (T0, later)
+    assert (first.incarnation, again.incarnation) == (1, 2)
+
+
+def test_a_live_name_is_taken_over_only_with_proof() -> None:
+    """a second agent under a live name is refused, naming --node-name; the node's own restart is not."""
+    live = attrs.evolve(NODE, last_heartbeat=T0)
+    soon = T0 + dt.timedelta(seconds=10)
+    registration = NodeRegistration(address=NODE.address)
+    with pytest.raises(scheduler.NameTaken, match="--node-name"):
+        scheduler.merge_registration(live, registration, "x", soon, proven=False, heartbeat_interval=30.0)
+    restarted = scheduler.merge_registration(live, registration, "x", soon, proven=True, heartbeat_interval=30.0)
+    assert (restarted.id, restarted.incarnation) == (NODE.id, NODE.incarnation + 1)
+    silent_since = T0 + dt.timedelta(seconds=91)
+    taken = scheduler.merge_registration(live, registration, "x", silent_since, proven=False, heartbeat_interval=30.0)
+    assert taken.id == NODE.id
+
+
+def test_leases_a_heartbeat_does_not_list_go_back_after_one_interval() -> None:
+    """a claim younger than the grace may have crossed the heartbeat; an older one is lost."""
+    old = leased(1)
+    young = scheduler.claim(job(2), NODE, T0 + dt.timedelta(seconds=25))
+    listed = leased(3)
+    now = T0 + dt.timedelta(seconds=31)
+    assert scheduler.unreported_leases([old, young, listed], ["j3"], now, 30.0) == [old]
 
 
 def test_a_heartbeat_reports_busy_only_when_every_slot_is_taken() -> None:
@@ -339,8 +385,15 @@ def test_a_node_is_silent_after_three_missed_heartbeats() -> None:
     assert not scheduler.is_silent(scheduler.mark_offline(node), T0 + dt.timedelta(hours=1), 30.0)
 
 
-def test_a_job_of_a_lost_node_is_requeued_without_a_retry() -> None:
+def test_a_lost_job_that_never_reported_progress_goes_back_without_a_retry() -> None:
     """the node failed, not the job; the error says where."""
-    back = scheduler.requeue_from_lost_node(leased(retry_count=1), NODE)
-    assert (back.status, back.node_id, back.retry_count) == (JobStatus.PENDING, "", 1)
-    assert "host:9091" in back.error
+    back = scheduler.hand_back_lost(leased(retry_count=1), NODE, "went silent", T0)
+    assert (back.status, back.node_id, back.retry_count, back.handbacks) == (JobStatus.PENDING, "", 1, 1)
+    assert back.error == "node host:9091 went silent"
+
+
+def test_a_lost_job_that_had_started_was_an_attempt_and_costs_a_retry() -> None:
+    """a job that kills its node every time cannot loop for ever."""
+    running = attrs.evolve(leased(retry_count=1, max_retries=1), progress=14.0)
+    back = scheduler.hand_back_lost(running, NODE, "restarted while holding the job", T0)
+    assert (back.status, back.retry_count) == (JobStatus.FAILED, 1)

@@ -11,6 +11,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from ._base import NotFound as NotFound
+from ._base import Registered as Registered
 from ._base import Store as Store
 from ._base import StoreCounts as StoreCounts
 from ._base import StoreError as StoreError
@@ -18,7 +19,7 @@ from .postgres import PostgresStore as PostgresStore
 from .postgres import open_postgres_store
 from .sqlite import SqliteStore as SqliteStore
 
-__all__ = ["NotFound", "PostgresStore", "SqliteStore", "Store", "StoreCounts", "StoreError", "open_store"]
+__all__ = ["NotFound", "PostgresStore", "Registered", "SqliteStore", "Store", "StoreCounts", "StoreError", "open_store"]
 
 
 @contextlib.asynccontextmanager

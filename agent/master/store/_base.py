@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     )
     from ..scheduler import ResultOutcome
 
-__all__ = ["NotFound", "Store", "StoreCounts", "StoreError"]
+__all__ = ["NotFound", "Registered", "Store", "StoreCounts", "StoreError"]
 
 
 class StoreError(Exception):
@@ -36,6 +36,17 @@ class StoreError(Exception):
 
 class NotFound(LookupError):
     """No job or node has that id; the HTTP layer answers 404 with this message."""
+
+
+@attrs.frozen
+class Registered:
+    """A registration's outcome: the node (a new incarnation of it), and what changed."""
+
+    node: Node
+    # False: the address had registered before, and keeps its node id.
+    created: bool
+    # Jobs leased to the node's earlier runs, now back in the queue (or failed, out of retries).
+    handed_back: list[Job]
 
 
 @attrs.frozen
@@ -104,10 +115,34 @@ class Store(Protocol):
     async def delete_finished_before(self, cutoff: dt.datetime) -> int:
         """Delete completed, failed and canceled jobs that finished before ``cutoff``; the count."""
 
-    async def register_node(self, registration: NodeRegistration) -> tuple[Node, bool]:
-        """The node, and whether it is new (``False``: its address registered before)."""
+    async def register_node(
+        self,
+        registration: NodeRegistration,
+        *,
+        token_hash: str = "",
+        heartbeat_interval: float = 30.0,
+        trust_unproven: bool = False,
+    ) -> Registered:
+        """Start a new incarnation of the node at ``registration.address``; store ``token_hash`` for it.
 
-    async def heartbeat(self, node_id: str, report: HeartbeatReport | None) -> HeartbeatReply: ...
+        Jobs leased to the node's earlier runs go back to the queue, except
+        those the registration lists as held (results it has yet to deliver).
+
+        Raises:
+            NameTaken: a live node holds the address and the registration did not show
+                its token (``trust_unproven`` waives that, for legacy agents).
+        """
+
+    async def node_token_hash(self, node_id: str) -> str:
+        """The hash of the node's current token, ``""`` if it has none."""
+
+    async def heartbeat(
+        self, node_id: str, report: HeartbeatReport | None, heartbeat_interval: float = 30.0
+    ) -> tuple[HeartbeatReply, list[Job]]:
+        """Record a heartbeat; with a report, leases it does not list (after one interval) go back.
+
+        Returns the reply for the node and the jobs handed back.
+        """
 
     async def list_nodes(self) -> list[Node]: ...
 

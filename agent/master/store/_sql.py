@@ -39,7 +39,8 @@ from ...models import (
     utcnow,
 )
 from .. import scheduler
-from ._base import NotFound, StoreCounts
+from ..tokens import token_matches
+from ._base import NotFound, Registered, StoreCounts
 
 __all__ = ["Database", "Dialect", "SqlStore", "Transaction"]
 
@@ -123,6 +124,10 @@ CREATE TABLE IF NOT EXISTS nodes (
     address TEXT NOT NULL UNIQUE,
     status TEXT NOT NULL,
     body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS node_tokens (
+    node_id TEXT PRIMARY KEY,
+    token_hash TEXT NOT NULL
 );
 """
 
@@ -235,13 +240,18 @@ class SqlStore:
         )
         return list(_jobs(rows))
 
-    def _requeue_jobs_of(self, tx: Transaction, node: Node) -> int:
-        leased = self._leased_jobs(tx, node.id, lock=True)
-        for job in leased:
-            self._save_job(tx, scheduler.requeue_from_lost_node(job, node))
-        if leased:
+    def _hand_back(self, tx: Transaction, node: Node, jobs: Sequence[Job], why: str, now: dt.datetime) -> list[Job]:
+        """Put jobs the node no longer runs back in the queue (see ``scheduler.hand_back_lost``)."""
+        returned = [scheduler.hand_back_lost(job, node, why, now) for job in jobs]
+        for job in returned:
+            self._save_job(tx, job)
+        if any(job.status is JobStatus.PENDING for job in returned):
             self._announce(tx)
-        return len(leased)
+        return returned
+
+    def _token_hash(self, tx: Transaction, node_id: str) -> str:
+        rows = tx.rows("SELECT token_hash FROM node_tokens WHERE node_id = ?", [node_id])
+        return str(rows[0][0]) if rows else ""
 
     # --- jobs --------------------------------------------------------------------------
 
@@ -406,15 +416,30 @@ class SqlStore:
 
     # --- nodes -------------------------------------------------------------------------
 
-    async def register_node(self, registration: NodeRegistration) -> tuple[Node, bool]:
+    async def register_node(
+        self,
+        registration: NodeRegistration,
+        *,
+        token_hash: str = "",
+        heartbeat_interval: float = 30.0,
+        trust_unproven: bool = False,
+    ) -> Registered:
         now = utcnow()
 
-        def upsert(tx: Transaction) -> tuple[Node, bool]:
+        def upsert(tx: Transaction) -> Registered:
             rows = tx.rows(
                 f"SELECT body FROM nodes WHERE address = ?{self._sql.lock}", [registration.address]
             )
             existing = next(_nodes(rows), None)
-            node = scheduler.merge_registration(existing, registration, str(uuid.uuid4()), now)
+            proven = trust_unproven or (
+                existing is not None
+                and token_matches(registration.node_token, self._token_hash(tx, existing.id))
+            )
+            node = scheduler.merge_registration(
+                existing, registration, str(uuid.uuid4()), now,
+                proven=proven, heartbeat_interval=heartbeat_interval,
+            )
+            handed_back: list[Job] = []
             if existing is None:
                 tx.run(
                     "INSERT INTO nodes (id, address, status, body) VALUES (?, ?, ?, ?)",
@@ -422,17 +447,41 @@ class SqlStore:
                 )
             else:
                 self._save_node(tx, node)
-            return node, existing is None
+                held = set(registration.active_job_ids)
+                lost = [job for job in self._leased_jobs(tx, node.id, lock=True) if job.id not in held]
+                handed_back = self._hand_back(tx, existing, lost, "restarted while holding the job", now)
+            tx.run("DELETE FROM node_tokens WHERE node_id = ?", [node.id])
+            tx.run("INSERT INTO node_tokens (node_id, token_hash) VALUES (?, ?)", [node.id, token_hash])
+            return Registered(node=node, created=existing is None, handed_back=handed_back)
 
-        return await self._db.write(upsert)
+        registered = await self._db.write(upsert)
+        if registered.handed_back:
+            self.ring()
+        return registered
 
-    async def heartbeat(self, node_id: str, report: HeartbeatReport | None) -> HeartbeatReply:
+    async def node_token_hash(self, node_id: str) -> str:
+        def read(tx: Transaction) -> str:
+            if not tx.rows("SELECT id FROM nodes WHERE id = ?", [node_id]):
+                raise NotFound(f"node {node_id} not found; register it first")
+            return self._token_hash(tx, node_id)
+
+        return await self._db.read(read)
+
+    async def heartbeat(
+        self, node_id: str, report: HeartbeatReport | None, heartbeat_interval: float = 30.0
+    ) -> tuple[HeartbeatReply, list[Job]]:
         now = utcnow()
 
-        def beat(tx: Transaction) -> HeartbeatReply:
+        def beat(tx: Transaction) -> tuple[HeartbeatReply, list[Job]]:
             node = self._load_node(tx, node_id)
-            leased = [job.id for job in self._leased_jobs(tx, node_id)]
+            leased_jobs = self._leased_jobs(tx, node_id, lock=report is not None)
+            leased = [job.id for job in leased_jobs]
             reported = report.active_job_ids if report is not None else []
+            lost: list[Job] = []
+            if report is not None:
+                unreported = scheduler.unreported_leases(leased_jobs, reported, now, heartbeat_interval)
+                lost = self._hand_back(tx, node, unreported, "no longer runs the job (not in its heartbeat)", now)
+                leased = [job_id for job_id in leased if job_id not in {job.id for job in lost}]
             known: dict[str, Job] = {}
             if reported:
                 rows = tx.rows(
@@ -441,12 +490,16 @@ class SqlStore:
                 known = {job.id: job for job in _jobs(rows)}
             node = scheduler.apply_heartbeat(node, report, leased, now)
             self._save_node(tx, node)
-            return HeartbeatReply(
+            reply = HeartbeatReply(
                 cancel_job_ids=scheduler.jobs_to_cancel(node_id, reported, known),
                 drain=node.status == scheduler.DRAINING,
             )
+            return reply, lost
 
-        return await self._db.write(beat)
+        reply, lost = await self._db.write(beat)
+        if lost:
+            self.ring()
+        return reply, lost
 
     async def list_nodes(self) -> list[Node]:
         return await self._db.read(
@@ -463,9 +516,12 @@ class SqlStore:
 
     async def delete_node(self, node_id: str) -> None:
         def delete(tx: Transaction) -> int:
-            requeued = self._requeue_jobs_of(tx, self._load_node(tx, node_id))
+            node = self._load_node(tx, node_id)
+            leased = self._leased_jobs(tx, node_id, lock=True)
+            requeued = self._hand_back(tx, node, leased, "was deleted while holding the job", utcnow())
             tx.run("DELETE FROM nodes WHERE id = ?", [node_id])
-            return requeued
+            tx.run("DELETE FROM node_tokens WHERE node_id = ?", [node_id])
+            return len(requeued)
 
         if await self._db.write(delete):
             self.ring()
@@ -482,7 +538,8 @@ class SqlStore:
                 node = self._load_node(tx, candidate.id)  # locked now; it may have just beaten
                 if scheduler.is_silent(node, now, heartbeat_interval):
                     self._save_node(tx, scheduler.mark_offline(node))
-                    requeued += self._requeue_jobs_of(tx, node)
+                    leased = self._leased_jobs(tx, node.id, lock=True)
+                    requeued += len(self._hand_back(tx, node, leased, "went silent while holding the job", now))
                     silent.append(node)
             return silent, requeued
 

@@ -1,0 +1,116 @@
+"""Who may call the master: operators with the API key, each node only for itself.
+
+The shared API key (``--api-key``) admits the operator routes (the CLI) and
+registration. A registration answers with a node token (:mod:`.tokens`), and
+every route that speaks for a node — claims, heartbeats, progress, results,
+its event channel — needs that node's own token, so a key holder cannot post
+results or heartbeats for a node it is not. The original Go agent knows no
+tokens and sends the shared key everywhere; ``--allow-legacy-agents`` accepts
+that on node routes, at the price of that guarantee.
+
+Refusals are logged with the client's address, at most once a minute per
+address, so probing shows in the log without flooding it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+
+import trio
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import PlainTextResponse, Response
+
+from .store import Store
+from .tokens import token_matches
+
+__all__ = ["Forbidden", "Guard"]
+
+log = logging.getLogger("agent.master")
+
+# One line per client address per minute is enough to see a probe or a misconfigured agent.
+REFUSAL_LOG_INTERVAL_S = 60.0
+# Addresses remembered for that; past it the memory starts afresh.
+REFUSAL_LOG_MAX_CLIENTS = 4096
+
+
+class Forbidden(Exception):
+    """The request speaks for a node without that node's token; answered 403, nothing changed."""
+
+
+def bearer_token(connection: HTTPConnection) -> str | None:
+    """The token of an ``Authorization: Bearer`` header; ``None`` when there is no header."""
+    header = connection.headers.get("authorization")
+    if header is None:
+        return None
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def _go_http_error(message: str, status: int) -> Response:
+    """A plain-text error as Go's ``http.Error`` writes it, so Go clients read it the same."""
+    return PlainTextResponse(message + "\n", status_code=status, headers={"X-Content-Type-Options": "nosniff"})
+
+
+class Guard:
+    """The master's checks of the API key and node tokens."""
+
+    def __init__(self, store: Store, *, api_key: str, allow_legacy_agents: bool) -> None:
+        self._store = store
+        self._key = api_key.encode()
+        self._allow_legacy = allow_legacy_agents
+        self._last_logged: dict[str, float] = {}
+
+    def _is_api_key(self, token: str | None) -> bool:
+        return token is not None and hmac.compare_digest(token.encode(), self._key)
+
+    def operator_only(
+        self, endpoint: Callable[[Request], Awaitable[Response]]
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """``endpoint`` behind the API key, answered 401 as the Go master does; open when there is no key."""
+        if not self._key:
+            return endpoint
+
+        async def guarded(request: Request) -> Response:
+            token = bearer_token(request)
+            if self._is_api_key(token):
+                return await endpoint(request)
+            problem = "Missing Authorization header" if token is None else "Invalid API key"
+            self._log_refusal(request, f"401 {problem}")
+            return _go_http_error(problem, 401)
+
+        return guarded
+
+    async def check_node(self, connection: HTTPConnection, node_id: str) -> None:
+        """Pass only a request carrying ``node_id``'s current token (or, if allowed, a legacy agent's key).
+
+        Raises:
+            NotFound: no node has that id (the agent should register again).
+            Forbidden: the token is missing or belongs to another node, or an earlier run of this one.
+        """
+        stored = await self._store.node_token_hash(node_id)
+        token = bearer_token(connection)
+        if token is not None and token_matches(token, stored):
+            return
+        if self._allow_legacy and (self._is_api_key(token) or (not self._key and not token)):
+            return
+        self._log_refusal(connection, f"403 not node {node_id}'s token")
+        raise Forbidden(
+            f"this request does not carry the token of node {node_id}: calls for a node need "
+            "'Authorization: Bearer <node_token>' from that node's latest registration (a node registered "
+            "again since holds a new one); original Go agents need the master started with --allow-legacy-agents"
+        )
+
+    def _log_refusal(self, connection: HTTPConnection, what: str) -> None:
+        client = connection.client.host if connection.client else "unknown"
+        now = trio.current_time()
+        if now - self._last_logged.get(client, -REFUSAL_LOG_INTERVAL_S) < REFUSAL_LOG_INTERVAL_S:
+            return
+        if len(self._last_logged) >= REFUSAL_LOG_MAX_CLIENTS:
+            self._last_logged.clear()
+        self._last_logged[client] = now
+        log.warning(
+            "Refused %s %s from %s: %s (further refusals from it are not logged for %.0fs)",
+            connection.scope.get("method", "WEBSOCKET"), connection.url.path, client, what, REFUSAL_LOG_INTERVAL_S,
+        )
