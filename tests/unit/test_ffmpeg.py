@@ -52,6 +52,14 @@ def test_realtime_reads_the_input_at_native_rate_before_opening_it() -> None:
     assert "-re" not in ff.encode_argv("ffmpeg", spec_for(), "in.mp4", "out.mp4")
 
 
+def test_a_local_input_may_lead_ffmpeg_to_no_network_protocol() -> None:
+    """A file (a playlist, say) gets the local protocol whitelist before -i; a stream URL does not need it."""
+    argv = ff.encode_argv("ffmpeg", spec_for(), "/work/fetch/x/index.m3u8", "out.mp4")
+    assert option(argv, "-protocol_whitelist") == "file,crypto,data"
+    assert argv.index("-protocol_whitelist") < argv.index("-i")
+    assert "-protocol_whitelist" not in ff.encode_argv("ffmpeg", spec_for(), "rtmp://203.0.113.7/live/k", "out.mp4")
+
+
 @pytest.mark.parametrize(("vendor", "device_flags", "filters"), [
     ("nvenc", [], "fps=30,scale=1280:720"),
     ("vaapi", ["-vaapi_device", "/dev/dri/renderD128"], "fps=30,scale=1280:720,format=nv12,hwupload"),
@@ -64,7 +72,7 @@ def test_a_hardware_encoder_opens_its_device_and_uploads_frames(
     """The device comes before the input, the upload ends the filters, and software presets are left out."""
     hardware = HardwareEncoder(vendor, "h265")
     argv = ff.encode_argv("ffmpeg", spec_for("720p30-h265"), "in.mp4", "out.mp4", hardware=hardware)
-    assert argv[argv.index("-nostats") + 1 : argv.index("-i")] == device_flags
+    assert argv[argv.index("-nostats") + 1 : argv.index("-i")] == [*device_flags, "-protocol_whitelist", ff.LOCAL_PROTOCOLS]
     assert (option(argv, "-vf"), option(argv, "-c:v")) == (filters, hardware.name)
     assert option(argv, "-tag:v") == "hvc1"
     assert "-preset" not in argv and "-x265-params" not in argv

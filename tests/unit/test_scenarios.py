@@ -358,7 +358,7 @@ OPTION_ARITY = {
     "-progress": 1, "-i": 1, "-map": 1, "-t": 1, "-vf": 1, "-c:v": 1, "-b:v": 1, "-maxrate": 1, "-bufsize": 1,
     "-g": 1, "-preset": 1, "-x265-params": 1, "-tag:v": 1, "-deadline": 1, "-cpu-used": 1, "-row-mt": 1,
     "-pix_fmt": 1, "-c:a": 1, "-b:a": 1, "-f": 1,
-    "-init_hw_device": 1, "-filter_hw_device": 1, "-vaapi_device": 1,
+    "-init_hw_device": 1, "-filter_hw_device": 1, "-vaapi_device": 1, "-protocol_whitelist": 1,
 }
 
 
