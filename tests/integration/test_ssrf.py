@@ -161,6 +161,17 @@ async def test_a_playlist_segment_at_a_forbidden_address_is_not_fetched(
     assert forbidden.hits == 0
 
 
+@pytest.mark.parametrize("scheme", ["rtmp", "srt"])
+async def test_a_stream_input_at_localhost_is_refused_without_a_connection(
+    tmp_path: Path, start_probe: StartProbe, scheme: str
+) -> None:
+    """rtmp and srt inputs are resolved and checked before FFmpeg starts."""
+    probe = await start_probe()
+    result = await run_job(tmp_path, input=f"{scheme}://localhost:{probe.port}/live/cam")
+    assert_refused(result, "localhost resolves to", "--allow-private-inputs")
+    assert probe.hits == 0
+
+
 async def test_an_rtmp_output_to_a_loopback_address_is_refused_without_a_connection(
     tmp_path: Path, start_probe: StartProbe
 ) -> None:
