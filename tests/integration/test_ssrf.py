@@ -12,6 +12,7 @@ test's nursery; each step has a timeout.
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -128,8 +129,6 @@ async def test_an_input_at_the_machines_own_host_name_is_refused(tmp_path: Path,
         infos = socket.getaddrinfo(name, 80, type=socket.SOCK_STREAM)
     except OSError:
         pytest.skip(f"the host name {name!r} does not resolve here")
-    import ipaddress
-
     if not any(address_kind(ipaddress.ip_address(str(info[4][0]).split("%")[0])) for info in infos):
         pytest.skip(f"the host name {name!r} resolves to public addresses only")
     probe = await start_probe()
