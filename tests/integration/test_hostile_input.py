@@ -203,6 +203,16 @@ SHAPES = [
     refused("duration", 1e308),
     Case("duration Infinity", b'{"scenario": "144p30-h264", "parameters": {"duration": 1e999}}', 400, "duration"),
     Case("duration NaN", b'{"scenario": "144p30-h264", "parameters": {"duration": NaN}}', 400, "duration"),
+    Case("a free-form parameter NaN", b'{"scenario": "144p30-h264", "parameters": {"note": NaN}}', 400,
+         "parameters.note"),
+    Case("a free-form parameter -Infinity", b'{"scenario": "144p30-h264", "parameters": {"note": [-Infinity]}}',
+         400, "parameters.note[0]"),
+    Case("a free-form parameter past 64 bits", job(note=2**64), 400, "parameters.note"),
+    Case("a NUL in a string", job(note="a\x00b"), 400, "parameters.note"),
+    Case("a lone surrogate", b'{"scenario": "144p30-h264", "parameters": {"note": "\\udc00"}}', 400,
+         "parameters.note"),
+    Case("nested 100000 deep", b'{"scenario": "144p30-h264", "parameters": {"note": ' + b"[" * 100_000
+         + b"]" * 100_000 + b"}}", 400, "nested deeper"),
     refused("fps", 10**30),
     refused("bitrate", 10**30),
     refused("resolution", "99999x99999"),
@@ -294,13 +304,29 @@ json_values = st.recursive(
                                                                  max_size=4),
     max_leaves=12,
 )
+# JSON text Python reads but no client can serve back: json.dumps writes NaN and Infinity for st.floats(),
+# and these reach the other corners.
+unservable = st.one_of(
+    st.sampled_from([b"NaN", b"-Infinity", b"1e999", b"-1e999", b'"\\u0000"', b'"\\ud800"', b'{"\\u0000": 1}']),
+    st.integers(min_value=2**63).map(lambda n: str(n).encode()),
+    st.integers(min_value=1, max_value=100_000).map(lambda n: b"[" * n + b"]" * n),
+)
 bodies = st.one_of(
     st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=6).map(lambda d: json.dumps(d).encode()),
     json_values.map(lambda v: json.dumps(v).encode()),
     st.binary(max_size=64),
+    st.tuples(st.sampled_from(FIELDS), unservable).map(
+        lambda pair: b'{"scenario": "144p30-h264", "parameters": {"duration": 0.3}, "%s": %s}' % (pair[0].encode(), pair[1])
+    ),
+    unservable.map(lambda value: b'{"scenario": "144p30-h264", "parameters": {"duration": 0.3, "x": %s}}' % value),
 )
-segments = st.text(max_size=12).map(lambda s: urllib.parse.quote(s, safe=""))
-queries = st.dictionaries(st.sampled_from(["node_id", "wait", "status"]), st.text(max_size=12), max_size=3)
+segments = st.one_of(
+    st.text(max_size=12).map(lambda s: urllib.parse.quote(s, safe="")),
+    st.integers(min_value=0, max_value=5000).map(lambda n: "9" * n),
+)
+queries = st.dictionaries(
+    st.sampled_from(["node_id", "wait", "status", "limit", "cursor", "node", "queue"]), st.text(max_size=12), max_size=3
+)
 
 
 @pytest.fixture(scope="module")
@@ -329,7 +355,75 @@ def test_fuzzed_requests_to_every_route_never_break_the_master(
     assert response.status_code < 500, (response.status_code, response.text)
     if response.status_code >= 400:
         assert isinstance(response.json().get("error"), str), response.text
+    assert_every_job_is_served(http)
     master.assert_healthy()
+
+
+def assert_every_job_is_served(http: httpx.Client) -> None:
+    """Whatever was stored can be listed (one page holds them all here) and the newest read back alone."""
+    listing = http.get("/jobs", params={"limit": 1000})
+    assert listing.status_code == 200, listing.text
+    assert listing.json()["next_cursor"] is None
+    for job in listing.json()["jobs"][-1:]:
+        assert http.get(f"/jobs/{job['id']}").status_code == 200
+
+
+@pytest.fixture(scope="module")
+def fuzz_node(bare_master: tuple[Service, httpx.Client]) -> tuple[str, dict[str, str]]:
+    """One node registered on the fuzzed master: its id, and the headers that speak for it."""
+    _, http = bare_master
+    answer = http.post("/nodes/register", json={"address": "fuzz-node:9091"}).json()
+    return answer["id"], as_node(answer)
+
+
+def as_node(answer: dict[str, Any]) -> dict[str, str]:
+    """Headers that speak for a registered node: its own token when the master hands one out."""
+    token = answer.get("node_token")
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+NODE_FIELDS = st.sampled_from(["status", "progress", "metrics", "error", "logs", "completed_at", "failure_reason",
+                               "fps", "speed", "bitrate_kbps", "out_time_s", "not_started"])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    route=st.sampled_from(["/results", "/jobs/{}/progress"]),
+    fields=st.dictionaries(NODE_FIELDS, json_values | unservable.map(lambda raw: RawJSON(raw)), max_size=4),
+)
+def test_fuzzed_results_and_progress_from_the_node_holding_the_job_never_break_the_master(
+    bare_master: tuple[Service, httpx.Client], fuzz_node: tuple[str, dict[str, str]], route: str,
+    fields: dict[str, Any],
+) -> None:
+    """The node's own token, a job it holds, and fuzzed fields (NaN, huge numbers ...): no 5xx, jobs still served."""
+    master, http = bare_master
+    node_id, headers = fuzz_node
+    job_id = http.post("/jobs", json=NORMAL).json()["id"]
+    # Claims take the oldest pending job, which earlier fuzzed submissions may have left: drain to ours.
+    while claimed := http.get("/jobs/next", params={"node_id": node_id}, headers=headers).json()["job"]:
+        if claimed["id"] == job_id:
+            break
+    body = {"job_id": job_id, "node_id": node_id, "status": "completed", "progress": 50.0, **fields}
+    response = http.post(route.format(job_id), content=RawJSON.dumps(body), headers=headers)
+    assert response.status_code < 500, (response.status_code, response.text)
+    if response.status_code >= 400:
+        assert isinstance(response.json().get("error"), str), response.text
+    assert_every_job_is_served(http)
+    assert http.get(f"/jobs/{job_id}").status_code == 200
+    master.assert_healthy()
+
+
+@attrs.frozen
+class RawJSON:
+    """JSON text spliced into a body as is, for tokens json.dumps will not write (1e999, deep nesting)."""
+
+    raw: bytes
+
+    @staticmethod
+    def dumps(value: dict[str, Any]) -> bytes:
+        fields = [b"%s: %s" % (json.dumps(key).encode(), item.raw if isinstance(item, RawJSON) else
+                               json.dumps(item).encode()) for key, item in value.items()]
+        return b"{" + b", ".join(fields) + b"}"
 
 
 def test_the_fuzzed_master_still_takes_a_normal_job(bare_master: tuple[Service, httpx.Client]) -> None:
