@@ -46,6 +46,11 @@ _HANG = """\
 time.sleep(3600)
 """
 
+_STALL = """\
+print("frame=5\\nout_time_us=200000\\nprogress=continue", flush=True)
+time.sleep(3600)
+"""
+
 
 @attrs.frozen
 class EncoderStub:
@@ -85,3 +90,8 @@ def failing(directory: Path) -> EncoderStub:
 def hanging(directory: Path) -> EncoderStub:
     """Never finishes on its own: for cancels and timeouts."""
     return _write(directory, "hanging", _HANG)
+
+
+def stalling(directory: Path) -> EncoderStub:
+    """Reports one block of progress, then hangs without another: a stalled encoder."""
+    return _write(directory, "stalling", _STALL)

@@ -10,6 +10,12 @@ job asks for it, a hardware encoder when one was detected and the job allows
 it, and software FFmpeg last. An attempt that fails hands the job to the next
 one; the result's metrics say which engine finished it (``engine``,
 ``encoder``) and which gave up and why (``fallback_from``, ``fallback_error``).
+
+A failure is the job's own (``user_error``: final, not counted by the
+circuit breaker) only when that is clear — a local input that is not there,
+or an encoder exit whose stderr says so (:mod:`agent.worker.failures`);
+anything else is this worker's (``runtime_error``), and an encoder whose
+output stopped advancing is ``stalled`` (:mod:`agent.worker.stall`).
 """
 
 from __future__ import annotations
@@ -29,8 +35,9 @@ from agent.models import Engine, FailureReason, Job, JobResult, JobStatus
 from agent.scenarios import EncodeSpec, JobRejected, build_spec
 from agent.worker.encoder import EncoderWatch, StopPolicy, run_encoder
 from agent.worker.engines.ffmpeg import encode_argv
-from agent.worker.engines.gstreamer import GStreamer, encoder_element, pipeline_argv
-from agent.worker.engines.hwaccel import HardwareEncoder
+from agent.worker.engines.gstreamer import GStreamer, encoder_element, find_gstreamer, pipeline_argv
+from agent.worker.engines.hwaccel import HardwareEncoder, detect_hardware_encoders
+from agent.worker.failures import input_file_problem, job_fault
 from agent.worker.fetch import open_http_input
 from agent.worker.guardian import Guardian
 from agent.worker.inputs import InputCache, InputGenerationFailed
@@ -133,8 +140,11 @@ class JobRunner:
         output_dir: a directory the operator lets jobs write into (``--output-dir``).
         rtmp_host: host of the default RTMP URL (the master's, as the original does).
         job_timeout: seconds a job may run when it sets no ``timeout_sec``; None = no limit.
+        stall_timeout: seconds an encoder's output may stand still before it is
+            stopped and the job fails as ``stalled``; 0 = never.
         guardian: kills the encoders should the agent die without stopping them.
-        gstreamer: the installed GStreamer, or None: jobs asking for it run on FFmpeg.
+        gstreamer: the installed GStreamer, or None: jobs asking for it run on FFmpeg
+            (see :meth:`detect_engines`).
         hardware: hardware encoders that passed the one-frame test at start.
         min_free_bytes: space the work dir must keep free after a job's
             estimated files; a job that would cut into it fails at once with
@@ -157,6 +167,7 @@ class JobRunner:
     output_dir: Path | None = None
     rtmp_host: str = "localhost"
     job_timeout: float | None = None
+    stall_timeout: float = 0.0
     guardian: Guardian | None = None
     gstreamer: GStreamer | None = None
     hardware: tuple[HardwareEncoder, ...] = ()
@@ -173,6 +184,24 @@ class JobRunner:
         """The engines this runner can start, FFmpeg first."""
         return [Engine.FFMPEG.value] + ([Engine.GSTREAMER.value] if self.gstreamer is not None else [])
 
+    async def detect_engines(self, gst_launch: str = "") -> None:
+        """Find GStreamer (``gst_launch`` overrides the one on PATH) and the working hardware encoders.
+
+        Both run child processes, so the guardian must be serving first;
+        they run together, and what they find replaces ``gstreamer`` and
+        ``hardware``.
+        """
+
+        async def gstreamer() -> None:
+            self.gstreamer = await find_gstreamer(gst_launch, guardian=self.guardian)
+
+        async def hardware() -> None:
+            self.hardware = await detect_hardware_encoders(self.ffmpeg, guardian=self.guardian)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(gstreamer)
+            nursery.start_soon(hardware)
+
     async def run(
         self, job: Job, node_id: str, on_progress: Callable[[float, ProgressSnapshot], None]
     ) -> JobResult:
@@ -186,6 +215,8 @@ class JobRunner:
                 raise JobRejected(
                     "input", "this worker does not generate test inputs (--generate-input=false); give an input"
                 )
+            if spec.input and "://" not in spec.input and (problem := input_file_problem(spec.input)):
+                raise JobRejected("input", problem)
         except JobRejected as exc:
             log.warning("Job %s rejected: %s", job.id, exc)
             return JobResult.failure(job, node_id, FailureReason.USER_ERROR, str(exc))
@@ -287,10 +318,13 @@ class JobRunner:
                 started = time.monotonic()
                 argv = self._argv(attempt, spec, input_path, target)
                 log.debug("job %s: %s", job.id, argv)
-                await run_encoder(argv, watch, cwd=output_path.parent, stop=self.stop, guardian=self.guardian)
+                await run_encoder(
+                    argv, watch, cwd=output_path.parent, stop=self.stop, guardian=self.guardian,
+                    stall_timeout=self.stall_timeout,
+                )
                 if watch.returncode == 0 or attempt is attempts[-1]:
                     break
-                error = f"{attempt.label} exited with code {watch.returncode}: {_last_line(watch.stderr_tail)}"
+                error = self._exit_error(attempt, watch, input_path)
                 log.warning("Job %s: %s; trying the next engine", job.id, error)
                 fallbacks.append((attempt.label, error))
         elapsed = time.monotonic() - started
@@ -312,15 +346,26 @@ class JobRunner:
                 job, node_id, FailureReason.TIMEOUT,
                 f"encoder stopped after the job's timeout of {timeout:g}s", **common,
             )
+        if watch.stalled:
+            return JobResult.failure(job, node_id, FailureReason.STALLED, self._exit_error(attempt, watch, input_path),
+                                     **common)
         if watch.returncode != 0:
-            return JobResult.failure(
-                job, node_id, FailureReason.RUNTIME_ERROR,
-                f"{attempt.label} exited with code {watch.returncode}: {_last_line(watch.stderr_tail)}",
-                **common,
-            )
+            fault = job_fault(watch.stderr_tail, input_path)
+            reason = FailureReason.USER_ERROR if fault else FailureReason.RUNTIME_ERROR
+            return JobResult.failure(job, node_id, reason, self._exit_error(attempt, watch, input_path), **common)
         return JobResult(
             job_id=job.id, node_id=node_id, status=JobStatus.COMPLETED, progress=100.0, **common
         )
+
+    def _exit_error(self, attempt: Attempt, watch: EncoderWatch, input_path: str) -> str:
+        """Why an attempt failed, in one line: a stall, the job's own fault, or FFmpeg's last word."""
+        if watch.stalled:
+            return (
+                f"{attempt.label} made no progress for {self.stall_timeout:g}s and was stopped "
+                f"(--stall-timeout); last output: {_last_line(watch.stderr_tail)}"
+            )
+        detail = job_fault(watch.stderr_tail, input_path) or _last_line(watch.stderr_tail)
+        return f"{attempt.label} exited with code {watch.returncode}: {detail}"
 
     def _output_path(self, job: Job, spec: EncodeSpec) -> Path:
         directory = Path(spec.output_dir) if spec.output_dir else self.work_dir / "outputs" / job.id

@@ -13,8 +13,8 @@ probes, hardware-encoder and GStreamer detection — starts through
   (the API key above all) never reach it.
 
 The guardian process itself is the one exception: it cannot guard itself.
-A child is registered right after it starts; an agent killed in the
-instant between the two leaves that one child unguarded.
+A child is registered right after it starts; one that the agent's death
+catches before that is found by the guardian's mark in its environment.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ async def run_child(
                     check=False,
                     start_new_session=True,
                     cwd=cwd,
-                    env=child_env(),
+                    env=child_env() | (guardian.child_env() if guardian is not None else {}),
                     deliver_cancel=stop,
                 )
             )

@@ -44,6 +44,14 @@ def test_every_worker_flag_reads_its_environment_variable(monkeypatch: pytest.Mo
     assert (args.poll_interval, args.max_concurrent_jobs, args.api_key) == (60.0, 3, "k")
 
 
+def test_the_stall_timeout_is_five_minutes_unless_set_and_zero_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--stall-timeout takes a Go duration, FFRTMP_STALL_TIMEOUT sets its default."""
+    assert worker_parser().parse_args([]).stall_timeout == 300.0
+    assert worker_parser().parse_args(["--stall-timeout", "0"]).stall_timeout == 0.0
+    monkeypatch.setenv("FFRTMP_STALL_TIMEOUT", "1m30s")
+    assert worker_parser().parse_args([]).stall_timeout == 90.0
+
+
 def test_bad_flag_values_exit_with_a_message_naming_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
     """argparse shows our explanation, not 'invalid value'."""
     with pytest.raises(SystemExit):

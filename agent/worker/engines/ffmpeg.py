@@ -18,7 +18,7 @@ import attrs
 import trio
 
 from ...scenarios import VP9_PRESETS, EncodeSpec
-from ..encoder import encoder_env
+from ..processes import capture_child
 from ..progress import ProgressParser
 from .hwaccel import HardwareEncoder
 
@@ -274,7 +274,7 @@ async def probe_media(ffmpeg: str, path: str | os.PathLike[str]) -> MediaInfo:
         ffmpeg, "-hide_banner", "-nostdin", "-i", os.fspath(path),
         "-map", "0:v:0", "-c", "copy", "-progress", "pipe:1", "-nostats", "-f", "null", "-",
     ]
-    result = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False, env=encoder_env())
+    result = await capture_child(argv, guardian=None)
     if result.returncode != 0:
         raise ProbeFailed(
             f"cannot read {os.fspath(path)!r} as video", returncode=result.returncode,
@@ -301,7 +301,7 @@ async def decodes_cleanly(ffmpeg: str, path: str | os.PathLike[str]) -> bool:
     tests and spot checks, not for every job.
     """
     argv = [ffmpeg, "-hide_banner", "-nostdin", "-v", "error", "-i", os.fspath(path), "-f", "null", "-"]
-    result = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False, env=encoder_env())
+    result = await capture_child(argv, guardian=None)
     if result.returncode != 0 or result.stderr.strip():
         log.debug("%s does not decode cleanly: %s", path, stderr_tail(result.stderr))
         return False
