@@ -108,7 +108,7 @@ async def stream(
     **params: Any,
 ) -> JobResult:
     runner = JobRunner(ffmpeg=find_ffmpeg(), work_dir=tmp_path / "work", inputs=InputCache(tmp_path / "inputs"),
-                       gstreamer=find_gstreamer(), input_dirs=input_dirs)
+                       gstreamer=await find_gstreamer(), input_dirs=input_dirs)
     # The job names the server's own URL, on 127.0.0.1: this worker allows that address and port.
     runner.allow_private_outputs = AllowList.parse([urllib.parse.urlsplit(server.url).netloc])
     job = Job(id=key, scenario="144p30-h264", engine=engine, parameters={
