@@ -38,6 +38,7 @@ from agent.models import (
 __all__ = [
     "AuthError",
     "Conflict",
+    "Forbidden",
     "JobPage",
     "MasterClient",
     "MasterError",
@@ -91,6 +92,10 @@ class NotFound(MasterError):
 
 class Conflict(MasterError):
     """409: the job is no longer leased to this node."""
+
+
+class Forbidden(AuthError):
+    """403: the request spoke for a node without that node's current token."""
 
 
 class NameInUse(MasterError):
@@ -164,6 +169,8 @@ class MasterClient:
     base_url: str
     api_key: str = attrs.field(default="", repr=False)
     node_token: str = attrs.field(default="", repr=False)
+    # The node this client registered as; with node_token, set by register().
+    node_id: str = ""
     timeout: float = DEFAULT_TIMEOUT_S
     verify: bool | str | ssl.SSLContext = True
     transport: httpx.AsyncBaseTransport | None = None
@@ -211,7 +218,9 @@ class MasterClient:
                 f"cannot reach the master at {self.base_url}: {exc!r}{hint}"
             ) from exc
         status = response.status_code
-        if status in (401, 403):
+        if status == 403:
+            raise Forbidden(_auth_message(self.base_url, response))
+        if status == 401:
             raise AuthError(_auth_message(self.base_url, response))
         if status >= 500:
             raise MasterUnavailable(
@@ -234,9 +243,10 @@ class MasterClient:
 
     # --- worker calls ---------------------------------------------------------
 
-    def _as_node(self) -> dict[str, Any]:
+    def _as_node(self, token: str = "") -> dict[str, Any]:
         """Keyword arguments making a call speak as the node: its token in place of the key."""
-        return {"headers": {"Authorization": f"Bearer {self.node_token}"}} if self.node_token else {}
+        token = token or self.node_token
+        return {"headers": {"Authorization": f"Bearer {token}"}} if token else {}
 
     async def register(self, registration: NodeRegistration) -> NodeRegistered:
         """Register a new run of the node; node calls then carry the token the master handed out.
@@ -250,6 +260,7 @@ class MasterClient:
             raise NameInUse(str(exc).removeprefix("POST /nodes/register: ")) from None
         registered = NodeRegistered.from_json(body)
         self.node_token = registered.node_token
+        self.node_id = registered.node.id
         return registered
 
     async def heartbeat(self, node_id: str, report: HeartbeatReport) -> HeartbeatReply:
@@ -275,11 +286,16 @@ class MasterClient:
         job = body.get("job") if isinstance(body, dict) else None
         return Job.from_json(job) if job else None
 
-    async def send_result(self, result: JobResult) -> ResultAck:
-        """Raises Conflict when the master gave the job to another node meanwhile."""
+    async def send_result(self, result: JobResult, *, token: str = "") -> ResultAck:
+        """Report a result; ``token`` speaks for ``result.node_id`` when that is not this run's node.
+
+        Raises:
+            Conflict: the master gave the job to another node meanwhile.
+            Forbidden: the token is not the node's (it registered again since).
+        """
         # The master keeps only the tail anyway; a huge log would also pass its body limit.
         result = attrs.evolve(result, logs=log_tail(result.logs))
-        body = await self._call("POST", "/results", json=result.to_json(), **self._as_node())
+        body = await self._call("POST", "/results", json=result.to_json(), **self._as_node(token))
         return ResultAck.from_json(body) if isinstance(body, dict) else ResultAck(status="success")
 
     async def send_progress(self, job_id: str, progress: JobProgress) -> None:

@@ -31,6 +31,7 @@ import argparse
 import logging
 import math
 import random
+import secrets
 import shutil
 import subprocess
 import sys
@@ -209,8 +210,9 @@ class DispatchBench:
         try:
             async with MasterClient(master.url) as client, trio.open_nursery() as loop_nursery:
                 ids = [(await client.submit_job(REQUEST)).id for _ in range(jobs)]
-                node = await client.register(NodeRegistration(address="go-loop-model"))
-                loop = GoLoop(client, node.id, concurrency, parse_duration(self.args.go_poll_interval), encode)
+                # A name of its own per run: the model's earlier runs never heartbeat, yet look live.
+                registered = await client.register(NodeRegistration(address=f"go-loop-model-{secrets.token_hex(4)}"))
+                loop = GoLoop(client, registered.node.id, concurrency, parse_duration(self.args.go_poll_interval), encode)
                 loop_nursery.start_soon(loop.run, loop_nursery)
                 done = await wait_for_jobs(client, ids, timeout=60 + jobs * (seconds + loop.poll_interval) * 2)
                 loop_nursery.cancel_scope.cancel()

@@ -42,7 +42,7 @@ from agent.worker.engines.hwaccel import candidates as hardware_candidates
 from agent.worker.events import listen_events
 from agent.worker.guardian import Guardian
 from agent.worker.hardware import HostFacts
-from agent.worker.identity import TokenFile
+from agent.worker.identity import NodeTokens
 from agent.worker.inputs import InputCache
 from agent.worker.jobrunner import JobRunner
 from agent.worker.master_host import Decision, decide, is_master_host
@@ -74,7 +74,9 @@ class Agent:
     _events_scope: trio.CancelScope | None = None
 
     def __attrs_post_init__(self) -> None:
-        self.reporter = ResultReporter(self.client, Outbox(self.config.work_dir / "outbox"))
+        self.reporter = ResultReporter(
+            self.client, Outbox(self.config.work_dir / "outbox"), NodeTokens.in_work_dir(self.config.work_dir)
+        )
         breaker = CircuitBreaker(
             threshold=self.config.breaker_threshold,
             cooldown=self.config.breaker_cooldown,
@@ -123,6 +125,7 @@ class Agent:
             persist_outputs=config.persist_outputs,
             persist_inputs=config.persist_inputs,
             allow_private_inputs=config.allow_private_inputs,
+            allow_private_outputs=config.allow_private_outputs,
             generate_input=config.generate_input,
         )
         log.info("Encoder: %s", ffmpeg)
@@ -279,10 +282,10 @@ class Agent:
             NameInUse: another running agent holds our node name.
         """
         assert self._registration is not None
-        token_file = TokenFile.for_node(self.config.work_dir, self._registration.address)
+        address = self._registration.address
         registration = attrs.evolve(
             self._registration,
-            node_token=token_file.load(),
+            node_token=self.reporter.tokens.for_address(address),
             active_job_ids=sorted(self.reporter.held_job_ids()),
         )
         backoff = Backoff(base=1.0, cap=30.0)
@@ -299,7 +302,7 @@ class Agent:
                 continue
             break
         if self.client.node_token:
-            token_file.save(self.client.node_token)
+            self.reporter.tokens.save(address, node.id, self.client.node_token)
         if self._events_scope is not None:
             self._events_scope.cancel()  # the channel must be opened again with the new token
         self.state.node_id = node.id

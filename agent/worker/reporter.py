@@ -16,9 +16,10 @@ from pathlib import Path
 import attrs
 import trio
 
-from agent.client import AuthError, Conflict, MasterClient, MasterError, MasterUnavailable, NotFound
+from agent.client import AuthError, Conflict, Forbidden, MasterClient, MasterError, MasterUnavailable, NotFound
 from agent.models import JobResult
 from agent.worker.backoff import Backoff
+from agent.worker.identity import NodeTokens
 from agent.worker.tempfiles import temporary_for
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,8 @@ class Outbox:
 class ResultReporter:
     client: MasterClient
     outbox: Outbox
+    # A result from an earlier run of the agent, under another node, goes with that node's token.
+    tokens: NodeTokens
     # Quitting: no time to talk to the master, results go straight to the outbox.
     offline: bool = False
     _queued: trio.Event = attrs.field(factory=trio.Event)
@@ -116,7 +119,13 @@ class ResultReporter:
             MasterUnavailable, AuthError: keep the result and try again later.
         """
         try:
-            ack = await self.client.send_result(result)
+            ack = await self.client.send_result(result, token=self.tokens.for_node(result.node_id))
+        except Forbidden as exc:
+            if result.node_id == self.client.node_id:
+                raise
+            # An earlier run's node, registered again since by someone else: nobody can deliver it.
+            log.warning("The master refused the result of job %s for node %s (%s); dropped",
+                        result.job_id, result.node_id, exc)
         except (MasterUnavailable, AuthError):
             raise
         except (Conflict, NotFound) as exc:

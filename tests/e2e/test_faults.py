@@ -74,10 +74,13 @@ class FaultyProxy:
                 self.claims += 1
             if self.failing:
                 return Response("injected failure", status_code=500)
+            forwarded = {"content-type": "application/json"}
+            if "authorization" in request.headers:
+                forwarded["authorization"] = request.headers["authorization"]
             async with httpx.AsyncClient(base_url=self.target) as http:
                 answer = await http.request(
                     request.method, f"{request.url.path}?{request.url.query}",
-                    content=await request.body(), headers={"content-type": "application/json"},
+                    content=await request.body(), headers=forwarded,
                 )
             return Response(answer.content, answer.status_code, media_type="application/json")
 

@@ -18,7 +18,7 @@ import trio
 
 from agent.client import MasterClient
 from agent.models import Job, JobRequest, JobStatus
-from agent.worker.identity import TokenFile
+from agent.worker.identity import NodeTokens
 from tests import encoder_stubs
 from tests.postgres import fresh_database, postgres_dsn  # noqa: F401  (the fixture)
 from tests.support import ActAsNode, Processes, start_agent, start_master, wait_for_jobs
@@ -118,7 +118,7 @@ async def test_a_job_of_a_killed_agent_is_finished_by_another_and_the_late_resul
         await start_agent(procs, "survivor", url, tmp_path / "survivor", *beats)
         [done] = await wait_for_jobs(client, [job.id], timeout=30)
         late = {"job_id": job.id, "node_id": running.node_id, "status": "completed"}
-        token = TokenFile.for_node(tmp_path / "doomed", running.node_name).load()
+        token = NodeTokens.in_work_dir(tmp_path / "doomed").for_address(running.node_name)
         async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"}) as http:
             replayed = await http.post("/results", json=late)
         after = await client.get_job(job.id)
