@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -17,7 +18,7 @@ import trio
 
 from agent.master import scheduler
 from agent.master.store import NotFound, PostgresStore, SqliteStore, Store, StoreError, open_store
-from agent.models import JobRequest, JobResult, JobStatus, NodeRegistration, utcnow
+from agent.models import JobRequest, JobResult, JobStatus, NodeRegistration, Queue, utcnow
 from tests.postgres import fresh_database, postgres_dsn  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.timeout(30)
@@ -120,6 +121,34 @@ async def test_a_claim_passes_over_a_row_another_master_has_locked(database: str
             other.rollback()
         assert got is not None and got.id == second.id
         assert (await store.claim(node.id)).id == first.id  # type: ignore[union-attr]
+
+
+async def test_jobs_are_listed_in_pages_filtered_by_status_queue_and_node(store: Store) -> None:
+    """Pages in submission order after a sequence number; the filters narrow them, on both databases."""
+    jobs = [await store.submit(H264, max_retries=3) for _ in range(4)]
+    batch = await store.submit(JobRequest(scenario="144p30-h264", queue=Queue.BATCH), max_retries=3)
+    node = (await store.register_node(NodeRegistration(address="pager:1"))).node
+    leased = await store.claim(node.id)
+    assert leased is not None and leased.id == jobs[0].id
+
+    async def ids(status: JobStatus | None = None, **query: Any) -> list[str]:
+        return [job.id for job in await store.list_jobs(status, **query)]
+
+    everything = [job.id for job in [*jobs, batch]]
+    assert await ids(limit=2) == everything[:2]
+    assert await ids(after=jobs[1].sequence_number, limit=2) == everything[2:4]
+    assert await ids(after=batch.sequence_number) == []
+    assert await ids(JobStatus.PROCESSING) == await ids(node=node.id) == await ids(node="pager:1") == [jobs[0].id]
+    assert await ids(queue=Queue.BATCH) == [batch.id]
+    assert await ids(JobStatus.PENDING, queue=Queue.DEFAULT, after=jobs[1].sequence_number) == everything[2:4]
+
+
+@pytest.mark.parametrize("ref", ["9" * 5000, str(2**63), "\x00", "\u0663"])
+async def test_a_ref_that_cannot_name_a_job_is_not_found(store: Store, ref: str) -> None:
+    """Past 64 bits, a NUL (which PostgreSQL refuses in a query) or a non-ASCII digit: NotFound, not a crash."""
+    await store.submit(H264, max_retries=3)
+    with pytest.raises(NotFound):
+        await store.get_job(ref)
 
 
 async def test_a_job_queued_through_one_master_wakes_the_other(database: str) -> None:
