@@ -160,7 +160,7 @@ def named_node(request: httpx.Request) -> str:
     if match := _NODE_PATH.search(request.url.path):
         return match.group(1)
     if node_id := request.url.params.get("node_id"):
-        return node_id
+        return str(node_id)
     try:
         body = json.loads(request.content or b"null")
     except ValueError:

@@ -599,3 +599,10 @@ def test_run_master_exits_one_when_the_port_is_taken() -> None:
     assert done.returncode == 1, done.stderr
     assert f"Cannot listen on 127.0.0.1:{port}" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+async def test_a_node_id_with_a_nul_is_unknown_on_every_node_route(http: httpx.AsyncClient) -> None:
+    """No node has such an id: 404, never a database error."""
+    assert (await http.post("/nodes/%00/heartbeat")).status_code == 404
+    assert (await http.get("/jobs/next", params={"node_id": "\x00"})).status_code == 404
+    assert (await http.post("/nodes/%00/drain")).status_code == 404

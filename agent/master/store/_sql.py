@@ -222,8 +222,11 @@ class SqlStore:
             [*values, job_id],
         )
 
-    def _load_node(self, tx: Transaction, node_id: str) -> Node:
-        rows = tx.rows(f"SELECT body FROM nodes WHERE id = ?{self._sql.lock}", [node_id])
+    def _load_node(self, tx: Transaction, node_id: str, *, lock: bool = True) -> Node:
+        """The node by id; locked unless only reading."""
+        locking = self._sql.lock if lock else ""
+        # A NUL is no node's id, and PostgreSQL refuses it in a query.
+        rows = tx.rows(f"SELECT body FROM nodes WHERE id = ?{locking}", [node_id]) if "\x00" not in node_id else []
         if not rows:
             raise NotFound(f"node {node_id} not found; register it first")
         return next(_nodes(rows))
@@ -461,9 +464,7 @@ class SqlStore:
 
     async def node_token_hash(self, node_id: str) -> str:
         def read(tx: Transaction) -> str:
-            if not tx.rows("SELECT id FROM nodes WHERE id = ?", [node_id]):
-                raise NotFound(f"node {node_id} not found; register it first")
-            return self._token_hash(tx, node_id)
+            return self._token_hash(tx, self._load_node(tx, node_id, lock=False).id)
 
         return await self._db.read(read)
 
