@@ -288,6 +288,9 @@ def master_parser() -> argparse.ArgumentParser:
                         "resource_limits.timeout_sec (default 0: none)")
     parser.add_argument("--cleanup-retention", type=_checked(parse_days), default=_env("cleanup-retention", "7"),
                         help="days finished jobs are kept before they are deleted (default 7; 0 keeps them)")
+    parser.add_argument("--node-retention", type=duration, default=_env("node-retention", "24h"),
+                        help="how long an offline node stays listed before it is forgotten (default 24h; "
+                        "0 keeps them)")
     parser.add_argument("--allow-legacy-agents", type=boolean, nargs="?", const=True,
                         default=_env("allow-legacy-agents", "false"),
                         help="accept the shared API key on node routes, as original Go agents send it; any key "
@@ -367,10 +370,16 @@ def console_parser(prog: str) -> argparse.ArgumentParser:
         dest="command", required=True
     )
     nodes.add_parser("list", help="list nodes", parents=[common])
-    nodes.add_parser("drain", help="let a node finish its jobs and give it no more",
-                     parents=[common]).add_argument("node_id")
-    nodes.add_parser("delete", help="forget a node; its jobs go back to the queue",
-                     parents=[common]).add_argument("node_id")
+    for action, described in (
+        ("show", "show one node"),
+        ("drain", "let a node finish its jobs and give it no more until undrained; the agent stays "
+         "connected, and the drain holds across its restarts"),
+        ("undrain", "give a drained node jobs again"),
+        ("delete", "forget a node; its jobs go back to the queue"),
+    ):
+        nodes.add_parser(action, help=described, parents=[common]).add_argument(
+            "node_id", metavar="NODE", help="node id or name, as 'nodes list' shows them"
+        )
     return parser
 
 
@@ -492,6 +501,7 @@ def _run_master(argv: Sequence[str]) -> int:
             db_dsn=args.db_dsn,
             job_timeout=args.job_timeout or None,
             cleanup_retention=args.cleanup_retention,
+            node_retention=args.node_retention,
             max_pending_jobs=args.max_pending_jobs,
             body_timeout=args.body_timeout,
             log_level=args.log_level,

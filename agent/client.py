@@ -14,6 +14,7 @@ hierarchy whose classes say what the caller can do about them:
 from __future__ import annotations
 
 import ssl
+import urllib.parse
 from types import TracebackType
 from typing import Any
 
@@ -301,6 +302,14 @@ class MasterClient:
     async def send_progress(self, job_id: str, progress: JobProgress) -> None:
         await self._call("POST", f"/jobs/{job_id}/progress", json=progress.to_json(), **self._as_node())
 
+    async def deregister(self, node_id: str) -> None:
+        """Extension: say goodbye after a clean stop, so the master shows the node offline at once.
+
+        Raises:
+            NotFound: the master forgot the node, or lacks the extension (the Go master); nothing to do.
+        """
+        await self._call("POST", f"/nodes/{_segment(node_id)}/deregister", **self._as_node())
+
     # --- operator calls -------------------------------------------------------
 
     async def submit_job(self, request: JobRequest) -> Job:
@@ -360,10 +369,23 @@ class MasterClient:
         body = await self._call("GET", f"/jobs/{job_id}/logs")
         return str(body.get("logs") or "") if isinstance(body, dict) else ""
 
-    async def delete_node(self, node_id: str) -> None:
-        """Forget a node; the jobs it held go back to the queue."""
-        await self._call("DELETE", f"/nodes/{node_id}")
+    async def get_node(self, ref: str) -> Node:
+        """Extension: one node, by id or name (``vm:9091``)."""
+        return Node.from_json(await self._call("GET", f"/nodes/{_segment(ref)}"))
 
-    async def drain_node(self, node_id: str) -> Node:
-        """Extension: the node finishes its running jobs and is given no more."""
-        return Node.from_json(await self._call("POST", f"/nodes/{node_id}/drain"))
+    async def delete_node(self, ref: str) -> None:
+        """Forget a node (by id, or by name on this master); the jobs it held go back to the queue."""
+        await self._call("DELETE", f"/nodes/{_segment(ref)}")
+
+    async def drain_node(self, ref: str) -> Node:
+        """Extension: the node finishes its running jobs and is given no more until :meth:`undrain_node`."""
+        return Node.from_json(await self._call("POST", f"/nodes/{_segment(ref)}/drain"))
+
+    async def undrain_node(self, ref: str) -> Node:
+        """Extension: a drained node is given jobs again."""
+        return Node.from_json(await self._call("POST", f"/nodes/{_segment(ref)}/undrain"))
+
+
+def _segment(ref: str) -> str:
+    """``ref`` as one path segment: a node name may hold ``/``, ``?`` or ``#``."""
+    return urllib.parse.quote(ref, safe=":@")

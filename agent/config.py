@@ -201,6 +201,9 @@ class MasterConfig:
     job_timeout: float | None = None
     # Days finished jobs are kept; 0 keeps them for ever.
     cleanup_retention: float = 7.0
+    # Seconds an offline node stays listed before it is forgotten; 0 keeps it for ever.
+    # Every agent run on a fresh --metrics-port 0 is a new node, so rows would pile up.
+    node_retention: float = 24 * 3600.0
     # POST /jobs answers 429 while this many jobs are pending: a runaway script cannot
     # fill the database, and a full queue says so instead of growing for ever.
     max_pending_jobs: int = 100_000

@@ -33,9 +33,14 @@ def format_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+def _status(job: Job) -> str:
+    """The status, or for a pending job no node can take, why: ``waiting: no node offers nvenc``."""
+    return job.waiting or job.status.value
+
+
 def _job_row(job: Job) -> list[Any]:
     return [
-        job.sequence_number, job.id, job.scenario, job.status.value, f"{job.progress:.0f}%",
+        job.sequence_number, job.id, job.scenario, _status(job), f"{job.progress:.0f}%",
         job.node_name or job.node_id or "-", (job.failure_reason + " " + job.error).strip()[:60] or "-",
     ]
 
@@ -94,7 +99,7 @@ async def _follow(client: MasterClient, job_id: str, args: argparse.Namespace, o
         if args.output == "json":
             line = json.dumps(job.to_json())
         else:
-            line = f"{job.id} {job.status.value} {job.progress:.0f}% {job.node_name or '-'} {job.error}".rstrip()
+            line = f"{job.id} {_status(job)} {job.progress:.0f}% {job.node_name or '-'} {job.error}".rstrip()
         if line != last:
             out.write(line + "\n")
             out.flush()
@@ -109,7 +114,10 @@ async def _nodes_command(client: MasterClient, args: argparse.Namespace, out: Te
         await client.delete_node(args.node_id)
         out.write(f"node {args.node_id} deleted; its jobs went back to the queue\n")
         return 0
-    nodes = [await client.drain_node(args.node_id)] if args.command == "drain" else await client.list_nodes()
+    one = {
+        "show": client.get_node, "drain": client.drain_node, "undrain": client.undrain_node,
+    }.get(args.command)
+    nodes = [await one(args.node_id)] if one is not None else await client.list_nodes()
     if args.output == "json":
         out.write(json.dumps({"nodes": [n.to_json() for n in nodes], "count": len(nodes)}, indent=2) + "\n")
     else:

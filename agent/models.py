@@ -213,6 +213,9 @@ class Job(_Wire):
     metrics: dict[str, Any] = attrs.field(factory=dict)
     # Times a node handed the job back unstarted; past a few, a hand-back counts as a retry.
     handbacks: int = 0
+    # Why a pending job is not running yet ("waiting: no node offers nvenc"), worked out
+    # by the master over the live nodes each time the job is read; never stored.
+    waiting: str = ""
 
 
 @attrs.define
@@ -346,6 +349,8 @@ class Node(_Wire):
     last_heartbeat: dt.datetime | None = None
     # Runs of the agent process under this name; each registration starts a new one.
     incarnation: int = 1
+    # Drained by the operator: given no jobs until undrained, across restarts and offline spells.
+    draining: bool = False
 
 
 @attrs.define

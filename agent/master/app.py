@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from typing import Any, TypeVar
 
+import attrs
 import prometheus_client
 import trio
 from starlette.applications import Starlette
@@ -103,9 +104,12 @@ def create_app(store: Store, config: MasterConfig, hub: EventHub) -> Starlette:
         ("GET", "/metrics", _Access.OPERATOR, api.export_metrics),
         ("GET", "/nodes", _Access.OPERATOR, api.list_nodes),
         ("POST", "/nodes/register", _Access.OPERATOR, api.register_node),
-        ("DELETE", "/nodes/{node_id}", _Access.OPERATOR, api.delete_node),
+        ("GET", "/nodes/{ref}", _Access.OPERATOR, api.get_node),
+        ("DELETE", "/nodes/{ref}", _Access.OPERATOR, api.delete_node),
         ("POST", "/nodes/{node_id}/heartbeat", _Access.NODE, api.heartbeat),
-        ("POST", "/nodes/{node_id}/drain", _Access.OPERATOR, api.drain_node),
+        ("POST", "/nodes/{node_id}/deregister", _Access.NODE, api.deregister_node),
+        ("POST", "/nodes/{ref}/drain", _Access.OPERATOR, api.drain_node),
+        ("POST", "/nodes/{ref}/undrain", _Access.OPERATOR, api.undrain_node),
         ("GET", "/jobs", _Access.OPERATOR, api.list_jobs),
         ("POST", "/jobs", _Access.OPERATOR, api.submit_job),
         ("GET", "/jobs/next", _Access.NODE, api.next_job),
@@ -247,6 +251,23 @@ class _Api:
         self.metrics = MasterMetrics()
         self.guard = Guard(store, api_key=config.api_key, allow_legacy_agents=config.allow_legacy_agents)
 
+    async def _explained(self, jobs: list[Job]) -> list[Job]:
+        """The jobs, each pending one saying why no live node takes it (``scheduler.waiting_reason``).
+
+        Worked out on every read from the nodes as they are now, so it is never stale;
+        the nodes are read only when a job is pending.
+        """
+        if not any(job.status is JobStatus.PENDING for job in jobs):
+            return jobs
+        nodes = await self._store.list_nodes()
+        now = utcnow()
+        interval = self._config.heartbeat_interval
+        return [attrs.evolve(job, waiting=scheduler.waiting_reason(job, nodes, now, interval)) for job in jobs]
+
+    async def _explained_one(self, job: Job) -> Response:
+        [explained] = await self._explained([job])
+        return JSONResponse(explained.to_json())
+
     async def health(self, request: Request) -> Response:
         return JSONResponse({"status": "healthy"})
 
@@ -294,18 +315,45 @@ class _Api:
         nodes = await self._store.list_nodes()
         return JSONResponse({"nodes": [node.to_json() for node in nodes], "count": len(nodes)})
 
+    async def get_node(self, request: Request) -> Response:
+        """One node, by id or by name (address)."""
+        node = await self._store.get_node(request.path_params["ref"])
+        return JSONResponse(node.to_json())
+
     async def delete_node(self, request: Request) -> Response:
-        node_id = request.path_params["node_id"]
-        await self._store.delete_node(node_id)
-        log.info("Node %s deleted; its jobs went back to the queue", node_id)
-        return JSONResponse({"status": "deleted", "node_id": node_id})
+        node = await self._store.delete_node(request.path_params["ref"])
+        log.info("Node %s (%s) deleted; its jobs went back to the queue", node.address, node.id)
+        return JSONResponse({"status": "deleted", "node_id": node.id, "address": node.address})
 
     async def drain_node(self, request: Request) -> Response:
-        """Extension: the node finishes its jobs and gets no more, told by event or heartbeat."""
-        node = await self._store.drain_node(request.path_params["node_id"])
+        """Extension: the node finishes its jobs and gets no more until undrained, told by event or heartbeat.
+
+        The master keeps the drain, so it holds while the agent restarts or is offline.
+        """
+        node = await self._store.change_node(request.path_params["ref"], scheduler.drain)
         self._hub.send(node.id, AgentEvent.drain())
         log.info("Node %s (%s) is draining", node.address, node.id)
         return JSONResponse(node.to_json())
+
+    async def undrain_node(self, request: Request) -> Response:
+        """Extension: a drained node is given jobs again; woken at once when connected."""
+        node = await self._store.change_node(request.path_params["ref"], scheduler.undrain)
+        self._hub.send(node.id, AgentEvent.job_available())
+        log.info("Node %s (%s) is no longer drained", node.address, node.id)
+        return JSONResponse(node.to_json())
+
+    async def deregister_node(self, request: Request) -> Response:
+        """Extension: an agent stopping cleanly says goodbye; its node is offline at once.
+
+        Jobs still leased to it go back to the queue, as for a node gone silent,
+        without the wait of three missed heartbeats.
+        """
+        node_id = request.path_params["node_id"]
+        await self.guard.check_node(request, node_id)
+        handed_back = await self._store.deregister_node(node_id)
+        _log_handed_back(handed_back)
+        log.info("Node %s deregistered: offline until it registers again", node_id)
+        return JSONResponse({"status": "offline", "node_id": node_id, "handed_back": [job.id for job in handed_back]})
 
     async def events(self, websocket: WebSocket) -> None:
         """Extension ``WS /nodes/{id}/events``: push events until the node hangs up.
@@ -353,7 +401,8 @@ class _Api:
             )
         job = await self._store.submit(job_request, self._config.max_retries)
         log.info("Job %s submitted (#%d, scenario: %s)", job.id, job.sequence_number, job.scenario)
-        return JSONResponse(job.to_json(), status_code=201)
+        [explained] = await self._explained([job])
+        return JSONResponse(explained.to_json(), status_code=201)
 
     async def list_jobs(self, request: Request) -> Response:
         """One page of jobs in submission order; ``next_cursor`` (null on the last) asks for the next."""
@@ -365,13 +414,12 @@ class _Api:
         jobs = await self._store.list_jobs(
             query.status, node=query.node, queue=query.queue, after=query.after, limit=query.limit + 1
         )
-        page = jobs[: query.limit]
+        page = await self._explained(jobs[: query.limit])
         cursor = cursor_after(page[-1].sequence_number) if len(jobs) > query.limit else None
         return JSONResponse({"jobs": [job.to_json() for job in page], "count": len(page), "next_cursor": cursor})
 
     async def get_job(self, request: Request) -> Response:
-        job = await self._store.get_job(request.path_params["ref"])
-        return JSONResponse(job.to_json())
+        return await self._explained_one(await self._store.get_job(request.path_params["ref"]))
 
     async def job_logs(self, request: Request) -> Response:
         job = await self._store.get_job(request.path_params["ref"])
@@ -430,7 +478,7 @@ class _Api:
             if before.status is JobStatus.PROCESSING and job.status is not JobStatus.PROCESSING:
                 self._hub.send(before.node_id, AgentEvent.cancel(job.id))
             log.info("Job %s is now %s", job.id, job.status.value)
-            return JSONResponse(job.to_json())
+            return await self._explained_one(job)
 
         return change
 

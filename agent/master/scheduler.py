@@ -29,6 +29,7 @@ from ..models import (
 __all__ = [
     "DRAINING",
     "HARDWARE_CODECS",
+    "OFFLINE",
     "OFFLINE_AFTER_BEATS",
     "FREE_HANDBACKS",
     "Conflict",
@@ -46,17 +47,23 @@ __all__ = [
     "is_live",
     "is_overdue",
     "is_silent",
+    "is_prunable",
     "jobs_to_cancel",
     "mark_offline",
     "mark_seen",
     "merge_registration",
+    "node_max_jobs",
     "pause",
     "record_progress",
     "resume",
     "retry",
     "runnable",
     "timeout_of",
+    "undrain",
     "unreported_leases",
+    "waiting_reason",
+    "with_job",
+    "without_job",
 ]
 
 # A node that misses this many heartbeats in a row is offline: one late beat is
@@ -71,8 +78,9 @@ HARDWARE_CODECS = ("nvenc", "qsv", "vaapi")
 # node can bounce a job for ever.
 FREE_HANDBACKS = 3
 
-# Node status set by the operator: the node finishes its jobs and is given no more.
+# Status of a live node the operator drained: it finishes its jobs and is given no more.
 DRAINING = "draining"
+OFFLINE = "offline"
 
 
 class Conflict(Exception):
@@ -138,9 +146,29 @@ def runnable(candidates: Iterable[Job], node: Node) -> list[Job]:
     Skipping, not stopping, means a GPU job at the head of the queue does not
     block the CPU jobs behind it. A draining node runs nothing new.
     """
-    if node.status == DRAINING:
+    if _is_drained(node):
         return []
     return [job for job in candidates if can_run(job, node)]
+
+
+def waiting_reason(job: Job, nodes: Iterable[Node], now: dt.datetime, heartbeat_interval: float) -> str:
+    """Why a pending job cannot start on any live node, or ``""`` when one could take it.
+
+    The first reason that holds is given, so the operator reads what to change:
+    no node at all, no node with the hardware codec the job names, or only
+    drained nodes that could run it.
+    """
+    if job.status is not JobStatus.PENDING:
+        return ""
+    live = [node for node in nodes if is_live(node, now, heartbeat_interval)]
+    if not live:
+        return "waiting: no node is online"
+    capable = [node for node in live if can_run(job, node)]
+    if not capable:
+        return f"waiting: no node offers {_hardware_codec(job)}"
+    if all(_is_drained(node) for node in capable):
+        return "waiting: every node that can run it is draining (ffrtmp nodes undrain NODE)"
+    return ""
 
 
 def claim(job: Job, node: Node, now: dt.datetime) -> Job:
@@ -392,53 +420,101 @@ def merge_registration(
     (``proven``: it showed the token of the node's last run) takes over at once;
     one that cannot, only when the node is no longer live, so two running
     agents never share a name. A returning agent is alive: its status goes back
-    to available.
+    to available, or stays draining when the operator drained it, so a
+    restarted agent (systemd, Docker, Kubernetes) does not undo a drain.
+    ``max_concurrent_jobs`` comes from the registration's label of that name
+    until the first heartbeat reports it.
 
     Raises:
         NameTaken: the address belongs to a live node and the registration is not proven.
     """
     described = attrs.asdict(registration, recurse=False)
     del described["node_token"]
+    slots = node_max_jobs(registration)
     if existing is None:
-        return Node(id=new_id, registered_at=now, last_heartbeat=now, **described)
+        return Node(
+            id=new_id, registered_at=now, last_heartbeat=now, max_concurrent_jobs=slots, **described
+        )
     if not proven and is_live(existing, now, heartbeat_interval):
         raise NameTaken(existing, now)
     held = registration.active_job_ids
-    return attrs.evolve(
+    returned = attrs.evolve(
         existing,
-        status="available",
         last_heartbeat=now,
         incarnation=existing.incarnation + 1,
         current_job_id=held[0] if held else "",
+        max_concurrent_jobs=slots,
         **described,
     )
+    return attrs.evolve(returned, status=_live_status(returned))
+
+
+def node_max_jobs(registration: NodeRegistration) -> int:
+    """The agent's own limit, from its ``max_concurrent_jobs`` label; 1 when it sends none (the Go agent)."""
+    label = registration.labels.get("max_concurrent_jobs", "")
+    return max(1, int(label)) if label.isascii() and label.isdigit() and len(label) < 7 else 1
+
+
+def _is_drained(node: Node) -> bool:
+    # A row written before the flag existed says so in its status only.
+    return node.draining or node.status == DRAINING
+
+
+def _live_status(node: Node) -> str:
+    """The status of a node heard from: drained, every slot taken, or room for more."""
+    if _is_drained(node):
+        return DRAINING
+    return "busy" if len(node.active_job_ids) >= node.max_concurrent_jobs else "available"
+
+
+def with_job(node: Node, job_id: str) -> Node:
+    """The node just leased ``job_id``: shown as running it before its next heartbeat says so."""
+    if job_id in node.active_job_ids:
+        return node
+    return _running(node, [*node.active_job_ids, job_id])
+
+
+def without_job(node: Node, job_id: str) -> Node:
+    """The node no longer holds ``job_id`` (canceled, paused, timed out, or its result came in)."""
+    if job_id not in node.active_job_ids:
+        return node
+    return _running(node, [held for held in node.active_job_ids if held != job_id])
+
+
+def _running(node: Node, active: list[str]) -> Node:
+    changed = attrs.evolve(node, active_job_ids=active, current_job_id=active[0] if active else "")
+    return changed if node.status == OFFLINE else attrs.evolve(changed, status=_live_status(changed))
 
 
 def apply_heartbeat(
-    node: Node, report: HeartbeatReport | None, leased_job_ids: list[str], now: dt.datetime
+    node: Node,
+    report: HeartbeatReport | None,
+    leased_job_ids: list[str],
+    now: dt.datetime,
+    stopping: Iterable[str] = (),
 ) -> Node:
     """The node after a heartbeat.
 
     Without a report (the Go agent sends none) the node's jobs are the ones the
-    master leased to it. ``busy`` means every slot is taken, so an operator sees
-    at a glance which nodes could take more work.
+    master leased to it. Jobs it is told to stop (``stopping``: canceled,
+    paused, leased elsewhere) are no longer shown as its own. ``busy`` means
+    every slot is taken, so an operator sees at a glance which nodes could
+    take more work.
     """
     if report is None:
         active, slots = leased_job_ids, node.max_concurrent_jobs
     else:
         active, slots = list(report.active_job_ids), max(1, report.max_concurrent_jobs)
-    if node.status == DRAINING:
-        status = DRAINING
-    else:
-        status = "busy" if len(active) >= slots else "available"
-    return attrs.evolve(
+    stopped = set(stopping)
+    active = [job_id for job_id in active if job_id not in stopped]
+    beaten = attrs.evolve(
         node,
-        status=status,
         active_job_ids=active,
         current_job_id=active[0] if active else "",
         max_concurrent_jobs=slots,
         last_heartbeat=now,
     )
+    return attrs.evolve(beaten, status=_live_status(beaten))
 
 
 def jobs_to_cancel(node_id: str, reported: Iterable[str], jobs: Mapping[str, Job]) -> list[str]:
@@ -481,36 +557,61 @@ def unreported_leases(
 def is_silent(node: Node, now: dt.datetime, heartbeat_interval: float) -> bool:
     """Whether a node missed :data:`OFFLINE_AFTER_BEATS` heartbeats and counts as offline."""
     seen = node.last_heartbeat or node.registered_at
-    if node.status == "offline" or seen is None:
+    if node.status == OFFLINE or seen is None:
         return False
     return (now - seen).total_seconds() > OFFLINE_AFTER_BEATS * heartbeat_interval
 
 
 def is_live(node: Node, now: dt.datetime, heartbeat_interval: float) -> bool:
     """Whether an agent is running as this node: not offline, and heard from lately."""
-    return node.status != "offline" and not is_silent(node, now, heartbeat_interval)
+    return node.status != OFFLINE and not is_silent(node, now, heartbeat_interval)
 
 
 def mark_seen(node: Node, now: dt.datetime) -> Node:
     """The node after any sign of life: a claim proves it is alive as well as a heartbeat."""
-    status = "available" if node.status == "offline" else node.status
-    return attrs.evolve(node, status=status, last_heartbeat=now)
+    seen = attrs.evolve(node, last_heartbeat=now)
+    return attrs.evolve(seen, status=_live_status(seen)) if node.status == OFFLINE else seen
 
 
 def drain(node: Node) -> Node:
-    """A node told to finish its jobs and take no more; registering again undoes it.
+    """A node told to finish its jobs and take no more, until :func:`undrain`.
+
+    The master keeps the drain: the agent stays connected and idle, and an
+    agent restarted under the node's name (or an offline node coming back)
+    is still drained.
+    """
+    drained = attrs.evolve(node, draining=True)
+    return drained if node.status == OFFLINE else attrs.evolve(drained, status=DRAINING)
+
+
+def undrain(node: Node) -> Node:
+    """A drained node given jobs again.
 
     Raises:
-        Conflict: the node is offline, so it cannot be told.
+        Conflict: the node is not drained.
     """
-    if node.status == "offline":
-        raise Conflict(f"node {node.address} is offline; there is nothing to drain")
-    return attrs.evolve(node, status=DRAINING)
+    if not _is_drained(node):
+        raise Conflict(f"node {node.address} is not drained (it is {node.status})")
+    if node.status == OFFLINE:
+        return attrs.evolve(node, draining=False)
+    undrained = attrs.evolve(node, draining=False, status="available")
+    return attrs.evolve(undrained, status=_live_status(undrained))
 
 
 def mark_offline(node: Node) -> Node:
-    """A silent node: offline, holding no jobs (they go back to the queue)."""
-    return attrs.evolve(node, status="offline", active_job_ids=[], current_job_id="")
+    """A silent or departed node: offline, holding no jobs (they go back to the queue)."""
+    return attrs.evolve(
+        node, status=OFFLINE, active_job_ids=[], current_job_id="", draining=_is_drained(node)
+    )
+
+
+def is_prunable(node: Node, now: dt.datetime, retention: float) -> bool:
+    """Whether an offline node was last heard from over ``retention`` seconds ago (0 keeps it)."""
+    seen = node.last_heartbeat or node.registered_at
+    return (
+        retention > 0 and node.status == OFFLINE and seen is not None
+        and (now - seen).total_seconds() > retention
+    )
 
 
 def hand_back_lost(job: Job, node: Node, why: str, now: dt.datetime) -> Job:

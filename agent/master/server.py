@@ -40,14 +40,14 @@ def _bind(host: str, port: int) -> str:
 
 
 async def keep_house(store: Store, hub: EventHub, config: MasterConfig) -> None:
-    """Mark silent nodes offline, time out overdue jobs, delete old ones; runs until cancelled.
+    """Mark silent nodes offline, forget long-offline ones, time out overdue jobs, delete old ones.
 
     Checking every half heartbeat interval bounds the delay past a node's
     deadline to half a beat. A node offline after :data:`OFFLINE_AFTER_BEATS`
     missed beats gets its jobs requeued; a job past its timeout by one more
     beat (the agent's own ``timeout`` result had that long to arrive) is failed
     on the master and its node told to stop it. A database error skips one
-    round, so a database restart does not take the master down.
+    round, so a database restart does not take the master down. Runs until cancelled.
     """
     while True:
         await trio.sleep(config.heartbeat_interval / 2)
@@ -65,6 +65,11 @@ async def _sweep(store: Store, hub: EventHub, config: MasterConfig) -> None:
             node.id,
             OFFLINE_AFTER_BEATS,
         )
+    for node in await store.prune_offline_nodes(config.node_retention):
+        log.info(
+            "Forgot node %s (%s): offline for over %s (--node-retention)",
+            node.address, node.id, _hours(config.node_retention),
+        )
     for before, after in await store.expire_overdue_jobs(config.job_timeout, config.heartbeat_interval):
         hub.send(before.node_id, AgentEvent.cancel(before.id))
         log.warning("Job %s timed out on the master (now %s): %s", after.id, after.status.value, after.error)
@@ -72,6 +77,10 @@ async def _sweep(store: Store, hub: EventHub, config: MasterConfig) -> None:
         cutoff = utcnow() - dt.timedelta(days=config.cleanup_retention)
         if deleted := await store.delete_finished_before(cutoff):
             log.info("Deleted %d jobs finished over %g days ago", deleted, config.cleanup_retention)
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:g}h" if seconds >= 3600 else f"{seconds:g}s"
 
 
 async def serve_master(

@@ -69,7 +69,7 @@ def test_a_gpu_job_does_not_block_the_cpu_jobs_behind_it() -> None:
 
 
 def test_a_draining_node_is_given_nothing_and_keeps_draining() -> None:
-    """Heartbeats keep the draining status; registering again ends it; offline nodes refuse."""
+    """Heartbeats, a restart under the name and an offline spell all keep the drain; undrain ends it."""
     draining = scheduler.drain(NODE)
     assert scheduler.runnable([job(1)], draining) == []
     beaten = scheduler.apply_heartbeat(draining, HeartbeatReport(), [], T0)
@@ -77,9 +77,73 @@ def test_a_draining_node_is_given_nothing_and_keeps_draining() -> None:
     again = scheduler.merge_registration(
         beaten, NodeRegistration(address=NODE.address), "new", T0, proven=True, heartbeat_interval=30.0
     )
-    assert again.status == "available"
-    with pytest.raises(Conflict, match="offline"):
-        scheduler.drain(scheduler.mark_offline(NODE))
+    assert again.status == scheduler.DRAINING and again.draining
+    gone = scheduler.mark_offline(again)
+    assert gone.status == scheduler.OFFLINE and gone.draining
+    assert scheduler.mark_seen(gone, T0).status == scheduler.DRAINING
+    undrained = scheduler.undrain(again)
+    assert (undrained.status, undrained.draining) == ("available", False)
+    assert scheduler.runnable([job(1)], undrained) == [job(1)]
+    with pytest.raises(Conflict, match="not drained"):
+        scheduler.undrain(undrained)
+
+
+def test_an_offline_node_can_be_drained_before_it_comes_back() -> None:
+    """The drain is kept on the row; the node stays offline until it is heard from."""
+    drained = scheduler.drain(scheduler.mark_offline(NODE))
+    assert (drained.status, drained.draining) == (scheduler.OFFLINE, True)
+
+
+def test_a_node_row_shows_leases_and_releases_at_once() -> None:
+    """with_job on a claim, without_job on a cancel; busy when every slot is taken."""
+    one_slot = attrs.evolve(NODE, max_concurrent_jobs=1)
+    running = scheduler.with_job(one_slot, "j1")
+    assert (running.current_job_id, running.active_job_ids, running.status) == ("j1", ["j1"], "busy")
+    released = scheduler.without_job(running, "j1")
+    assert (released.current_job_id, released.active_job_ids, released.status) == ("", [], "available")
+    assert scheduler.without_job(released, "j1") is released
+
+
+def test_a_heartbeat_does_not_show_jobs_the_node_is_told_to_stop() -> None:
+    """A canceled job still in the node's report is not its current job."""
+    report = HeartbeatReport(active_job_ids=["j1", "j2"], max_concurrent_jobs=2)
+    beaten = scheduler.apply_heartbeat(NODE, report, [], T0, stopping=["j1"])
+    assert (beaten.current_job_id, beaten.active_job_ids) == ("j2", ["j2"])
+
+
+def test_a_registration_takes_the_agents_limit_from_its_label() -> None:
+    """MAX_JOBS is the agent's real limit from the start, also for a node registered anew."""
+    registration = NodeRegistration(address="fresh:9091", labels={"max_concurrent_jobs": "2"})
+    fresh = scheduler.merge_registration(None, registration, "n9", T0, proven=False, heartbeat_interval=30.0)
+    assert fresh.max_concurrent_jobs == 2
+    for label in ("", "two", "-3", "0", "99999999999"):
+        registration = NodeRegistration(address="x", labels={"max_concurrent_jobs": label})
+        assert scheduler.node_max_jobs(registration) == 1
+
+
+def test_offline_nodes_are_prunable_after_the_retention() -> None:
+    """Only offline nodes, only past the retention, never with retention 0."""
+    old = attrs.evolve(scheduler.mark_offline(NODE), last_heartbeat=T0)
+    later = T0 + dt.timedelta(hours=25)
+    assert scheduler.is_prunable(old, later, 24 * 3600)
+    assert not scheduler.is_prunable(old, T0 + dt.timedelta(hours=23), 24 * 3600)
+    assert not scheduler.is_prunable(old, later, 0)
+    assert not scheduler.is_prunable(attrs.evolve(NODE, last_heartbeat=T0), later, 24 * 3600)
+
+
+def test_a_pending_job_says_why_no_node_takes_it() -> None:
+    """No node; no node with the codec; only drained nodes; nothing when a node could take it."""
+    nvenc = job(1, parameters={"hardware": "nvenc"})
+    live = attrs.evolve(NODE, last_heartbeat=T0)
+    assert scheduler.waiting_reason(nvenc, [], T0, 30.0) == "waiting: no node is online"
+    assert scheduler.waiting_reason(nvenc, [live], T0, 30.0) == "waiting: no node offers nvenc"
+    silent_gpu = attrs.evolve(live, has_gpu=True, last_heartbeat=T0 - dt.timedelta(minutes=5))
+    assert scheduler.waiting_reason(nvenc, [live, silent_gpu], T0, 30.0) == "waiting: no node offers nvenc"
+    assert scheduler.waiting_reason(job(2), [scheduler.drain(live)], T0, 30.0).startswith(
+        "waiting: every node that can run it is draining"
+    )
+    assert scheduler.waiting_reason(job(2), [live], T0, 30.0) == ""
+    assert scheduler.waiting_reason(leased(3), [], T0, 30.0) == ""
 
 
 def test_hardware_codecs_need_a_gpu_that_offers_them() -> None:

@@ -146,11 +146,20 @@ class Store(Protocol):
 
     async def list_nodes(self) -> list[Node]: ...
 
-    async def drain_node(self, node_id: str) -> Node:
-        """Give the node no more jobs and tell it to drain on its next heartbeat."""
+    async def get_node(self, ref: str) -> Node:
+        """A node by id, or by name (its address)."""
 
-    async def delete_node(self, node_id: str) -> None:
-        """Forget a node; the jobs it held go back to the queue."""
+    async def change_node(self, ref: str, change: Callable[[Node], Node]) -> Node:
+        """Apply one scheduler rule (drain, undrain) to the node with that id or name; the node after."""
+
+    async def delete_node(self, ref: str) -> Node:
+        """Forget the node with that id or name; the jobs it held go back to the queue."""
+
+    async def deregister_node(self, node_id: str) -> list[Job]:
+        """A node's agent stopped cleanly: the node is offline at once; returns the jobs handed back."""
+
+    async def prune_offline_nodes(self, retention: float) -> list[Node]:
+        """Forget the nodes offline for over ``retention`` seconds (see ``scheduler.is_prunable``)."""
 
     async def mark_silent_nodes_offline(self, heartbeat_interval: float) -> list[Node]:
         """Mark offline the nodes that missed their heartbeats and requeue their jobs."""

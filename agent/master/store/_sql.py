@@ -223,13 +223,46 @@ class SqlStore:
         )
 
     def _load_node(self, tx: Transaction, node_id: str, *, lock: bool = True) -> Node:
-        """The node by id; locked unless only reading."""
+        """The node by id, for the calls an agent makes as its node; locked unless only reading."""
+        node = self._node_or_none(tx, node_id, lock=lock)
+        if node is None:
+            raise NotFound(f"node {node_id} not found; register it first")
+        return node
+
+    def _node_or_none(self, tx: Transaction, node_id: str, *, lock: bool = True) -> Node | None:
         locking = self._sql.lock if lock else ""
         # A NUL is no node's id, and PostgreSQL refuses it in a query.
         rows = tx.rows(f"SELECT body FROM nodes WHERE id = ?{locking}", [node_id]) if "\x00" not in node_id else []
-        if not rows:
-            raise NotFound(f"node {node_id} not found; register it first")
-        return next(_nodes(rows))
+        return next(_nodes(rows), None)
+
+    def _find_node(self, tx: Transaction, ref: str, *, lock: bool = True) -> Node:
+        """The node by id or by name (its address, as ``nodes list`` shows it), for operators."""
+        node = self._node_or_none(tx, ref, lock=lock)
+        if node is None and "\x00" not in ref:
+            rows = tx.rows(f"SELECT body FROM nodes WHERE address = ?{self._sql.lock if lock else ''}", [ref])
+            node = next(_nodes(rows), None)
+        if node is None:
+            raise NotFound(f"node {ref} not found: give a node id or name as 'ffrtmp nodes list' shows them")
+        return node
+
+    def _lock_job_and_holder(self, tx: Transaction, ref: str) -> tuple[Job, Node | None]:
+        """The job and the node it is leased to, both locked, node first (see the module notes)."""
+        seen = self._load_job(tx, ref, lock=False)
+        holder = self._node_or_none(tx, seen.node_id) if seen.node_id else None
+        job = self._load_job(tx, seen.id)
+        if holder is not None and job.node_id != holder.id:
+            holder = None  # leased elsewhere in between; that node's heartbeat puts its row right
+        return job, holder
+
+    def _release(self, tx: Transaction, holder: Node | None, before: Job, after: Job) -> None:
+        """Take a job off its node's row once the node no longer holds it, so the row is true at once."""
+        if holder is None or before.status is not JobStatus.PROCESSING:
+            return
+        if after.status is JobStatus.PROCESSING and after.node_id == holder.id:
+            return
+        released = scheduler.without_job(holder, before.id)
+        if released != holder:
+            self._save_node(tx, released)
 
     def _save_node(self, tx: Transaction, node: Node) -> None:
         node_id, *values = _node_params(node)
@@ -349,6 +382,7 @@ class SqlStore:
                 if chosen is not None:
                     job = scheduler.claim(chosen, node, now)
                     self._save_job(tx, job)
+                    self._save_node(tx, scheduler.with_job(node, job.id))
                     return job
             return None
 
@@ -358,11 +392,14 @@ class SqlStore:
         now = utcnow()
 
         def apply(tx: Transaction) -> scheduler.ResultOutcome:
-            outcome = scheduler.decide_result(self._load_job(tx, result.job_id), result, now)
+            holder = self._node_or_none(tx, result.node_id)  # node first, then the job
+            job = self._load_job(tx, result.job_id)
+            outcome = scheduler.decide_result(job, result, now)
             if outcome.changed:
                 self._save_job(tx, outcome.job)
                 if outcome.job.status is JobStatus.PENDING:
                     self._announce(tx)
+            self._release(tx, holder if job.node_id == result.node_id else None, job, outcome.job)
             return outcome
 
         outcome = await self._db.write(apply)
@@ -372,9 +409,10 @@ class SqlStore:
 
     async def change_job(self, ref: str, change: Callable[[Job], Job]) -> tuple[Job, Job]:
         def apply(tx: Transaction) -> tuple[Job, Job]:
-            before = self._load_job(tx, ref)
+            before, holder = self._lock_job_and_holder(tx, ref)
             after = change(before)
             self._save_job(tx, after)
+            self._release(tx, holder, before, after)
             if after.status is JobStatus.PENDING:
                 self._announce(tx)
             return before, after
@@ -395,10 +433,11 @@ class SqlStore:
             for seen in _jobs(running):
                 if not scheduler.is_overdue(seen, now, default_timeout, grace):
                     continue
-                job = self._load_job(tx, seen.id)  # locked now; its result may have come first
+                job, holder = self._lock_job_and_holder(tx, seen.id)  # its result may have come first
                 if scheduler.is_overdue(job, now, default_timeout, grace):
                     after = scheduler.expire(job, now).job
                     self._save_job(tx, after)
+                    self._release(tx, holder, job, after)
                     expired.append((job, after))
             if any(after.status is JobStatus.PENDING for _, after in expired):
                 self._announce(tx)
@@ -489,13 +528,10 @@ class SqlStore:
                     f"SELECT body FROM jobs WHERE id IN ({_placeholders(len(reported))})", reported
                 )
                 known = {job.id: job for job in _jobs(rows)}
-            node = scheduler.apply_heartbeat(node, report, leased, now)
+            stop = scheduler.jobs_to_cancel(node_id, reported, known)
+            node = scheduler.apply_heartbeat(node, report, leased, now, stopping=stop)
             self._save_node(tx, node)
-            reply = HeartbeatReply(
-                cancel_job_ids=scheduler.jobs_to_cancel(node_id, reported, known),
-                drain=node.status == scheduler.DRAINING,
-            )
-            return reply, lost
+            return HeartbeatReply(cancel_job_ids=stop, drain=node.status == scheduler.DRAINING), lost
 
         reply, lost = await self._db.write(beat)
         if lost:
@@ -507,25 +543,61 @@ class SqlStore:
             lambda tx: list(_nodes(tx.rows("SELECT body FROM nodes ORDER BY address")))
         )
 
-    async def drain_node(self, node_id: str) -> Node:
+    async def get_node(self, ref: str) -> Node:
+        return await self._db.read(lambda tx: self._find_node(tx, ref, lock=False))
+
+    async def change_node(self, ref: str, change: Callable[[Node], Node]) -> Node:
         def apply(tx: Transaction) -> Node:
-            node = scheduler.drain(self._load_node(tx, node_id))
+            node = change(self._find_node(tx, ref))
             self._save_node(tx, node)
             return node
 
-        return await self._db.write(apply)
+        node = await self._db.write(apply)
+        self.ring()  # an undrained node may claim at once
+        return node
 
-    async def delete_node(self, node_id: str) -> None:
-        def delete(tx: Transaction) -> int:
-            node = self._load_node(tx, node_id)
-            leased = self._leased_jobs(tx, node_id, lock=True)
+    async def delete_node(self, ref: str) -> Node:
+        def delete(tx: Transaction) -> tuple[Node, int]:
+            node = self._find_node(tx, ref)
+            leased = self._leased_jobs(tx, node.id, lock=True)
             requeued = self._hand_back(tx, node, leased, "was deleted while holding the job", utcnow())
-            tx.run("DELETE FROM nodes WHERE id = ?", [node_id])
-            tx.run("DELETE FROM node_tokens WHERE node_id = ?", [node_id])
-            return len(requeued)
+            self._forget_node(tx, node.id)
+            return node, len(requeued)
 
-        if await self._db.write(delete):
+        node, requeued = await self._db.write(delete)
+        if requeued:
             self.ring()
+        return node
+
+    def _forget_node(self, tx: Transaction, node_id: str) -> None:
+        tx.run("DELETE FROM nodes WHERE id = ?", [node_id])
+        tx.run("DELETE FROM node_tokens WHERE node_id = ?", [node_id])
+
+    async def deregister_node(self, node_id: str) -> list[Job]:
+        now = utcnow()
+
+        def depart(tx: Transaction) -> list[Job]:
+            node = self._load_node(tx, node_id)
+            self._save_node(tx, scheduler.mark_offline(node))
+            leased = self._leased_jobs(tx, node.id, lock=True)
+            return self._hand_back(tx, node, leased, "stopped while holding the job", now)
+
+        handed_back = await self._db.write(depart)
+        if handed_back:
+            self.ring()
+        return handed_back
+
+    async def prune_offline_nodes(self, retention: float) -> list[Node]:
+        now = utcnow()
+
+        def prune(tx: Transaction) -> list[Node]:
+            offline = _nodes(tx.rows(f"SELECT body FROM nodes WHERE status = ?{self._sql.lock}", [scheduler.OFFLINE]))
+            pruned = [node for node in offline if scheduler.is_prunable(node, now, retention)]
+            for node in pruned:
+                self._forget_node(tx, node.id)
+            return pruned
+
+        return await self._db.write(prune)
 
     async def mark_silent_nodes_offline(self, heartbeat_interval: float) -> list[Node]:
         now = utcnow()
