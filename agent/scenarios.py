@@ -12,6 +12,7 @@ Plain code: nothing here starts a process or touches the network.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import math
 import re
@@ -29,6 +30,7 @@ __all__ = [
     "CODECS",
     "DEFAULT_DURATION_S",
     "HARDWARE_CHOICES",
+    "PARAMETERS",
     "VP9_PRESETS",
     "EncodeSpec",
     "JobRejected",
@@ -243,6 +245,26 @@ def default_bitrate(width: int, height: int, fps: float, codec: str) -> str:
     return f"{int(round(kbps / 50) * 50)}k"
 
 
+# Every key a job's parameters may hold; any other is refused, so a typo
+# (presett=fast) fails at submit instead of running silently with the default.
+PARAMETERS = (
+    "bitrate", "codec", "duration", "fps", "hardware", "input", "output", "output_mode", "preset",
+    "realtime", "resolution", "resource_limits", "rtmp_url", "stream_key",
+)
+
+
+def _check_keys(params: dict[str, Any]) -> None:
+    unknown = sorted(set(params) - set(PARAMETERS))
+    if not unknown:
+        return
+    guesses = [match for key in unknown for match in difflib.get_close_matches(key, PARAMETERS, n=1)]
+    hint = f" (did you mean {', '.join(guesses)}?)" if guesses else ""
+    raise JobRejected(
+        "parameters",
+        f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}{hint}; known keys: {', '.join(PARAMETERS)}",
+    )
+
+
 def build_spec(
     job: Job,
     *,
@@ -253,8 +275,8 @@ def build_spec(
 ) -> EncodeSpec:
     """Apply a job's parameters over its scenario and validate every value.
 
-    Unknown parameter keys are ignored, so a newer master can send more; a known
-    key with a value we do not accept is rejected, never silently dropped.
+    A key not in :data:`PARAMETERS` is rejected, naming the known ones, as is a
+    known key with a value we do not accept: nothing is silently dropped.
 
     Args:
         job: the claimed job.
@@ -279,6 +301,7 @@ def build_spec(
     """
     scenario = Scenario.parse(job.scenario)
     params = job.parameters
+    _check_keys(params)
 
     def given(key: str) -> bool:
         return params.get(key) is not None

@@ -3,7 +3,8 @@
 A job the master can judge is refused there with a 400 naming the field (413
 for an oversize body); what only the worker can judge (local paths, private
 addresses) reaches it and fails as ``user_error``; unknown fields are ignored,
-as the wire protocol says. After every case the same master and agent still
+as the wire protocol says, but unknown job parameters are refused (a typo must
+not run with the default). After every case the same master and agent still
 complete a normal job. Hypothesis then fuzzes every route of a second master.
 
 Network rules: both masters and the agent are real processes on 127.0.0.1,
@@ -231,9 +232,13 @@ AT_THE_WORKER = [
     ),
     Case(
         "unknown fields are ignored",
-        json.dumps({**NORMAL, "command": "rm -rf /", "parameters": {"duration": 0.3, "ffmpeg_args": "-i /etc/passwd"}})
-        .encode(),
+        json.dumps({**NORMAL, "command": "rm -rf /", "parameters": {"duration": 0.3}}).encode(),
         201, "", outcome="completed",
+    ),
+    Case(
+        "an unknown parameter is refused",
+        json.dumps({**NORMAL, "parameters": {"duration": 0.3, "ffmpeg_args": "-i /etc/passwd"}}).encode(),
+        400, "unknown key ffmpeg_args",
     ),
 ]
 CASES = [*SHAPES, *UNICODE, *INJECTION, *AT_THE_WORKER]

@@ -199,9 +199,18 @@ def test_vp9_takes_x264_style_and_its_own_preset_names() -> None:
     assert spec_for("480p30-h264", codec="vp9", preset="realtime").preset == "realtime"
 
 
-def test_unknown_keys_are_ignored_and_null_means_not_given() -> None:
-    """A newer master may send keys we do not know; null leaves the default."""
-    assert spec_for(future_knob="-rf /", duration=None) == spec_for()
+def test_unknown_keys_are_refused_naming_the_known_ones() -> None:
+    """A typo does not run silently with the default: the message names it, a guess and every known key."""
+    refused = rejection(presett="fast")
+    assert refused.field == "parameters"
+    assert "unknown key presett (did you mean preset?)" in str(refused)
+    assert "known keys: bitrate, codec, duration" in str(refused)
+    assert "unknown keys future_knob, presett" in str(rejection(future_knob="-rf /", presett="fast"))
+
+
+def test_null_means_not_given() -> None:
+    """null leaves the default."""
+    assert spec_for(duration=None) == spec_for()
 
 
 def test_local_inputs_resolve_inside_an_allowed_directory(tmp_path: Path) -> None:
@@ -493,8 +502,8 @@ def test_the_public_names_are_pinned() -> None:
     import agent.scenarios
 
     assert sorted(agent.scenarios.__all__) == [
-        "CODECS", "DEFAULT_DURATION_S", "EncodeSpec", "HARDWARE_CHOICES", "JobRejected", "Scenario", "VP9_PRESETS",
-        "build_spec", "default_bitrate",
+        "CODECS", "DEFAULT_DURATION_S", "EncodeSpec", "HARDWARE_CHOICES", "JobRejected", "PARAMETERS", "Scenario",
+        "VP9_PRESETS", "build_spec", "default_bitrate",
     ]
 
 
