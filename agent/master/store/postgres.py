@@ -61,7 +61,8 @@ def _driver() -> Any:
         import psycopg
     except ImportError:
         raise StoreError(
-            "--db-dsn needs the PostgreSQL driver: pip install 'ffrtmp-agent[postgres]'"
+            "--db-dsn needs the PostgreSQL driver: install the [postgres] extra, in the repository checkout: "
+            "pip install '.[postgres]'"
         ) from None
     return psycopg
 

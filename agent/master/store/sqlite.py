@@ -6,11 +6,18 @@ millisecond, so one connection is the simplest way to make each transaction
 atomic. Write transactions still start with ``BEGIN IMMEDIATE`` so that a
 second process opening the same file cannot interleave a claim; that lock is
 also why the dialect needs no ``FOR UPDATE``.
+
+A master holds an exclusive ``flock`` on its database file while it runs, so
+a second master started on the same file warns: SQLite keeps the two
+consistent, but they share one writer lock and neither wakes the other's
+agents. Several masters belong on PostgreSQL (``--db-dsn``).
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -67,14 +74,37 @@ class _SqliteTransaction:
         return self._db.execute(sql, params).rowcount
 
 
+def _hold(path: str) -> int | None:
+    """A descriptor holding an exclusive ``flock`` on the database file; None for memory.
+
+    Warns when another process holds it: a second master on the same file.
+    ``flock`` locks do not touch the POSIX locks SQLite takes on the same file,
+    but closing any descriptor of the file drops those, so this one is closed
+    only after the connection (:meth:`SqliteDatabase.aclose`).
+    """
+    if not path:
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        log.warning(
+            "Another master is using the SQLite database %s: masters on one SQLite file share its single "
+            "writer lock and do not wake each other's agents; give each master its own --db, or share a "
+            "PostgreSQL database with --db-dsn", path,
+        )
+    return fd
+
+
 class SqliteDatabase:
     """One SQLite connection behind a one-token limiter, which also serialises transactions."""
 
     dialect = SQLITE
 
-    def __init__(self, db: sqlite3.Connection, path: str) -> None:
+    def __init__(self, db: sqlite3.Connection, path: str, held: int | None = None) -> None:
         self._db = db
         self._path = path
+        self._held = held
         self._limiter = trio.CapacityLimiter(1)
 
     async def _in_thread(self, fn: Callable[[], _T]) -> _T:
@@ -106,6 +136,8 @@ class SqliteDatabase:
         """Close the connection; shielded, so it also runs when the server is cancelled."""
         with trio.CancelScope(shield=True):
             await self._in_thread(self._db.close)
+        if self._held is not None:
+            os.close(self._held)
 
 
 class SqliteStore(SqlStore):
@@ -122,5 +154,10 @@ class SqliteStore(SqlStore):
             db = await trio.to_thread.run_sync(_connect, path)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the SQLite database {path!r}: {exc}") from exc
+        try:
+            held = _hold(path)
+        except OSError as exc:
+            db.close()
+            raise StoreError(f"cannot open the SQLite database {path!r}: {exc}") from exc
         log.debug("store opened: %s", path or "in memory")
-        return cls(SqliteDatabase(db, path))
+        return cls(SqliteDatabase(db, path, held))
