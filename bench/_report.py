@@ -11,14 +11,25 @@ import shlex
 import statistics
 import subprocess
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from agent.worker.engines.ffmpeg import find_ffmpeg
 from agent.worker.hardware import HostFacts
 
-__all__ = ["machine", "markdown_table", "median", "percentile", "write_outputs"]
+__all__ = [
+    "GOALS_NOTE", "fresh_out_dir", "goal", "goal_line", "goals_exit_code", "machine", "markdown_table", "median",
+    "percentile", "write_outputs",
+]
+
+# Where runs go unless --out says otherwise: never over the committed bench/results/.
+RUNS_DIR = Path("bench-results")
+GOALS_NOTE = (
+    "Goals: each line gives the measured value, the bar it must reach, met or NOT met, and what it measures. "
+    "A missed goal makes the exit code 1 only with --check."
+)
 
 
 def median(values: Sequence[float]) -> float:
@@ -46,14 +57,51 @@ def machine() -> dict[str, Any]:
         "ffmpeg": version.splitlines()[0] if version else ffmpeg,
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "command": shlex.join(["python", "-m", _module_name(), *sys.argv[1:]]),
+        "command": shlex.join(["python", *_how_run(), *sys.argv[1:]]),
     }
 
 
-def _module_name() -> str:
-    main = sys.modules["__main__"]
-    spec = getattr(main, "__spec__", None)
-    return spec.name if spec is not None else Path(sys.argv[0]).stem
+def _how_run() -> list[str]:
+    """``-m bench.x`` for a module run, the script's path for a file run."""
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    return ["-m", spec.name] if spec is not None else [sys.argv[0]]
+
+
+def fresh_out_dir(name: str, given: Path | None) -> Path:
+    """``given``, or a new ``bench-results/<name>-<date>-<time>`` under the current directory."""
+    if given is not None:
+        return given
+    base = RUNS_DIR / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    candidate, count = base, 1
+    while candidate.exists():
+        count += 1
+        candidate = base.with_name(f"{base.name}-{count}")
+    return candidate
+
+
+def goal(value: float, bar: float, meaning: str, *, at_most: bool = False, **context: Any) -> dict[str, Any]:
+    """One goal: ``value`` must reach ``bar`` (stay below it with ``at_most``); ``meaning`` says what it measures."""
+    met = value < bar if at_most else value >= bar
+    return {"value": value, "bar": bar, "at_most": at_most, "met": met, "meaning": meaning, **context}
+
+
+def goal_line(name: str, result: Mapping[str, Any]) -> str:
+    """``- name: 0.012, goal below 0.02: met. <what it measures>``, for the markdown and the terminal."""
+    limit = "below" if result.get("at_most") else "at least"
+    verdict = "met" if result["met"] else "NOT met"
+    return f"- {name}: {result['value']:.3f}, goal {limit} {result['bar']}: {verdict}. {result['meaning']}"
+
+
+def goals_exit_code(goals: Mapping[str, Mapping[str, Any]], *, check: bool) -> int:
+    """1 when a goal is missed and ``check`` asks for it, else 0; a missed goal is named on stderr either way."""
+    missed = [name for name, result in goals.items() if not result["met"]]
+    if not missed:
+        return 0
+    if check:
+        print(f"error: goals missed: {', '.join(missed)} (exit 1 because of --check)", file=sys.stderr)
+        return 1
+    print(f"note: goals missed: {', '.join(missed)}; --check makes that exit 1", file=sys.stderr)
+    return 0
 
 
 def _cell(value: Any) -> str:

@@ -1,8 +1,9 @@
 """Bandwidth against concurrency: the agent beside a plain process pool running the same FFmpeg commands.
 
-Usage (from the repository root; needs the ``[bench]`` extra)::
+Usage (from the repository root; needs the ``[bench]`` extra, ``pip install '.[bench]'``)::
 
     python -m bench.bandwidth_scaling --levels 1,2,4,8 --jobs 8 --duration 3 --repeats 3
+    python bench/bandwidth_scaling.py --help
 
 For each concurrency level the same jobs run twice: through the real master
 and a real agent process (``--max-concurrent-jobs N``), and as the very same
@@ -21,7 +22,9 @@ exit for the pool), aggregate bandwidth (DESIGN §4: input plus output bytes,
 in Mbit/s of 2**20 bits, over the makespan), encoded frames per second, the
 encoders' CPU use as a share of all cores, speed-up and efficiency against the
 lowest level, and the agent's own CPU time as a share of its encoders'.
-Writes ``<name>.json``, ``.csv``, ``.md`` and ``.png`` into ``--out``.
+Writes ``<name>.json``, ``.csv``, ``.md`` and ``.png`` into ``--out``, by
+default a new ``bench-results/<name>-<date>-<time>/``. Each goal line says
+what it measures; a missed goal exits 1 only with ``--check``.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file too: import this checkout
+
 import attrs
 import trio
 
@@ -51,7 +56,17 @@ from agent.worker.jobrunner import bandwidth_mbps
 from agent.worker.processes import child_env
 from agent.worker.progress import ProgressParser
 from bench._farm import BenchMaster, duration_flag, serve_bench_master, start_bench_agent
-from bench._report import machine, markdown_table, median, write_outputs
+from bench._report import (
+    GOALS_NOTE,
+    fresh_out_dir,
+    goal,
+    goal_line,
+    goals_exit_code,
+    machine,
+    markdown_table,
+    median,
+    write_outputs,
+)
 from tests.support import Processes, wait_for_jobs
 
 log = logging.getLogger("bench.bandwidth_scaling")
@@ -333,17 +348,23 @@ def _bars(summary: dict[str, Any], cores: int) -> dict[str, Any]:
     bars: dict[str, Any] = {}
     at_cores = [row for row in rows if row["level"] == cores]
     if at_cores:
-        ratio = at_cores[0]["throughput_ratio"]
-        bars["throughput_ratio_at_cores"] = {"level": cores, "value": ratio, "bar": BAR_RATIO_AT_CORES,
-                                             "met": ratio >= BAR_RATIO_AT_CORES}
-    share = max(row["agent_cpu_share"] for row in rows)
-    bars["agent_cpu_share_of_encoders"] = {"value": share, "bar": BAR_AGENT_CPU_SHARE,
-                                           "met": share < BAR_AGENT_CPU_SHARE}
+        bars["throughput_ratio_at_cores"] = goal(
+            at_cores[0]["throughput_ratio"], BAR_RATIO_AT_CORES,
+            f"The agent's bandwidth at {cores} jobs at once (one per core) over a plain process pool running "
+            "the same FFmpeg commands: 1.0 means the agent and master cost no throughput.", level=cores,
+        )
+    bars["agent_cpu_share_of_encoders"] = goal(
+        max(row["agent_cpu_share"] for row in rows), BAR_AGENT_CPU_SHARE,
+        "The agent's own CPU time as a share of its encoders' CPU time, the highest over the levels: "
+        "what the agent itself costs.", at_most=True,
+    )
     if "adaptive" in summary:
         best = max(rows, key=lambda row: row[AGENT]["bandwidth_mbps"])
-        value = summary["adaptive"]["bandwidth_mbps"] / best[AGENT]["bandwidth_mbps"]
-        bars["adaptive_vs_best_fixed"] = {"best_level": best["level"], "value": value,
-                                          "bar": BAR_ADAPTIVE_VS_BEST, "met": value >= BAR_ADAPTIVE_VS_BEST}
+        bars["adaptive_vs_best_fixed"] = goal(
+            summary["adaptive"]["bandwidth_mbps"] / best[AGENT]["bandwidth_mbps"], BAR_ADAPTIVE_VS_BEST,
+            f"Bandwidth of --max-concurrent-jobs auto --adaptive over the best fixed level ({best['level']} jobs): "
+            "how close the tuner gets without being told the answer.", best_level=best["level"],
+        )
     return bars
 
 
@@ -380,8 +401,8 @@ def markdown(summary: dict[str, Any], settings: dict[str, Any], host: dict[str, 
         f"![bandwidth and CPU against concurrency]({png})",
         "",
     ]
-    for name, bar in summary["bars"].items():
-        lines.append(f"- {name}: {bar['value']:.3f} (bar {bar['bar']}) {'met' if bar['met'] else 'NOT met'}")
+    lines += [GOALS_NOTE, ""]
+    lines += [goal_line(name, result) for name, result in summary["bars"].items()]
     if "adaptive" in summary:
         paths = ["; ".join(changes) or "unchanged" for changes in summary["adaptive"]["limit_changes"]]
         lines.append(f"- auto --adaptive limit changes per repeat: {' | '.join(paths)}")
@@ -438,8 +459,10 @@ def parser() -> argparse.ArgumentParser:
                         help=f"--adaptive-interval of that run (default {DEFAULT_ADAPTIVE_INTERVAL})")
     parser.add_argument("--poll-interval", type=duration_flag, default=DEFAULT_POLL_INTERVAL,
                         help=f"the agent's --poll-interval (default {DEFAULT_POLL_INTERVAL})")
-    parser.add_argument("--out", type=Path, default=Path("bench/results"), help="output directory (default bench/results)")
+    parser.add_argument("--out", type=Path, help="output directory (default: a new bench-results/<name>-<date>-<time>/; "
+                        "the committed results are in bench/results/)")
     parser.add_argument("--name", default="bandwidth_scaling", help="output file name stem (default bandwidth_scaling)")
+    parser.add_argument("--check", action="store_true", help="exit 1 when a goal is missed (default: report it, exit 0)")
     parser.add_argument("--work-dir", type=Path, help="inputs and outputs of the runs (default: a temporary directory)")
     return parser
 
@@ -455,16 +478,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     cores = os.cpu_count() or 1
     summary = summarise(runs, args.levels, cores)
-    settings = {key: value for key, value in vars(args).items() if key not in ("out", "work_dir")}
+    settings = {key: value for key, value in vars(args).items() if key not in ("out", "work_dir", "check")}
     host = machine()
-    png = args.out / f"{args.name}.png"
+    out = fresh_out_dir(args.name, args.out)
+    png = out / f"{args.name}.png"
     text = markdown(summary, settings, host, png.name)
-    write_outputs(args.out, args.name, {
+    write_outputs(out, args.name, {
         "machine": host, "settings": settings, "summary": summary, "runs": [run.to_json(cores) for run in runs],
     }, COLUMNS, table_rows(summary), text)
     plot(summary, png)
     print(text)
-    return 0
+    print(f"wrote {out}/{args.name}.{{json,csv,md,png}}", file=sys.stderr)
+    return goals_exit_code(summary["bars"], check=args.check)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """The agent's own cost, with an encoder that does nothing but wait: slot utilisation, dispatch latency, CPU.
 
-Usage (from the repository root; needs the ``[bench]`` extra)::
+Usage (from the repository root; needs the ``[bench]`` extra, ``pip install '.[bench]'``)::
 
     python -m bench.dispatch --durations 0.2,1,5 --concurrency 1,4,16 --repeats 3
+    python bench/dispatch.py --help
 
 The encoder is a stub that marks when it started and sleeps D seconds, so
 whatever is not D is dispatch: claiming, starting the process, reporting the
@@ -22,7 +23,9 @@ agent processes:
   either). Submissions come at random moments so polling is measured at
   every phase of its interval.
 
-Writes ``<name>.json``, ``.csv`` (utilisation rows) and ``.md`` into ``--out``.
+Writes ``<name>.json``, ``.csv`` (utilisation rows) and ``.md`` into
+``--out``, by default a new ``bench-results/<name>-<date>-<time>/``. Each
+goal line says what it measures; a missed goal exits 1 only with ``--check``.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file too: import this checkout
+
 import attrs
 import trio
 
@@ -50,7 +55,18 @@ from agent.models import Job, JobRequest, JobStatus, NodeRegistration
 from agent.scenarios import build_spec
 from agent.worker.inputs import InputCache
 from bench._farm import BenchMaster, duration_flag, serve_bench_master, start_bench_agent
-from bench._report import machine, markdown_table, median, percentile, write_outputs
+from bench._report import (
+    GOALS_NOTE,
+    fresh_out_dir,
+    goal,
+    goal_line,
+    goals_exit_code,
+    machine,
+    markdown_table,
+    median,
+    percentile,
+    write_outputs,
+)
 from bench.goloop import GoLoop
 from tests.support import Processes, wait_for_jobs
 
@@ -328,9 +344,11 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
     for (seconds, concurrency), bar in BAR_UTILISATION.items():
         row = next((r for r in rows if r["loop"] == "agent" and (r["seconds"], r["concurrency"]) == (seconds, concurrency)), None)
         if row is not None:
-            bars[f"utilisation D={seconds:g}s x{concurrency}"] = {
-                "value": row["utilisation"], "bar": bar, "met": row["utilisation"] >= bar,
-            }
+            bars[f"utilisation D={seconds:g}s x{concurrency}"] = goal(
+                row["utilisation"], bar,
+                f"Busy share of {concurrency} slots running {seconds:g} s jobs: the ideal makespan over the "
+                "measured one, first claim to last result; 1.0 means no slot ever waits for its next job.",
+            )
     return {"utilisation": rows, "latency": results["latency"], "bars": bars}
 
 
@@ -364,8 +382,8 @@ def markdown(summary: dict[str, Any], settings: dict[str, Any], host: dict[str, 
         markdown_table(LATENCY_COLUMNS, latency_rows),
         "",
     ]
-    for name, bar in summary["bars"].items():
-        lines.append(f"- {name}: {bar['value']:.3f} (bar {bar['bar']}) {'met' if bar['met'] else 'NOT met'}")
+    lines += [GOALS_NOTE, ""]
+    lines += [goal_line(name, result) for name, result in summary["bars"].items()]
     return "\n".join(lines)
 
 
@@ -409,8 +427,10 @@ def parser() -> argparse.ArgumentParser:
                         help="poll tick of the Go loop model (default 2s; the Go agent's default was 10s)")
     parser.add_argument("--go-concurrency", type=int, default=4, help="slots of the Go loop model (default 4)")
     parser.add_argument("--go-jobs", type=int, default=8, help="jobs per Go loop model run (default 8)")
-    parser.add_argument("--out", type=Path, default=Path("bench/results"), help="output directory (default bench/results)")
+    parser.add_argument("--out", type=Path, help="output directory (default: a new bench-results/<name>-<date>-<time>/; "
+                        "the committed results are in bench/results/)")
     parser.add_argument("--name", default="dispatch", help="output file name stem (default dispatch)")
+    parser.add_argument("--check", action="store_true", help="exit 1 when a goal is missed (default: report it, exit 0)")
     return parser
 
 
@@ -423,13 +443,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     summary = summarise(results)
-    settings = {key: value for key, value in vars(args).items() if key != "out"}
+    settings = {key: value for key, value in vars(args).items() if key not in ("out", "check")}
     host = machine()
     text = markdown(summary, settings, host)
-    write_outputs(args.out, args.name, {"machine": host, "settings": settings, "summary": summary, **results},
+    out = fresh_out_dir(args.name, args.out)
+    write_outputs(out, args.name, {"machine": host, "settings": settings, "summary": summary, **results},
                   UTILISATION_COLUMNS, utilisation_rows(summary), text)
     print(text)
-    return 0
+    print(f"wrote {out}/{args.name}.{{json,csv,md}}", file=sys.stderr)
+    return goals_exit_code(summary["bars"], check=args.check)
 
 
 if __name__ == "__main__":

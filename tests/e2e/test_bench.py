@@ -3,12 +3,16 @@
 The figures themselves are the scripts' business, not the tests': nothing
 here asserts a time or a ratio. Each script starts its own master on
 127.0.0.1 port 0 and its own agent processes, and stops them on the way out.
+The scripts run as modules and as files; without ``--out`` they write to a
+new directory, never over the committed ``bench/results/``.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,13 +27,40 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def run_script(module: str, *args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True, timeout=110,
-        stdin=subprocess.DEVNULL, check=False,
+def run(argv: list[str], cwd: Path = REPO, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *argv], cwd=cwd, capture_output=True, text=True, timeout=110,
+        stdin=subprocess.DEVNULL, check=False, env={**os.environ, **env},
     )
+
+
+def run_script(module: str, *args: str) -> str:
+    result = run(["-m", module, *args])
     assert result.returncode == 0, result.stderr[-5000:]
     return result.stdout
+
+
+def committed_results() -> dict[str, str]:
+    return {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in (REPO / "bench/results").iterdir()}
+
+
+@pytest.mark.parametrize("script", ["bandwidth_scaling", "dispatch"])
+def test_each_script_runs_as_a_file_and_as_a_module(script: str, tmp_path: Path) -> None:
+    """--help from another directory as a file, and from the checkout as a module: usage, exit 0."""
+    as_file = run([str(REPO / "bench" / f"{script}.py"), "--help"], cwd=tmp_path)
+    as_module = run(["-m", f"bench.{script}", "--help"])
+    for result in (as_file, as_module):
+        assert result.returncode == 0 and "--check" in result.stdout and "--out" in result.stdout, result.stderr
+
+
+def test_a_missing_extra_is_one_line_naming_the_install_command(tmp_path: Path) -> None:
+    """Without psutil: exit 2 and the [bench] extra to install, before any work; no traceback."""
+    (tmp_path / "psutil.py").write_text("raise ImportError(\"No module named 'psutil'\")\n")
+    result = run([str(REPO / "bench" / "dispatch.py"), "--help"], cwd=tmp_path, PYTHONPATH=str(tmp_path))
+    assert result.returncode == 2, result
+    assert result.stderr.strip().splitlines() == [
+        "error: the benchmarks need psutil, from the [bench] extra: pip install '.[bench]' in the repository checkout"
+    ]
 
 
 def read_csv(path: Path) -> list[list[str]]:
@@ -60,21 +91,27 @@ def test_bandwidth_scaling_writes_json_csv_markdown_and_a_png(tmp_path: Path) ->
     assert png.startswith(PNG_SIGNATURE) and len(png) > 10_000
 
 
-def test_dispatch_writes_utilisation_latency_and_go_loop_rows(tmp_path: Path) -> None:
-    """Short stub jobs at two levels, a Go loop run and every latency mode: the outputs parse."""
-    run_script(
-        "bench.dispatch", "--durations", "0.2", "--concurrency", "1,2", "--seconds", "0.4", "--repeats", "1",
-        "--latency-samples", "2", "--poll-interval", "0.5s", "--go-jobs", "2", "--go-poll-interval", "0.2s",
-        "--out", str(tmp_path), "--name", "dispatch",
-    )
-    data = json.loads((tmp_path / "dispatch.json").read_text())
+def test_dispatch_writes_utilisation_latency_and_go_loop_rows_to_a_fresh_directory(tmp_path: Path) -> None:
+    """Run as a file without --out: a new bench-results/dispatch-* directory, bench/results/ untouched; the outputs parse."""
+    before = committed_results()
+    result = run([
+        str(REPO / "bench" / "dispatch.py"), "--durations", "0.2", "--concurrency", "1,2", "--seconds", "0.4",
+        "--repeats", "1", "--latency-samples", "2", "--poll-interval", "0.5s", "--go-jobs", "2",
+        "--go-poll-interval", "0.2s",
+    ], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-5000:]
+    assert committed_results() == before
+    [out] = (tmp_path / "bench-results").iterdir()
+    assert out.name.startswith("dispatch-") and f"wrote bench-results/{out.name}/dispatch." in result.stderr
+    data = json.loads((out / "dispatch.json").read_text())
     loops = [(row["loop"], row["concurrency"]) for row in data["summary"]["utilisation"]]
     assert loops == [("agent", 1), ("agent", 2), ("Go loop model", 4)]
     assert all(0 < row["utilisation"] for row in data["summary"]["utilisation"])
     assert [entry["mode"] for entry in data["latency"]] == ["push", "long-poll", "polling"]
     measured = [entry for entry in data["latency"] if entry["available"]]
     assert measured and all(len(entry["samples_s"]) == 2 for entry in measured)
-    rows = read_csv(tmp_path / "dispatch.csv")
+    rows = read_csv(out / "dispatch.csv")
     assert rows[0] == list(dispatch.UTILISATION_COLUMNS) and len(rows) == 4
-    markdown = (tmp_path / "dispatch.md").read_text()
+    markdown = (out / "dispatch.md").read_text()
     assert "## Slot utilisation" in markdown and "## Dispatch latency" in markdown
+    assert "A missed goal makes the exit code 1 only with --check." in markdown
