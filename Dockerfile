@@ -1,13 +1,10 @@
 # The worker agent as a container: python -m agent, as a normal user.
 #
 #   docker build -t ffrtmp-agent .
-#   docker run --rm -p 9091:9091 ffrtmp-agent --master http://master:8080 --max-concurrent-jobs 4
+#   docker run -d --name agent1 -e FFRTMP_NODE_NAME=agent1 -v agent1-work:/home/ffrtmp/work \
+#     -p 9091:9091 --stop-timeout 60 ffrtmp-agent --master http://master:8080 --max-concurrent-jobs 4
 #
-# The agent handles SIGTERM itself, also as PID 1: it stops claiming, lets
-# running jobs finish for --shutdown-grace (30s), then stops the encoders and
-# reports them. It logs its worst-case stop time at start (50s by default):
-# give the container more than that, e.g. `docker stop -t 60` or Kubernetes'
-# terminationGracePeriodSeconds: 60.
+# The README's "The agent in a container" says why each part is there.
 FROM python:3.11-slim
 
 RUN useradd --create-home --uid 10001 ffrtmp
@@ -17,9 +14,20 @@ COPY agent ./agent
 RUN pip install --no-cache-dir . && rm -rf /opt/ffrtmp-agent/agent
 
 USER ffrtmp
-ENV FFRTMP_WORK_DIR=/home/ffrtmp/work
+# The work dir holds inputs, outputs, results still to be delivered (outbox/) and the
+# node's token (node-tokens/): on a volume, a restarted container is the same node and
+# keeps its files. The agent and the HEALTHCHECK both read FFRTMP_METRICS_PORT.
+ENV FFRTMP_WORK_DIR=/home/ffrtmp/work \
+    FFRTMP_METRICS_PORT=9091
+RUN mkdir -p /home/ffrtmp/work
+VOLUME ["/home/ffrtmp/work"]
 EXPOSE 9091
+# First SIGTERM drains: running jobs get --shutdown-grace (30s), then their encoders
+# are stopped (--kill-timeout, 10s) and the results reported (up to 10s): 50s at worst
+# with the defaults, as the agent logs at start. docker stop waits 10s unless told
+# (--stop-timeout 60 above, docker stop -t 60, Compose stop_grace_period: 60s,
+# Kubernetes terminationGracePeriodSeconds: 60).
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s \
-  CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:9091/health', timeout=4).status != 200)"]
+  CMD ["python", "-c", "import os, sys, urllib.request; port = os.environ.get('FFRTMP_METRICS_PORT', '9091'); sys.exit(urllib.request.urlopen('http://127.0.0.1:' + port + '/health', timeout=4).status != 200)"]
 ENTRYPOINT ["python", "-m", "agent"]
