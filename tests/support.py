@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Generator, Sequence
+from typing import Callable, Generator, Sequence
 
 import attrs
 import httpx
@@ -22,7 +22,11 @@ import trio
 
 from agent.client import MasterClient
 from agent.config import API_KEY_ENV
-from agent.models import Job
+from agent.models import Job, JobResult
+from agent.scenarios import JobRejected
+from agent.worker.jobrunner import JobRunner
+from agent.worker.lifecycle import Claimed, EncoderExited, JobLife, Progressed, Report, StartEncoder
+from agent.worker.progress import ProgressSnapshot
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -189,6 +193,31 @@ class ActAsNode(httpx.Auth):
         if request.url.path.endswith("/nodes/register") and response.status_code in (200, 201):
             body = response.json()
             self.tokens[body["id"]] = body["node_token"]
+
+
+def _ignore(percent: float, snapshot: ProgressSnapshot) -> None:
+    pass
+
+
+async def run_job(
+    runner: JobRunner, job: Job, on_progress: Callable[[float, ProgressSnapshot], None] = _ignore
+) -> JobResult:
+    """One job through the runner and its lifecycle, as a worker runs it, with no master to report to."""
+    life = JobLife(job, "node-1")
+    try:
+        [action] = life.handle(Claimed(spec=runner.prepare(job)))
+    except JobRejected as exc:
+        [action] = life.handle(Claimed(rejection=str(exc)))
+    if isinstance(action, StartEncoder):
+
+        def progressed(percent: float, snapshot: ProgressSnapshot) -> None:
+            life.handle(Progressed(percent, snapshot, trio.current_time()))
+            on_progress(percent, snapshot)
+
+        outcome = await runner.run(job, action.spec, progressed, trio.CancelScope())
+        [action] = life.handle(EncoderExited(outcome))
+    assert isinstance(action, Report)
+    return action.result
 
 
 async def wait_for_jobs(client: MasterClient, ids: Sequence[str], timeout: float) -> list[Job]:

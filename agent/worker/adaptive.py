@@ -33,10 +33,8 @@ from pathlib import Path
 import attrs
 import trio
 
-from agent.models import Job
-from agent.scenarios import JobRejected, build_spec
+from agent.worker.jobs import RunningJob
 from agent.worker.metrics import AgentMetrics
-from agent.worker.state import RunningJob
 
 __all__ = [
     "AdaptiveConcurrency",
@@ -160,7 +158,7 @@ class ThroughputMeter:
         for job_id, job in running.items():
             if job_id not in self._counted:
                 self._counted[job_id] = (job, 0)
-                self._pixels[job_id] = _pixels_per_frame(job.job)
+                self._pixels[job_id] = job.spec.width * job.spec.height if job.spec is not None else 0
         for job_id, (job, frames_before) in list(self._counted.items()):
             frames = job.last_snapshot.frame if job.last_snapshot is not None else 0
             self._work += (frames - frames_before) * self._pixels[job_id]
@@ -173,14 +171,6 @@ class ThroughputMeter:
         """Megapixels counted since the last call."""
         work, self._work = self._work, 0.0
         return work / 1e6
-
-
-def _pixels_per_frame(job: Job) -> int:
-    try:
-        spec = build_spec(job)
-    except JobRejected:
-        return 0  # rejected before it encodes anything
-    return spec.width * spec.height
 
 
 @attrs.define

@@ -3,18 +3,21 @@
 ::
 
     Agent.serve
+     ├─ guardian        kills every child process should the agent die (agent.worker.guardian)
      ├─ status server   /metrics /health /ready /jobs
      ├─ heartbeat task  every heartbeat_interval; re-registers on 404
      ├─ outbox task     delivers results the master could not take when they were ready
      ├─ event listener  websocket pushes: job available, cancel, drain (when the master has them)
+     ├─ adaptive tuner  with --adaptive: sets the limiter's size from measured throughput
      └─ poller          claims while a slot is free and the breaker is closed;
-                        its job nursery holds one task per job
+                        its job nursery holds one task per job (agent.worker.jobs)
 
-Shutdown is a cancel scope, not a flag: ``drain()`` cancels the poller's scope
-and gives the job nursery a deadline of ``shutdown_grace`` seconds; when it
-passes, each job's encoder is stopped and its result reported. ``cancel_now()``
-skips the grace; ``quit()`` also skips the encoders' graceful stop and keeps
-the results in the outbox for the next start.
+Shutdown is a cancel scope, not a flag: ``drain()`` cancels the poller's scope;
+running jobs then get ``shutdown_grace`` seconds to finish, after which each
+is told to stop (``StopReason.SHUTDOWN``) and reports its result.
+``cancel_now()`` skips the grace; ``quit()`` also skips the encoders' graceful
+stop and keeps the results in the outbox for the next start. See "The worker
+agent" in docs/architecture.rst.
 """
 
 from __future__ import annotations
@@ -36,7 +39,6 @@ from agent.tls import client_context
 from agent.worker.adaptive import serve_adaptive
 from agent.worker.backoff import Backoff
 from agent.worker.breaker import BreakerState, CircuitBreaker
-from agent.worker.encoder import StopPolicy
 from agent.worker.engines.ffmpeg import EncoderNotFound, find_ffmpeg
 from agent.worker.engines.hwaccel import candidates as hardware_candidates
 from agent.worker.events import listen_events
@@ -45,6 +47,8 @@ from agent.worker.hardware import HostFacts
 from agent.worker.identity import NodeTokens
 from agent.worker.inputs import InputCache
 from agent.worker.jobrunner import JobRunner
+from agent.worker.jobs import JobTasks
+from agent.worker.lifecycle import StopReason
 from agent.worker.master_host import Decision, decide, is_master_host
 from agent.worker.metrics import AgentMetrics
 from agent.worker.poller import Poller
@@ -66,11 +70,13 @@ class Agent:
     master_as_worker: bool = False
     metrics: AgentMetrics = attrs.field(factory=AgentMetrics.create)
     poller: Poller = attrs.field(init=False)
+    jobs: JobTasks = attrs.field(init=False)
     reporter: ResultReporter = attrs.field(init=False)
     _registration: NodeRegistration | None = None
     _startup_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     _poll_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
-    _jobs_scope: trio.CancelScope | None = None
+    # The wait for running jobs to finish by themselves; cancelled, they are stopped at once.
+    _grace_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     _events_scope: trio.CancelScope | None = None
 
     def __attrs_post_init__(self) -> None:
@@ -83,13 +89,19 @@ class Agent:
             max_cooldown=self.config.breaker_max_cooldown,
             on_change=self._breaker_changed,
         )
-        self.poller = Poller(
-            client=self.client,
+        self.jobs = JobTasks(
             runner=self.runner,
+            client=self.client,
             reporter=self.reporter,
             breaker=breaker,
-            state=self.state,
             metrics=self.metrics,
+            running=self.state.running,
+        )
+        self.poller = Poller(
+            client=self.client,
+            jobs=self.jobs,
+            breaker=breaker,
+            state=self.state,
             limiter=trio.CapacityLimiter(self.config.max_concurrent_jobs),
             poll_interval=self.config.poll_interval,
             reregister=self.register,
@@ -110,24 +122,7 @@ class Agent:
             config.work_dir / "inputs", max_bytes=config.input_cache_mb * 1024 * 1024, guardian=guardian
         )
         inputs.remove_debris()
-        runner = JobRunner(
-            ffmpeg=ffmpeg,
-            work_dir=config.work_dir,
-            inputs=inputs,
-            stop=StopPolicy(interrupt_wait=config.kill_timeout * 2 / 3, terminate_wait=config.kill_timeout / 3),
-            input_dirs=config.input_dirs,
-            output_dir=config.output_dir,
-            rtmp_host=urllib.parse.urlsplit(config.master_url).hostname or "localhost",
-            job_timeout=config.job_timeout,
-            stall_timeout=config.stall_timeout,
-            guardian=guardian,
-            min_free_bytes=config.min_free_mb * 1024 * 1024,
-            persist_outputs=config.persist_outputs,
-            persist_inputs=config.persist_inputs,
-            allow_private_inputs=config.allow_private_inputs,
-            allow_private_outputs=config.allow_private_outputs,
-            generate_input=config.generate_input,
-        )
+        runner = JobRunner(settings=config, ffmpeg=ffmpeg, inputs=inputs, guardian=guardian)
         log.info("Encoder: %s", ffmpeg)
         agent = cls(config=config, client=client, runner=runner, master_as_worker=master_as_worker)
         remove_stale_temporaries(agent.reporter.outbox.directory)
@@ -210,8 +205,8 @@ class Agent:
         await self._run_jobs_until_drained()
 
     async def _run_jobs_until_drained(self) -> None:
+        """Claim until drained; then running jobs get the grace, and what still runs is stopped."""
         async with trio.open_nursery() as job_nursery:
-            self._jobs_scope = job_nursery.cancel_scope
             with self._poll_scope:
                 await self.poller.poll(job_nursery)
             if self.state.running:
@@ -219,7 +214,10 @@ class Agent:
                     "Draining: %d running job(s) get %.0fs to finish",
                     len(self.state.running), self.config.shutdown_grace,
                 )
-            job_nursery.cancel_scope.deadline = trio.current_time() + self.config.shutdown_grace
+            with self._grace_scope:
+                self._grace_scope.deadline = trio.current_time() + self.config.shutdown_grace
+                await self.jobs.wait_idle()
+            self.jobs.stop_all(StopReason.SHUTDOWN)
 
     def drain(self) -> None:
         """Stop claiming; running jobs get the shutdown grace."""
@@ -233,8 +231,8 @@ class Agent:
         """Stop everything now: encoders are stopped and their results reported."""
         log.info("Stopping running jobs now")
         self.drain()
-        if self._jobs_scope is not None:
-            self._jobs_scope.cancel()
+        self._grace_scope.cancel()
+        self.jobs.stop_all(StopReason.SHUTDOWN)
 
     async def _listen_events(self) -> None:
         """Listen on the node's event channel, opened anew after each registration (a new token).
@@ -255,7 +253,7 @@ class Agent:
         if event.type == AgentEvent.JOB_AVAILABLE:
             self.poller.wake()
         elif event.type == AgentEvent.CANCEL:
-            self.poller.stop_job(event.job_id, "canceled")
+            self.jobs.stop(event.job_id, StopReason.CANCELED)
         elif event.type == AgentEvent.DRAIN:
             # The master keeps the drain and leases nothing to us; we stay connected and idle.
             log.info("The master drained this node: running jobs finish, no new ones until undrained")
@@ -350,7 +348,7 @@ class Agent:
                 continue
             warned = False
             for job_id in reply.cancel_job_ids:
-                self.poller.stop_job(job_id, "canceled")
+                self.jobs.stop(job_id, StopReason.CANCELED)
 
 
 async def watch_signals(agent: Agent, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

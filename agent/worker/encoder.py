@@ -40,6 +40,11 @@ class StopPolicy:
     interrupt_wait: float = 10.0
     terminate_wait: float = 5.0
 
+    @classmethod
+    def within(cls, seconds: float) -> StopPolicy:
+        """Two thirds of ``seconds`` for the encoder to finish after SIGINT, a third after SIGTERM."""
+        return cls(interrupt_wait=seconds * 2 / 3, terminate_wait=seconds / 3)
+
     @property
     def worst_case(self) -> float:
         return self.interrupt_wait + self.terminate_wait

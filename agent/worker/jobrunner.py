@@ -1,9 +1,10 @@
-"""Turns one claimed job into one result: validate, check space, prepare input, encode, measure.
+"""Runs one job's encode: check space, open the input, run the engines, measure.
 
-Every way a job can go wrong inside the job itself ends as a ``JobResult``
-with a failure reason, never as an exception: a bad job must not take the
-agent down. Only cancellation (shutdown, cancel from the master) escapes, and
-the job task reports that.
+:meth:`JobRunner.prepare` builds the job's spec once, when it is claimed;
+:meth:`JobRunner.run` turns the spec into an :class:`EncodeOutcome`. Every
+way an encode can go wrong ends as an outcome with a failure reason, never as
+an exception: a bad job must not take the agent down. The job's result is
+made from the outcome by :mod:`agent.worker.lifecycle`.
 
 A job runs as a list of attempts (:func:`plan_attempts`): GStreamer when the
 job asks for it, a hardware encoder when one was detected and the job allows
@@ -24,6 +25,7 @@ import contextlib
 import logging
 import shutil
 import time
+import urllib.parse
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -31,7 +33,8 @@ from typing import Any, Callable, Sequence
 import attrs
 import trio
 
-from agent.models import Engine, FailureReason, Job, JobResult, JobStatus
+from agent.config import AgentConfig
+from agent.models import Engine, FailureReason, Job
 from agent.scenarios import EncodeSpec, JobRejected, build_spec
 from agent.worker.encoder import EncoderWatch, StopPolicy, run_encoder
 from agent.worker.engines.ffmpeg import encode_argv
@@ -41,7 +44,8 @@ from agent.worker.failures import input_file_problem, job_fault
 from agent.worker.fetch import open_http_input
 from agent.worker.guardian import Guardian
 from agent.worker.inputs import InputCache, InputGenerationFailed
-from agent.worker.netguard import AllowList, DestinationUnavailable, as_allow_list, checked_url
+from agent.worker.lifecycle import EncodeOutcome
+from agent.worker.netguard import DestinationUnavailable, checked_url
 from agent.worker.progress import ProgressSnapshot, percent
 
 log = logging.getLogger(__name__)
@@ -130,54 +134,49 @@ def plan_attempts(
 
 @attrs.define
 class JobRunner:
-    """Runs jobs with the engines of one worker inside one work directory.
+    """Runs jobs with the engines of one worker inside its work directory.
 
     Args:
+        settings: the agent's settings; the runner reads the job-related ones
+            (work dir, input and output dirs, private-address allow-lists,
+            timeouts, space reserve, what to keep) and nothing else.
         ffmpeg: the encoder binary (see ``find_ffmpeg``).
-        work_dir: outputs go to ``work_dir/outputs/<job id>/`` unless ``output_dir`` is set.
         inputs: the cache of generated test inputs.
-        input_dirs: directories a job may read local input files from.
-        output_dir: a directory the operator lets jobs write into (``--output-dir``).
-        rtmp_host: host of the default RTMP URL (the master's, as the original does).
-        job_timeout: seconds a job may run when it sets no ``timeout_sec``; None = no limit.
-        stall_timeout: seconds an encoder's output may stand still before it is
-            stopped and the job fails as ``stalled``; 0 = never.
-        guardian: kills the encoders should the agent die without stopping them.
+        guardian: kills every child process should the agent die without stopping them.
         gstreamer: the installed GStreamer, or None: jobs asking for it run on FFmpeg
             (see :meth:`detect_engines`).
         hardware: hardware encoders that passed the one-frame test at start.
-        min_free_bytes: space the work dir must keep free after a job's
-            estimated files; a job that would cut into it fails at once with
-            ``resource_error`` instead of filling the disk half-way through.
-        persist_outputs: keep output files after measuring them (``PERSIST_OUTPUTS``).
-        persist_inputs: keep generated inputs for later jobs (``PERSIST_INPUTS``).
-        allow_private_inputs: the private addresses input URLs, their redirects
-            and playlist entries may reach (``--allow-private-inputs``); True
-            allows all of them. Checked after resolution, see ``netguard``.
-        allow_private_outputs: the same for RTMP URLs that jobs give
-            (``--allow-private-outputs``); the default URL, on the master's
-            host, is the operator's choice and always allowed.
+        stop: how an encoder is stopped; quitting sets both waits to 0.
     """
 
+    settings: AgentConfig
     ffmpeg: str
-    work_dir: Path
     inputs: InputCache
-    stop: StopPolicy = attrs.field(factory=StopPolicy)
-    input_dirs: Sequence[Path] = ()
-    output_dir: Path | None = None
-    rtmp_host: str = "localhost"
-    job_timeout: float | None = None
-    stall_timeout: float = 0.0
     guardian: Guardian | None = None
     gstreamer: GStreamer | None = None
     hardware: tuple[HardwareEncoder, ...] = ()
-    min_free_bytes: int = 0
-    persist_outputs: bool = True
-    persist_inputs: bool = True
-    allow_private_inputs: AllowList = attrs.field(default=AllowList(), converter=as_allow_list)
-    allow_private_outputs: AllowList = attrs.field(default=AllowList(), converter=as_allow_list)
-    # Off (--generate-input=false): a job must name its input.
-    generate_input: bool = True
+    stop: StopPolicy = attrs.field()
+
+    @stop.default
+    def _stop_from_settings(self) -> StopPolicy:
+        return StopPolicy.within(self.settings.kill_timeout)
+
+    @property
+    def work_dir(self) -> Path:
+        return self.settings.work_dir
+
+    @property
+    def rtmp_host(self) -> str:
+        """Host of the default RTMP URL: the master's, as the original agent does."""
+        return urllib.parse.urlsplit(self.settings.master_url).hostname or "localhost"
+
+    @property
+    def min_free_bytes(self) -> int:
+        return self.settings.min_free_mb * 1024 * 1024
+
+    @property
+    def job_timeout(self) -> float | None:
+        return self.settings.job_timeout
 
     @property
     def engines(self) -> list[str]:
@@ -202,40 +201,62 @@ class JobRunner:
             nursery.start_soon(gstreamer)
             nursery.start_soon(hardware)
 
-    async def run(
-        self, job: Job, node_id: str, on_progress: Callable[[float, ProgressSnapshot], None]
-    ) -> JobResult:
-        try:
-            spec = build_spec(
-                job, input_dirs=self.input_dirs, output_dir=self.output_dir, default_rtmp_host=self.rtmp_host,
-                # Not the check of literal addresses: _open_input checks every resolved address.
-                allow_private_inputs=True,
+    def prepare(self, job: Job) -> EncodeSpec:
+        """The job's encode spec under this worker's rules, built once when the job is claimed.
+
+        Raises:
+            JobRejected: the job cannot run here or anywhere (a bad parameter, an
+                input outside ``--input-dir`` or missing); the message names the field.
+        """
+        settings = self.settings
+        spec = build_spec(
+            job, input_dirs=settings.input_dirs, output_dir=settings.output_dir, default_rtmp_host=self.rtmp_host,
+            # Not the check of literal addresses: _open_input checks every resolved address.
+            allow_private_inputs=True,
+        )
+        if not spec.input and not settings.generate_input:
+            raise JobRejected(
+                "input", "this worker does not generate test inputs (--generate-input=false); give an input"
             )
-            if not spec.input and not self.generate_input:
-                raise JobRejected(
-                    "input", "this worker does not generate test inputs (--generate-input=false); give an input"
-                )
-            if spec.input and "://" not in spec.input and (problem := input_file_problem(spec.input)):
-                raise JobRejected("input", problem)
-        except JobRejected as exc:
-            log.warning("Job %s rejected: %s", job.id, exc)
-            return JobResult.failure(job, node_id, FailureReason.USER_ERROR, str(exc))
+        if spec.input and "://" not in spec.input and (problem := input_file_problem(spec.input)):
+            raise JobRejected("input", problem)
+        return spec
+
+    async def run(
+        self,
+        job: Job,
+        spec: EncodeSpec,
+        on_progress: Callable[[float, ProgressSnapshot], None],
+        stop: trio.CancelScope,
+    ) -> EncodeOutcome:
+        """Encode ``spec`` and say how it went; never raises for a problem of the job or this worker.
+
+        Cancelling ``stop`` stops the encoder the graceful way and ends the run
+        with ``stopped`` set. Only a cancellation from outside ``stop`` escapes.
+        """
+        with stop:
+            return await self._run(job, spec, on_progress)
+        return EncodeOutcome(stopped=True)
+
+    async def _run(
+        self, job: Job, spec: EncodeSpec, on_progress: Callable[[float, ProgressSnapshot], None]
+    ) -> EncodeOutcome:
         shortage = self._space_shortage(spec)
         if shortage:
             log.warning("Job %s refused: %s", job.id, shortage)
-            return JobResult.failure(job, node_id, FailureReason.RESOURCE_ERROR, shortage)
+            return EncodeOutcome.failed(FailureReason.RESOURCE_ERROR, shortage)
         try:
             spec = attrs.evolve(spec, rtmp_url=await self._output_url(job, spec))
             async with self._open_input(spec) as input_path:
-                return await self._encode(job, node_id, spec, input_path, on_progress)
+                return await self._encode(job, spec, input_path, on_progress)
         except InputGenerationFailed as exc:
-            return JobResult.failure(job, node_id, FailureReason.PLATFORM_ERROR, str(exc))
+            return EncodeOutcome.failed(FailureReason.PLATFORM_ERROR, str(exc))
         except JobRejected as exc:
             log.warning("Job %s refused: %s", job.id, exc)
-            return JobResult.failure(job, node_id, FailureReason.USER_ERROR, str(exc))
+            return EncodeOutcome.failed(FailureReason.USER_ERROR, str(exc))
         except DestinationUnavailable as exc:
             log.warning("Job %s: %s", job.id, exc)
-            return JobResult.failure(job, node_id, exc.reason, str(exc))
+            return EncodeOutcome.failed(exc.reason, str(exc))
 
     def _space_shortage(self, spec: EncodeSpec) -> str:
         """Why the work dir cannot take this job, or ``""``."""
@@ -263,7 +284,7 @@ class JobRunner:
         if spec.output_mode != "rtmp" or job.parameters.get("rtmp_url") is None:
             return spec.rtmp_url
         return await checked_url(
-            spec.rtmp_url, self.allow_private_outputs, field="rtmp_url", flag="--allow-private-outputs"
+            spec.rtmp_url, self.settings.allow_private_outputs, field="rtmp_url", flag="--allow-private-outputs"
         )
 
     @contextlib.asynccontextmanager
@@ -273,20 +294,21 @@ class JobRunner:
         if scheme in ("http", "https"):
             room = shutil.disk_usage(self.work_dir).free - self.min_free_bytes - estimated_bytes(spec)
             async with open_http_input(
-                spec.input, self.work_dir, allow=self.allow_private_inputs, max_bytes=max(room, 0),
+                spec.input, self.work_dir, allow=self.settings.allow_private_inputs, max_bytes=max(room, 0),
                 deadline=spec.timeout_sec or self.job_timeout,
             ) as path:
                 yield str(path)
             return
         if scheme:
             # rtmp and srt inputs: FFmpeg connects, but to the address checked here.
-            yield await checked_url(spec.input, self.allow_private_inputs, field="input", flag="--allow-private-inputs")
+            allow = self.settings.allow_private_inputs
+            yield await checked_url(spec.input, allow, field="input", flag="--allow-private-inputs")
             return
         if spec.input:
             yield spec.input
             return
         async with self.inputs.open_clip(
-            self.ffmpeg, spec.width, spec.height, spec.fps, spec.duration, keep=self.persist_inputs
+            self.ffmpeg, spec.width, spec.height, spec.fps, spec.duration, keep=self.settings.persist_inputs
         ) as path:
             yield str(path)
 
@@ -299,11 +321,10 @@ class JobRunner:
     async def _encode(
         self,
         job: Job,
-        node_id: str,
         spec: EncodeSpec,
         input_path: str,
         on_progress: Callable[[float, ProgressSnapshot], None],
-    ) -> JobResult:
+    ) -> EncodeOutcome:
         output_path = self._output_path(job, spec)
         target = str(output_path) if spec.output_mode == "file" else spec.rtmp_url
         attempts = plan_attempts(job.engine, spec, gstreamer=self.gstreamer, hardware=self.hardware)
@@ -320,7 +341,7 @@ class JobRunner:
                 log.debug("job %s: %s", job.id, argv)
                 await run_encoder(
                     argv, watch, cwd=output_path.parent, stop=self.stop, guardian=self.guardian,
-                    stall_timeout=self.stall_timeout,
+                    stall_timeout=self.settings.stall_timeout,
                 )
                 if watch.returncode == 0 or attempt is attempts[-1]:
                     break
@@ -331,7 +352,7 @@ class JobRunner:
 
         input_bytes = _file_size(Path(input_path)) if "://" not in input_path else 0
         output_bytes = _file_size(output_path) if spec.output_mode == "file" else 0
-        if not self.persist_outputs:
+        if not self.settings.persist_outputs:
             output_path.unlink(missing_ok=True)
             if not spec.output_dir:
                 with contextlib.suppress(OSError):
@@ -342,26 +363,22 @@ class JobRunner:
             metrics["fallback_error"] = "; ".join(error for _, error in fallbacks)
         common: dict[str, Any] = {"metrics": metrics, "logs": watch.stderr_tail}
         if timer.cancelled_caught:
-            return JobResult.failure(
-                job, node_id, FailureReason.TIMEOUT,
-                f"encoder stopped after the job's timeout of {timeout:g}s", **common,
+            return EncodeOutcome.failed(
+                FailureReason.TIMEOUT, f"encoder stopped after the job's timeout of {timeout:g}s", **common
             )
         if watch.stalled:
-            return JobResult.failure(job, node_id, FailureReason.STALLED, self._exit_error(attempt, watch, input_path),
-                                     **common)
+            return EncodeOutcome.failed(FailureReason.STALLED, self._exit_error(attempt, watch, input_path), **common)
         if watch.returncode != 0:
             fault = job_fault(watch.stderr_tail, input_path)
             reason = FailureReason.USER_ERROR if fault else FailureReason.RUNTIME_ERROR
-            return JobResult.failure(job, node_id, reason, self._exit_error(attempt, watch, input_path), **common)
-        return JobResult(
-            job_id=job.id, node_id=node_id, status=JobStatus.COMPLETED, progress=100.0, **common
-        )
+            return EncodeOutcome.failed(reason, self._exit_error(attempt, watch, input_path), **common)
+        return EncodeOutcome(**common)
 
     def _exit_error(self, attempt: Attempt, watch: EncoderWatch, input_path: str) -> str:
         """Why an attempt failed, in one line: a stall, the job's own fault, or FFmpeg's last word."""
         if watch.stalled:
             return (
-                f"{attempt.label} made no progress for {self.stall_timeout:g}s and was stopped "
+                f"{attempt.label} made no progress for {self.settings.stall_timeout:g}s and was stopped "
                 f"(--stall-timeout); last output: {_last_line(watch.stderr_tail)}"
             )
         detail = job_fault(watch.stderr_tail, input_path) or _last_line(watch.stderr_tail)
@@ -399,7 +416,7 @@ class JobRunner:
         }
         if spec.output_mode == "rtmp":
             metrics["rtmp_url"] = spec.rtmp_url
-        elif self.persist_outputs:
+        elif self.settings.persist_outputs:
             metrics["output_file"] = str(output_path)
         if last is not None:
             metrics.update(

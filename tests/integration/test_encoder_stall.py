@@ -11,21 +11,21 @@ from pathlib import Path
 
 import trio
 
+from agent.config import AgentConfig
 from agent.models import FailureReason, Job, JobStatus
-from agent.worker.encoder import StopPolicy
 from agent.worker.engines.ffmpeg import find_ffmpeg
 from agent.worker.inputs import InputCache
 from agent.worker.jobrunner import JobRunner
 from tests.encoder_stubs import stalling
-from tests.support import processes_mentioning
+from tests.support import processes_mentioning, run_job
 
 STEP_TIMEOUT_S = 60
 
 
 def runner_for(ffmpeg: str, tmp_path: Path, stall_timeout: float) -> JobRunner:
     return JobRunner(
-        ffmpeg=ffmpeg, work_dir=tmp_path / "work", inputs=InputCache(tmp_path / "inputs"),
-        stop=StopPolicy(interrupt_wait=2, terminate_wait=1), stall_timeout=stall_timeout,
+        settings=AgentConfig(work_dir=tmp_path / "work", stall_timeout=stall_timeout, kill_timeout=3),
+        ffmpeg=ffmpeg, inputs=InputCache(tmp_path / "inputs"),
     )
 
 
@@ -37,7 +37,7 @@ async def test_an_encoder_whose_output_stops_advancing_is_stopped_and_the_job_fa
     runner = runner_for(str(stub.path), tmp_path, stall_timeout=1.5)
     job = Job(id="stall-1", scenario="144p30-h264", parameters={"duration": 30})
     with trio.fail_after(STEP_TIMEOUT_S):
-        result = await runner.run(job, "node-1", lambda percent, snapshot: None)
+        result = await run_job(runner, job)
     assert result.status is JobStatus.FAILED
     assert result.failure_reason == FailureReason.STALLED.value
     assert "made no progress for 1.5s" in result.error and "--stall-timeout" in result.error
@@ -50,6 +50,6 @@ async def test_a_real_time_encode_longer_than_the_stall_timeout_is_not_a_stall(t
     runner = runner_for(find_ffmpeg(), tmp_path, stall_timeout=2.0)
     job = Job(id="live-1", scenario="144p30-h264", parameters={"duration": 5, "realtime": True})
     with trio.fail_after(STEP_TIMEOUT_S):
-        result = await runner.run(job, "node-1", lambda percent, snapshot: None)
+        result = await run_job(runner, job)
     assert result.status is JobStatus.COMPLETED, result.error
     assert result.metrics["duration"] > 3, "it ran at the native rate, well past the stall timeout"

@@ -9,12 +9,14 @@ import attrs
 import pytest
 import trio
 
+from agent.config import AgentConfig
 from agent.models import Engine, Job, JobResult, JobStatus
 from agent.worker.engines.ffmpeg import decodes_cleanly, find_ffmpeg, probe_media
 from agent.worker.engines.gstreamer import GStreamer, find_gstreamer
 from agent.worker.inputs import InputCache
 from agent.worker.jobrunner import JobRunner
 from agent.worker.progress import ProgressSnapshot
+from tests.support import run_job
 
 STEP_TIMEOUT_S = 60
 
@@ -43,11 +45,13 @@ async def run(runner: JobRunner, scenario: str, progress: list[float], **params:
 
     job = Job(id="gst-1", scenario=scenario, engine=Engine.GSTREAMER, parameters={"duration": 2, **params})
     with trio.fail_after(STEP_TIMEOUT_S):
-        return await runner.run(job, "node-1", on_progress)
+        return await run_job(runner, job, on_progress)
 
 
 def runner(tmp_path: Path, gstreamer: GStreamer) -> JobRunner:
-    return JobRunner(ffmpeg=find_ffmpeg(), work_dir=tmp_path / "work", inputs=InputCache(tmp_path / "inputs"),
+    # Jobs may stream to 127.0.0.1: one test names a port nothing listens on.
+    settings = AgentConfig(work_dir=tmp_path / "work", allow_private_outputs=True)
+    return JobRunner(settings=settings, ffmpeg=find_ffmpeg(), inputs=InputCache(tmp_path / "inputs"),
                      gstreamer=gstreamer)
 
 

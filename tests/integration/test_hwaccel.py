@@ -12,11 +12,13 @@ from pathlib import Path
 
 import trio
 
+from agent.config import AgentConfig
 from agent.models import Job, JobStatus
 from agent.worker.engines.ffmpeg import find_ffmpeg, probe_media
 from agent.worker.engines.hwaccel import HardwareEncoder, candidates, detect_hardware_encoders
 from agent.worker.inputs import InputCache
 from agent.worker.jobrunner import JobRunner
+from tests.support import run_job
 
 STEP_TIMEOUT_S = 60
 
@@ -56,11 +58,10 @@ async def test_a_failing_hardware_encoder_falls_back_to_software(tmp_path: Path)
     ffmpeg = ffmpeg_claiming(tmp_path, "h264_nvenc")
     hardware = await detect_hardware_encoders(ffmpeg)
     assert [h.name for h in hardware] == ["h264_nvenc"]
-    runner = JobRunner(ffmpeg=ffmpeg, work_dir=tmp_path / "work", inputs=InputCache(tmp_path / "inputs"),
-                       hardware=hardware)
+    runner = JobRunner(settings=AgentConfig(work_dir=tmp_path / "work"), ffmpeg=ffmpeg,
+                       inputs=InputCache(tmp_path / "inputs"), hardware=hardware)
     with trio.fail_after(STEP_TIMEOUT_S):
-        result = await runner.run(Job(id="hw-1", scenario="144p30-h264", parameters={"duration": 1}),
-                                  "node-1", lambda percent, snapshot: None)
+        result = await run_job(runner, Job(id="hw-1", scenario="144p30-h264", parameters={"duration": 1}))
     assert result.status is JobStatus.COMPLETED, result.error
     assert (result.metrics["engine"], result.metrics["encoder"]) == ("ffmpeg", "libx264")
     assert result.metrics["fallback_from"] == "h264_nvenc"

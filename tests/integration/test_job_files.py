@@ -9,18 +9,20 @@ from typing import Any
 import pytest
 import trio
 
+from agent.config import AgentConfig
 from agent.models import FailureReason, Job, JobStatus
 from agent.worker.engines.ffmpeg import find_ffmpeg, probe_media
 from agent.worker.inputs import InputCache
 from agent.worker.jobrunner import JobRunner
 from agent.worker.progress import ProgressSnapshot
+from tests.support import run_job
 
 STEP_TIMEOUT_S = 60
 
 
 def runner(tmp_path: Path, **fields: Any) -> JobRunner:
-    return JobRunner(ffmpeg=find_ffmpeg(), work_dir=tmp_path / "work", inputs=InputCache(tmp_path / "inputs"),
-                     **fields)
+    settings = AgentConfig(work_dir=tmp_path / "work", **fields)
+    return JobRunner(settings=settings, ffmpeg=find_ffmpeg(), inputs=InputCache(tmp_path / "inputs"))
 
 
 async def run(runner: JobRunner, scenario: str = "144p30-h264", **params: Any) -> Any:
@@ -30,15 +32,15 @@ async def run(runner: JobRunner, scenario: str = "144p30-h264", **params: Any) -
         seen.append(percent)
 
     with trio.fail_after(STEP_TIMEOUT_S):
-        result = await runner.run(Job(id="job-1", scenario=scenario, parameters={"duration": 1, **params}),
-                                  "node-1", on_progress)
+        result = await run_job(runner, Job(id="job-1", scenario=scenario, parameters={"duration": 1, **params}),
+                               on_progress)
     return result
 
 
 async def test_a_job_that_would_fill_the_disk_is_refused_before_anything_runs(tmp_path: Path) -> None:
     """resource_error naming the free space, with no input generated and no output directory made."""
     free = shutil.disk_usage(tmp_path).free
-    result = await run(runner(tmp_path, min_free_bytes=free + 2**40))
+    result = await run(runner(tmp_path, min_free_mb=free // 2**20 + 2**20))
     assert (result.status, result.failure_reason) == (JobStatus.FAILED, FailureReason.RESOURCE_ERROR.value)
     assert "not enough free space" in result.error and "--min-free-mb" in result.error
     assert not (tmp_path / "inputs").exists() and not (tmp_path / "work" / "outputs").exists()

@@ -20,12 +20,14 @@ import attrs
 import pytest
 import trio
 
+from agent.config import AgentConfig
 from agent.models import Engine, Job, JobResult, JobStatus
 from agent.worker.engines.ffmpeg import find_ffmpeg, probe_media
 from agent.worker.engines.gstreamer import find_gstreamer
 from agent.worker.inputs import InputCache
 from agent.worker.jobrunner import JobRunner
 from agent.worker.netguard import AllowList
+from tests.support import run_job
 
 pytestmark = pytest.mark.slow
 
@@ -107,15 +109,18 @@ async def stream(
     tmp_path: Path, server: RtmpServer, key: str, engine: Engine = Engine.AUTO, input_dirs: Sequence[Path] = (),
     **params: Any,
 ) -> JobResult:
-    runner = JobRunner(ffmpeg=find_ffmpeg(), work_dir=tmp_path / "work", inputs=InputCache(tmp_path / "inputs"),
-                       gstreamer=await find_gstreamer(), input_dirs=input_dirs)
     # The job names the server's own URL, on 127.0.0.1: this worker allows that address and port.
-    runner.allow_private_outputs = AllowList.parse([urllib.parse.urlsplit(server.url).netloc])
+    settings = AgentConfig(
+        work_dir=tmp_path / "work", input_dirs=list(input_dirs),
+        allow_private_outputs=AllowList.parse([urllib.parse.urlsplit(server.url).netloc]),
+    )
+    runner = JobRunner(settings=settings, ffmpeg=find_ffmpeg(), inputs=InputCache(tmp_path / "inputs"),
+                       gstreamer=await find_gstreamer())
     job = Job(id=key, scenario="144p30-h264", engine=engine, parameters={
         "duration": 1, "output_mode": "rtmp", "rtmp_url": server.url, "stream_key": key, **params,
     })
     with trio.fail_after(STEP_TIMEOUT_S):
-        return await runner.run(job, "node-1", lambda percent, snapshot: None)
+        return await run_job(runner, job)
 
 
 async def recording(server: RtmpServer, key: str) -> Path:

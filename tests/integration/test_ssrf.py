@@ -24,12 +24,13 @@ import pytest
 import trio
 
 from agent.client import MasterClient
+from agent.config import AgentConfig
 from agent.models import FailureReason, Job, JobRequest, JobResult, JobStatus
 from agent.worker.engines.ffmpeg import find_ffmpeg, probe_media
 from agent.worker.inputs import InputCache
 from agent.worker.jobrunner import JobRunner
 from agent.worker.netguard import AllowList, address_kind
-from tests.support import Processes, start_agent, start_master, wait_for_jobs
+from tests.support import Processes, run_job, start_agent, start_master, wait_for_jobs
 
 STEP_TIMEOUT_S = 60
 
@@ -83,15 +84,16 @@ def start_probe(nursery: trio.Nursery) -> StartProbe:
     return start
 
 
-async def run_job(tmp_path: Path, *, inputs: str = "", outputs: str = "", **params: Any) -> JobResult:
-    runner = JobRunner(
-        ffmpeg=find_ffmpeg(), work_dir=tmp_path / "work", inputs=InputCache(tmp_path / "inputs"),
+async def run_job_here(tmp_path: Path, *, inputs: str = "", outputs: str = "", **params: Any) -> JobResult:
+    settings = AgentConfig(
+        work_dir=tmp_path / "work",
         allow_private_inputs=AllowList.parse([inputs] if inputs else []),
         allow_private_outputs=AllowList.parse([outputs] if outputs else []),
     )
+    runner = JobRunner(settings=settings, ffmpeg=find_ffmpeg(), inputs=InputCache(tmp_path / "inputs"))
     job = Job(id="job-1", scenario="144p30-h264", parameters={"duration": 1, **params})
     with trio.fail_after(STEP_TIMEOUT_S):
-        return await runner.run(job, "node-1", lambda percent, snapshot: None)
+        return await run_job(runner, job)
 
 
 def assert_refused(result: JobResult, *words: str) -> None:
@@ -117,7 +119,7 @@ def playlist(*segments: str) -> bytes:
 async def test_an_input_at_localhost_is_refused_without_a_connection(tmp_path: Path, start_probe: StartProbe) -> None:
     """``localhost`` resolves to loopback: user_error naming it and the flag, and the probe sees nothing."""
     probe = await start_probe()
-    result = await run_job(tmp_path, input=f"http://localhost:{probe.port}/x.mp4")
+    result = await run_job_here(tmp_path, input=f"http://localhost:{probe.port}/x.mp4")
     assert_refused(result, "localhost resolves to", "a loopback address", "--allow-private-inputs")
     assert probe.hits == 0
 
@@ -132,7 +134,7 @@ async def test_an_input_at_the_machines_own_host_name_is_refused(tmp_path: Path,
     if not any(address_kind(ipaddress.ip_address(str(info[4][0]).split("%")[0])) for info in infos):
         pytest.skip(f"the host name {name!r} resolves to public addresses only")
     probe = await start_probe()
-    result = await run_job(tmp_path, input=f"http://{name}:{probe.port}/x.mp4")
+    result = await run_job_here(tmp_path, input=f"http://{name}:{probe.port}/x.mp4")
     assert_refused(result, f"{name} resolves to", "--allow-private-inputs")
     assert probe.hits == 0
 
@@ -143,7 +145,7 @@ async def test_a_redirect_from_an_allowed_host_to_a_forbidden_one_is_not_followe
     """The allow-list names one port; its redirect to another port of 127.0.0.1 is refused."""
     allowed, forbidden = await start_probe(), await start_probe()
     allowed.routes["/x.mp4"] = (302, {"Location": forbidden.url("/x.mp4")}, b"")
-    result = await run_job(tmp_path, inputs=allowed.entry, input=allowed.url("/x.mp4"))
+    result = await run_job_here(tmp_path, inputs=allowed.entry, input=allowed.url("/x.mp4"))
     assert_refused(result, "host 127.0.0.1 is a loopback address", "--allow-private-inputs")
     assert (allowed.hits, forbidden.hits) == (1, 0)
 
@@ -155,7 +157,7 @@ async def test_a_playlist_segment_at_a_forbidden_address_is_not_fetched(
     """An HLS playlist from an allowed host, even one served under an MP4 name, cannot lead to another port."""
     allowed, forbidden = await start_probe(), await start_probe()
     allowed.routes[path] = (200, {"Content-Type": "application/vnd.apple.mpegurl"}, playlist(forbidden.url("/0.ts")))
-    result = await run_job(tmp_path, inputs=allowed.entry, input=allowed.url(path))
+    result = await run_job_here(tmp_path, inputs=allowed.entry, input=allowed.url(path))
     assert_refused(result, "a loopback address")
     assert forbidden.hits == 0
 
@@ -166,7 +168,7 @@ async def test_a_stream_input_at_localhost_is_refused_without_a_connection(
 ) -> None:
     """rtmp and srt inputs are resolved and checked before FFmpeg starts."""
     probe = await start_probe()
-    result = await run_job(tmp_path, input=f"{scheme}://localhost:{probe.port}/live/cam")
+    result = await run_job_here(tmp_path, input=f"{scheme}://localhost:{probe.port}/live/cam")
     assert_refused(result, "localhost resolves to", "--allow-private-inputs")
     assert probe.hits == 0
 
@@ -176,14 +178,14 @@ async def test_an_rtmp_output_to_a_loopback_address_is_refused_without_a_connect
 ) -> None:
     """A job's own rtmp_url to 127.0.0.1: user_error naming --allow-private-outputs; the listener counts zero."""
     listener = await start_probe()
-    result = await run_job(tmp_path, output_mode="rtmp", rtmp_url=listener.url("/live", "rtmp"))
+    result = await run_job_here(tmp_path, output_mode="rtmp", rtmp_url=listener.url("/live", "rtmp"))
     assert_refused(result, "invalid rtmp_url", "a loopback address", "--allow-private-outputs")
     assert listener.hits == 0
 
 
 async def test_an_rtmp_output_to_the_metadata_address_is_refused(tmp_path: Path) -> None:
     """169.254.169.254 (cloud metadata) is link-local: refused before any connection is tried."""
-    result = await run_job(tmp_path, output_mode="rtmp", rtmp_url="rtmp://169.254.169.254/live")
+    result = await run_job_here(tmp_path, output_mode="rtmp", rtmp_url="rtmp://169.254.169.254/live")
     assert_refused(result, "169.254.169.254 is a link-local address", "--allow-private-outputs")
 
 
@@ -193,7 +195,7 @@ async def test_an_allowed_http_input_is_downloaded_and_encoded(tmp_path: Path, s
     await make_clip(clip)
     server = await start_probe()
     server.routes["/clip.mp4"] = (200, {"Content-Type": "video/mp4"}, clip.read_bytes())
-    result = await run_job(tmp_path, inputs=server.entry, input=server.url("/clip.mp4"))
+    result = await run_job_here(tmp_path, inputs=server.entry, input=server.url("/clip.mp4"))
     assert result.status is JobStatus.COMPLETED, result.error
     assert result.metrics["input_file_bytes"] == clip.stat().st_size
     info = await probe_media(find_ffmpeg(), result.metrics["output_file"])
@@ -218,7 +220,7 @@ async def test_an_allowed_hls_input_is_downloaded_and_encoded(
     await make_clip(hls_dir / "index.m3u8", *extra)
     for file in hls_dir.iterdir():
         server.routes[f"/media/{file.name}"] = (200, {}, file.read_bytes())
-    result = await run_job(tmp_path, inputs=server.entry, input=server.url("/media/index.m3u8"))
+    result = await run_job_here(tmp_path, inputs=server.entry, input=server.url("/media/index.m3u8"))
     assert result.status is JobStatus.COMPLETED, result.logs
     info = await probe_media(find_ffmpeg(), result.metrics["output_file"])
     assert (info.codec, info.height) == ("h264", 144)
@@ -234,7 +236,7 @@ async def test_a_client_error_is_the_jobs_fault_and_a_server_error_is_not(
     """A 4xx from the input URL fails as user_error (final); a 5xx as network_error (retried)."""
     server = await start_probe()
     server.routes["/x.mp4"] = (status, {}, b"no")
-    result = await run_job(tmp_path, inputs=server.entry, input=server.url("/x.mp4"))
+    result = await run_job_here(tmp_path, inputs=server.entry, input=server.url("/x.mp4"))
     assert (result.status, result.failure_reason) == (JobStatus.FAILED, reason.value)
     assert f"answered {status}" in result.error
 

@@ -9,7 +9,9 @@ import pytest
 import trio
 import trio.testing
 
+from agent.config import AgentConfig
 from agent.models import Job
+from agent.scenarios import JobRejected, build_spec
 from agent.worker.adaptive import (
     AdaptiveConcurrency,
     AdaptivePolicy,
@@ -18,9 +20,12 @@ from agent.worker.adaptive import (
     Window,
     adaptive_bounds,
 )
+from agent.worker.inputs import InputCache
+from agent.worker.jobrunner import JobRunner
+from agent.worker.jobs import RunningJob
+from agent.worker.lifecycle import Claimed, JobLife, Progressed
 from agent.worker.metrics import AgentMetrics
 from agent.worker.progress import ProgressSnapshot
-from agent.worker.state import RunningJob
 
 # 1280 x 720 pixels per frame.
 FRAME_720P_MPX = 0.9216
@@ -30,13 +35,20 @@ def full(limit: int, throughput: float, cpu: float | None = 0.5) -> Window:
     return Window(limit=limit, throughput=throughput, full=True, cpu_busy=cpu)
 
 
-def running_job(job_id: str, scenario: str = "720p30-h264") -> RunningJob:
-    job = Job.from_json({"id": job_id, "scenario": scenario, "status": "processing"})
-    return RunningJob(job=job, scope=trio.CancelScope())
+def running_job(job_id: str, scenario: str = "720p30-h264", runner: JobRunner | None = None, **params: str) -> RunningJob:
+    """A claimed job whose spec was built the way the agent builds it (by ``runner``, or with no settings)."""
+    job = Job.from_json({"id": job_id, "scenario": scenario, "status": "processing", "parameters": params})
+    life = JobLife(job, "node-1")
+    try:
+        spec = runner.prepare(job) if runner is not None else build_spec(job)
+        life.handle(Claimed(spec=spec))
+    except JobRejected as exc:
+        life.handle(Claimed(rejection=str(exc)))
+    return RunningJob(life)
 
 
 def at_frame(job: RunningJob, frame: int) -> None:
-    job.update_progress(0.0, ProgressSnapshot(frame=frame))
+    job.life.handle(Progressed(0.0, ProgressSnapshot(frame=frame), now=float(frame)))
 
 
 def test_it_probes_upwards_while_the_cpu_has_room() -> None:
@@ -139,6 +151,19 @@ def test_the_meter_weights_frames_by_their_size() -> None:
         at_frame(job, 4)
     meter.observe({"s": small, "l": large, "b": bad})
     assert meter.take() == pytest.approx(4 * FRAME_720P_MPX * (1 + 2.25))
+
+
+def test_a_job_with_a_local_input_counts_its_real_pixels(tmp_path: Path) -> None:
+    """The spec built at claim time, with this worker's --input-dir, is the one the meter weighs frames by."""
+    (tmp_path / "clip.mp4").write_bytes(b"media")
+    runner = JobRunner(settings=AgentConfig(work_dir=tmp_path / "work", input_dirs=[tmp_path]), ffmpeg="ffmpeg",
+                       inputs=InputCache(tmp_path / "inputs"))
+    job = running_job("local", runner=runner, input=str(tmp_path / "clip.mp4"))
+    at_frame(job, 5)
+    meter = ThroughputMeter()
+    meter.observe({"local": job})
+    assert job.spec is not None and job.spec.input
+    assert meter.take() == pytest.approx(5 * FRAME_720P_MPX)
 
 
 def test_cpu_busy_share_comes_from_proc_stat_deltas(tmp_path: Path) -> None:

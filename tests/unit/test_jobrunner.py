@@ -7,12 +7,14 @@ from typing import Any
 
 import pytest
 
+from agent.config import AgentConfig
 from agent.models import Engine, Job, JobStatus
 from agent.scenarios import EncodeSpec, build_spec
 from agent.worker.engines.gstreamer import GStreamer, required_elements
 from agent.worker.engines.hwaccel import HardwareEncoder
 from agent.worker.inputs import InputCache
 from agent.worker.jobrunner import Attempt, JobRunner, bandwidth_mbps, estimated_bytes, plan_attempts
+from tests.support import run_job
 
 
 def spec_for(scenario: str = "720p30-h264", **params: Any) -> EncodeSpec:
@@ -92,9 +94,9 @@ def test_bandwidth_is_the_original_agents_formula() -> None:
 async def test_without_input_generation_a_job_must_name_its_input(tmp_path: Path) -> None:
     """--generate-input=false: a job with no input fails as user_error naming the field, before any encode."""
     runner = JobRunner(
-        ffmpeg="/nonexistent/ffmpeg", work_dir=tmp_path, inputs=InputCache(tmp_path / "inputs"),
-        generate_input=False,
+        settings=AgentConfig(work_dir=tmp_path, generate_input=False),
+        ffmpeg="/nonexistent/ffmpeg", inputs=InputCache(tmp_path / "inputs"),
     )
-    result = await runner.run(Job(id="j", scenario="240p30-h264"), "node", lambda percent, snapshot: None)
+    result = await run_job(runner, Job(id="j", scenario="240p30-h264"))
     assert (result.status, result.failure_reason) == (JobStatus.FAILED, "user_error")
     assert "input" in result.error and "--generate-input" in result.error

@@ -1,0 +1,271 @@
+"""The trio driver of job lifecycles: one task per claimed job, from claim to delivered result.
+
+:mod:`agent.worker.lifecycle` decides; this module feeds it events and
+carries out its actions. For one job::
+
+    JobTasks.run(job)                       the job task, holding a slot of the poller's limiter
+     ├─ runner.prepare(job)                 the spec, built once -> Claimed
+     └─ nursery
+         ├─ encode         runner.run(...)  progress callbacks -> Progressed; its end -> EncoderExited
+         └─ progress       sends SendProgress updates one at a time; a 409 -> StopRequested(LEASE_LOST);
+                           against a master without the progress route, polls the job's status instead
+    then: metrics, the circuit breaker, reporter.deliver(result)
+
+Stops come from outside through :meth:`JobTasks.stop` (the agent calls it for
+a pushed cancel, a heartbeat reply and a shutdown) and all become one
+:class:`~agent.worker.lifecycle.StopRequested` event.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, NoReturn, Protocol
+
+import attrs
+import trio
+
+from agent.client import Conflict, MasterError, NotFound
+from agent.models import Job, JobProgress, JobResult, JobStatus
+from agent.scenarios import EncodeSpec, JobRejected
+from agent.worker.breaker import CircuitBreaker
+from agent.worker.lifecycle import (
+    Action,
+    Claimed,
+    EncodeOutcome,
+    EncoderExited,
+    JobLife,
+    Progressed,
+    Report,
+    SendProgress,
+    StartEncoder,
+    StopEncoder,
+    StopReason,
+    StopRequested,
+)
+from agent.worker.metrics import AgentMetrics
+from agent.worker.progress import ProgressSnapshot
+
+__all__ = ["EncodeRunner", "JobTasks", "ProgressCalls", "ResultSink", "RunningJob"]
+
+log = logging.getLogger(__name__)
+
+# Without the progress route (the Go master), how often a running job's status is read.
+STATUS_POLL_INTERVAL_S = 5.0
+
+
+class EncodeRunner(Protocol):
+    """What runs the encodes (:class:`~agent.worker.jobrunner.JobRunner`; a fake in tests)."""
+
+    def prepare(self, job: Job) -> EncodeSpec: ...
+
+    async def run(
+        self, job: Job, spec: EncodeSpec, on_progress: Any, stop: trio.CancelScope
+    ) -> EncodeOutcome: ...
+
+
+class ProgressCalls(Protocol):
+    """The master calls a running job makes (:class:`~agent.client.MasterClient`)."""
+
+    async def send_progress(self, job_id: str, progress: JobProgress) -> None: ...
+
+    async def get_job(self, job_id: str) -> Job: ...
+
+
+class ResultSink(Protocol):
+    """Where results go (:class:`~agent.worker.reporter.ResultReporter`)."""
+
+    async def deliver(self, result: JobResult) -> None: ...
+
+
+@attrs.define
+class RunningJob:
+    """A claimed job between its claim and its result: the lifecycle and what drives it."""
+
+    life: JobLife
+    stop_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    started_monotonic: float = attrs.field(factory=time.monotonic)
+    report: Report | None = None
+    _nursery: trio.Nursery | None = None
+    _progress_due: trio.Event = attrs.field(factory=trio.Event)
+    _pending_progress: JobProgress | None = None
+
+    @property
+    def job(self) -> Job:
+        return self.life.job
+
+    @property
+    def spec(self) -> EncodeSpec | None:
+        return self.life.spec
+
+    @property
+    def last_snapshot(self) -> ProgressSnapshot | None:
+        return self.life.last_snapshot
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.job.id,
+            "scenario": self.job.scenario,
+            "progress": round(self.life.progress, 1),
+            "running_s": round(time.monotonic() - self.started_monotonic, 1),
+        }
+
+
+@attrs.define
+class JobTasks:
+    """Runs claimed jobs through their lifecycles; ``running`` lists them for the agent.
+
+    Args:
+        runner: prepares and runs encodes.
+        client: the master, for progress updates and status reads.
+        reporter: delivers results (or keeps them in the outbox).
+        breaker: learns from each job that ended by itself.
+        metrics: the agent's metrics.
+        running: the jobs between claim and result, by id; read by heartbeats,
+            ``/jobs`` and ``--adaptive``, changed only here.
+    """
+
+    runner: EncodeRunner
+    client: ProgressCalls
+    reporter: ResultSink
+    breaker: CircuitBreaker
+    metrics: AgentMetrics
+    running: dict[str, RunningJob] = attrs.field(factory=dict)
+    # False once the master answered 404 to a progress update: it is the Go master.
+    progress_supported: bool = True
+    _ended: trio.Event = attrs.field(factory=trio.Event)
+    _idle: trio.Event = attrs.field(factory=trio.Event)
+
+    def __attrs_post_init__(self) -> None:
+        self._idle.set()
+
+    @property
+    def job_ended(self) -> trio.Event:
+        """Set when the next job ends (a half-open breaker waits for its probe)."""
+        return self._ended
+
+    async def wait_idle(self) -> None:
+        """Until no job is running."""
+        await self._idle.wait()
+
+    def stop(self, job_id: str, reason: StopReason) -> None:
+        """Stop a running job for ``reason``; a no-op for a job not running here (any more)."""
+        running = self.running.get(job_id)
+        if running is not None and running.life.stop_reason is None:
+            log.info("Job %s: %s; stopping its encoder", job_id, _said(reason))
+            self._apply(running, running.life.handle(StopRequested(reason)))
+
+    def stop_all(self, reason: StopReason) -> None:
+        for job_id in list(self.running):
+            self.stop(job_id, reason)
+
+    async def run(self, job: Job, node_id: str, *, draining: bool) -> None:
+        """The whole life of one claimed job; returns once its result is delivered or kept.
+
+        Also when cancelled from outside (the agent quitting): the job is then
+        reported as stopped by a shutdown, and the cancel goes on.
+        """
+        log.info("Received job: %s (scenario: %s)", job.id, job.scenario)
+        running = RunningJob(JobLife(job, node_id))
+        self._track(running)
+        try:
+            async with trio.open_nursery() as nursery:
+                running._nursery = nursery
+                self._apply(running, running.life.handle(self._claimed(job, draining)))
+        finally:
+            if running.report is None:
+                self._apply(running, running.life.handle(StopRequested(StopReason.SHUTDOWN)))
+                self._apply(running, running.life.handle(EncoderExited(EncodeOutcome(stopped=True))))
+            self._untrack(running)
+            assert running.report is not None
+            self._account(running, running.report)
+            await self.reporter.deliver(running.report.result)
+
+    def _claimed(self, job: Job, draining: bool) -> Claimed:
+        if draining:
+            return Claimed(draining=True)
+        try:
+            return Claimed(spec=self.runner.prepare(job))
+        except JobRejected as exc:
+            log.warning("Job %s rejected: %s", job.id, exc)
+            return Claimed(rejection=str(exc))
+
+    def _apply(self, running: RunningJob, actions: list[Action]) -> None:
+        """Carry out a lifecycle's actions; none of them blocks."""
+        for action in actions:
+            if isinstance(action, StartEncoder):
+                assert running._nursery is not None
+                running._nursery.start_soon(self._encode, running, action.spec)
+                running._nursery.start_soon(self._watch, running)
+            elif isinstance(action, SendProgress):
+                running._pending_progress = action.update
+                running._progress_due.set()
+            elif isinstance(action, StopEncoder):
+                running.stop_scope.cancel()
+            else:
+                running.report = action
+                if running._nursery is not None:
+                    running._nursery.cancel_scope.cancel()  # the watcher has nothing left to do
+
+    async def _encode(self, running: RunningJob, spec: EncodeSpec) -> None:
+        def on_progress(percent: float, snapshot: ProgressSnapshot) -> None:
+            self._apply(running, running.life.handle(Progressed(percent, snapshot, trio.current_time())))
+
+        outcome = await self.runner.run(running.job, spec, on_progress, running.stop_scope)
+        self._apply(running, running.life.handle(EncoderExited(outcome)))
+
+    async def _watch(self, running: RunningJob) -> NoReturn:
+        """Send progress updates one at a time; or, against a master without them, poll the job's status."""
+        while self.progress_supported:
+            await running._progress_due.wait()
+            running._progress_due = trio.Event()
+            update = running._pending_progress
+            assert update is not None
+            try:
+                await self.client.send_progress(running.job.id, update)
+            except Conflict:
+                self.stop(running.job.id, StopReason.LEASE_LOST)
+            except NotFound:
+                if self.progress_supported:
+                    log.info("The master has no progress endpoint; progress stays local, job status is polled")
+                self.progress_supported = False
+            except MasterError as exc:
+                log.debug("progress for job %s not sent: %s", running.job.id, exc)
+        while True:
+            await trio.sleep(STATUS_POLL_INTERVAL_S)
+            try:
+                job = await self.client.get_job(running.job.id)
+            except MasterError as exc:
+                log.debug("status of job %s not read: %s", running.job.id, exc)
+                continue
+            if job.status is JobStatus.CANCELED:
+                self.stop(job.id, StopReason.CANCELED)
+            elif job.status is JobStatus.PAUSED:
+                self.stop(job.id, StopReason.PAUSED)
+
+    def _track(self, running: RunningJob) -> None:
+        self.running[running.job.id] = running
+        self._idle = trio.Event()
+        self.metrics.active_jobs.set(len(self.running))
+
+    def _untrack(self, running: RunningJob) -> None:
+        del self.running[running.job.id]
+        self.metrics.active_jobs.set(len(self.running))
+        if not self.running:
+            self._idle.set()
+
+    def _account(self, running: RunningJob, report: Report) -> None:
+        """Metrics for every result; the breaker only for jobs that ended by themselves."""
+        result = report.result
+        if report.counts_for_health:
+            self.breaker.job_finished(trio.current_time(), result)
+        self._ended.set()
+        self._ended = trio.Event()
+        self.metrics.jobs_finished.labels(result.status.value, result.failure_reason).inc()
+        self.metrics.job_duration.observe(time.monotonic() - running.started_monotonic)
+        self.metrics.input_bytes.inc(result.metrics.get("input_file_bytes", 0))
+        self.metrics.output_bytes.inc(result.metrics.get("output_file_bytes", 0))
+
+
+def _said(reason: StopReason) -> str:
+    return "the worker is shutting down" if reason is StopReason.SHUTDOWN else f"{reason.value} on the master"
