@@ -6,7 +6,8 @@ hierarchy whose classes say what the caller can do about them:
 * ``MasterUnavailable`` — connection refused, timeout, 5xx: back off and retry;
 * ``AuthError`` — 401/403: a configuration error, retrying cannot help;
 * ``TLSVerifyError`` — the master's certificate did not verify: also configuration;
-* ``NotFound`` / ``Conflict`` — normal answers (unknown node, lost lease);
+* ``UnknownToMaster`` — 404, a normal answer: the master forgot the node or job;
+* ``StateConflict`` — 409, a normal answer: the job's state forbids the change (a lost lease);
 * ``NameInUse`` — a registration refused: another running agent holds the node name;
 * ``RequestRejected`` — any other 4xx, with the master's message.
 """
@@ -38,16 +39,16 @@ from agent.models import (
 
 __all__ = [
     "AuthError",
-    "Conflict",
     "Forbidden",
     "JobPage",
     "MasterClient",
     "MasterError",
     "MasterUnavailable",
     "NameInUse",
-    "NotFound",
     "RequestRejected",
+    "StateConflict",
     "TLSVerifyError",
+    "UnknownToMaster",
 ]
 
 # Long enough for a loaded SQLite master, short enough that a dead one is noticed.
@@ -87,12 +88,18 @@ class TLSVerifyError(MasterError):
         )
 
 
-class NotFound(MasterError):
-    """404: the node or job is unknown to the master (or the call is an extension it lacks)."""
+class UnknownToMaster(MasterError):
+    """404: the node or job is unknown to the master (or the call is an extension it lacks).
+
+    The client's view of the store's :class:`agent.master.store.NotFound`.
+    """
 
 
-class Conflict(MasterError):
-    """409: the job is no longer leased to this node."""
+class StateConflict(MasterError):
+    """409: the job's state forbids the change; for a worker, the job is no longer leased to it.
+
+    The client's view of the master's :class:`agent.master.scheduler.Conflict`.
+    """
 
 
 class Forbidden(AuthError):
@@ -228,9 +235,9 @@ class MasterClient:
                 f"the master at {self.base_url} answered {status} to {method} {path}: {_error_text(response)}"
             )
         if status == 404:
-            raise NotFound(f"{method} {path}: {_error_text(response)}")
+            raise UnknownToMaster(f"{method} {path}: {_error_text(response)}")
         if status == 409:
-            raise Conflict(f"{method} {path}: {_error_text(response)}")
+            raise StateConflict(f"{method} {path}: {_error_text(response)}")
         if status >= 400:
             raise RequestRejected(f"{method} {path} was rejected ({status}): {_error_text(response)}")
         if not response.content:
@@ -257,7 +264,7 @@ class MasterClient:
         """
         try:
             body = await self._call("POST", "/nodes/register", json=registration.to_json())
-        except Conflict as exc:
+        except StateConflict as exc:
             raise NameInUse(str(exc).removeprefix("POST /nodes/register: ")) from None
         registered = NodeRegistered.from_json(body)
         self.node_token = registered.node_token
@@ -265,7 +272,7 @@ class MasterClient:
         return registered
 
     async def heartbeat(self, node_id: str, report: HeartbeatReport) -> HeartbeatReply:
-        """Raises NotFound when the master forgot the node: register again."""
+        """Raises UnknownToMaster when the master forgot the node: register again."""
         body = await self._call(
             "POST", f"/nodes/{node_id}/heartbeat", json=report.to_json(), **self._as_node()
         )
@@ -291,7 +298,7 @@ class MasterClient:
         """Report a result; ``token`` speaks for ``result.node_id`` when that is not this run's node.
 
         Raises:
-            Conflict: the master gave the job to another node meanwhile.
+            StateConflict: the master gave the job to another node meanwhile.
             Forbidden: the token is not the node's (it registered again since).
         """
         # The master keeps only the tail anyway; a huge log would also pass its body limit.
@@ -306,7 +313,7 @@ class MasterClient:
         """Extension: say goodbye after a clean stop, so the master shows the node offline at once.
 
         Raises:
-            NotFound: the master forgot the node, or lacks the extension (the Go master); nothing to do.
+            UnknownToMaster: the master forgot the node, or lacks the extension (the Go master); nothing to do.
         """
         await self._call("POST", f"/nodes/{_segment(node_id)}/deregister", **self._as_node())
 

@@ -32,7 +32,15 @@ from functools import partial
 import attrs
 import trio
 
-from agent.client import AuthError, MasterClient, MasterError, MasterUnavailable, NameInUse, NotFound, TLSVerifyError
+from agent.client import (
+    AuthError,
+    MasterClient,
+    MasterError,
+    MasterUnavailable,
+    NameInUse,
+    TLSVerifyError,
+    UnknownToMaster,
+)
 from agent.config import AgentConfig, ConfigError
 from agent.models import AgentEvent, Engine, HeartbeatReport, NodeRegistration
 from agent.tls import client_context
@@ -335,7 +343,7 @@ class Agent:
             )
             try:
                 reply = await self.client.heartbeat(self.state.node_id, report)
-            except NotFound:
+            except UnknownToMaster:
                 log.warning("The master forgot node %s; registering again", self.state.node_id)
                 await self.register()
                 continue

@@ -25,7 +25,7 @@ from typing import Any, NoReturn, Protocol
 import attrs
 import trio
 
-from agent.client import Conflict, MasterError, NotFound
+from agent.client import MasterError, StateConflict, UnknownToMaster
 from agent.models import Job, JobProgress, JobResult, JobStatus
 from agent.scenarios import EncodeSpec, JobRejected
 from agent.worker.breaker import CircuitBreaker
@@ -223,9 +223,9 @@ class JobTasks:
             assert update is not None
             try:
                 await self.client.send_progress(running.job.id, update)
-            except Conflict:
+            except StateConflict:
                 self.stop(running.job.id, StopReason.LEASE_LOST)
-            except NotFound:
+            except UnknownToMaster:
                 if self.progress_supported:
                     log.info("The master has no progress endpoint; progress stays local, job status is polled")
                 self.progress_supported = False

@@ -18,7 +18,7 @@ from typing import Awaitable, Callable, NoReturn
 import attrs
 import trio
 
-from agent.client import MasterClient, MasterError, MasterUnavailable, NotFound
+from agent.client import MasterClient, MasterError, MasterUnavailable, UnknownToMaster
 from agent.models import Job
 from agent.worker.backoff import Backoff
 from agent.worker.breaker import CircuitBreaker
@@ -68,7 +68,7 @@ class Poller:
                 self.breaker.claim_failed(trio.current_time(), str(exc))
                 await self._back_off(exc)
                 continue
-            except NotFound:
+            except UnknownToMaster:
                 log.warning("The master no longer knows node %s; registering again", self.state.node_id)
                 await self.reregister()
                 continue

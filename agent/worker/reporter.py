@@ -16,7 +16,15 @@ from pathlib import Path
 import attrs
 import trio
 
-from agent.client import AuthError, Conflict, Forbidden, MasterClient, MasterError, MasterUnavailable, NotFound
+from agent.client import (
+    AuthError,
+    Forbidden,
+    MasterClient,
+    MasterError,
+    MasterUnavailable,
+    StateConflict,
+    UnknownToMaster,
+)
 from agent.models import JobResult
 from agent.worker.backoff import Backoff
 from agent.worker.identity import NodeTokens
@@ -128,7 +136,7 @@ class ResultReporter:
                         result.job_id, result.node_id, exc)
         except (MasterUnavailable, AuthError):
             raise
-        except (Conflict, NotFound) as exc:
+        except (StateConflict, UnknownToMaster) as exc:
             log.warning("The master no longer expects the result of job %s (%s); dropped", result.job_id, exc)
         except MasterError as exc:
             log.error("The master refused the result of job %s: %s", result.job_id, exc)

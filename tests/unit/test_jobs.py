@@ -16,7 +16,7 @@ import pytest
 import trio
 import trio.testing
 
-from agent.client import Conflict, MasterUnavailable, NotFound
+from agent.client import MasterUnavailable, StateConflict, UnknownToMaster
 from agent.models import FailureReason, Job, JobProgress, JobResult, JobStatus, ResultAck
 from agent.scenarios import EncodeSpec, build_spec
 from agent.worker.breaker import BreakerState, CircuitBreaker
@@ -69,9 +69,9 @@ class FakeMaster:
 
     async def send_progress(self, job_id: str, progress: JobProgress) -> None:
         if self.no_progress_route:
-            raise NotFound("POST /jobs/x/progress: 404 page not found")
+            raise UnknownToMaster("POST /jobs/x/progress: 404 page not found")
         if self.refuse:
-            raise Conflict(f"job {job_id} is not leased to node {progress.node_id}")
+            raise StateConflict(f"job {job_id} is not leased to node {progress.node_id}")
         self.progress.append((trio.current_time(), job_id, progress.progress))
 
     async def get_job(self, job_id: str) -> Job:
