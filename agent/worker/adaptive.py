@@ -40,7 +40,7 @@ __all__ = [
     "AdaptiveConcurrency",
     "AdaptivePolicy",
     "CpuSampler",
-    "Decision",
+    "LimitDecision",
     "ThroughputMeter",
     "Window",
     "serve_adaptive",
@@ -81,7 +81,9 @@ class Window:
 
 
 @attrs.frozen
-class Decision:
+class LimitDecision:
+    """The concurrency limit for the next window, and the reason logged with it."""
+
     limit: int
     reason: str
 
@@ -114,11 +116,11 @@ class AdaptivePolicy:
     def clamp(self, limit: int) -> int:
         return min(self.high, max(self.low, limit))
 
-    def decide(self, window: Window) -> Decision:
+    def decide(self, window: Window) -> LimitDecision:
         """The limit for the next window, and why."""
         level = window.limit
         if not window.full:
-            return Decision(level, "slots stood idle: the queue, not concurrency, set the pace")
+            return LimitDecision(level, "slots stood idle: the queue, not concurrency, set the pace")
         previous = self._seen.get(level)
         here = window.throughput if previous is None else (previous + window.throughput) / 2
         self._seen[level] = here
@@ -126,19 +128,19 @@ class AdaptivePolicy:
         saturated = window.cpu_busy is not None and window.cpu_busy >= self.saturated_cpu
         if below is not None and level > self.low and here < below * (1 + self.tolerance):
             self._hold = self.hold_windows
-            return Decision(level - 1, f"{here:.1f} Mpx/s at {level} is no better than {below:.1f} at {level - 1}")
+            return LimitDecision(level - 1, f"{here:.1f} Mpx/s at {level} is no better than {below:.1f} at {level - 1}")
         if above is not None and level < self.high and above > here * (1 + self.tolerance):
-            return Decision(level + 1, f"{above:.1f} Mpx/s measured at {level + 1} beats {here:.1f}")
+            return LimitDecision(level + 1, f"{above:.1f} Mpx/s measured at {level + 1} beats {here:.1f}")
         if saturated:
-            return Decision(level, f"CPU saturated ({window.cpu_busy:.0%} busy)")
+            return LimitDecision(level, f"CPU saturated ({window.cpu_busy:.0%} busy)")
         if self._hold > 0:
             self._hold -= 1
-            return Decision(level, "holding after a step back")
+            return LimitDecision(level, "holding after a step back")
         if level < self.high:
             # Measure the level above afresh: the machine may have changed since.
             self._seen.pop(level + 1, None)
-            return Decision(level + 1, f"{here:.1f} Mpx/s at {level}, CPU has room: probing {level + 1}")
-        return Decision(level, "at the upper bound")
+            return LimitDecision(level + 1, f"{here:.1f} Mpx/s at {level}, CPU has room: probing {level + 1}")
+        return LimitDecision(level, "at the upper bound")
 
 
 @attrs.define

@@ -57,7 +57,7 @@ from agent.worker.inputs import InputCache
 from agent.worker.jobrunner import JobRunner
 from agent.worker.jobs import JobTasks
 from agent.worker.lifecycle import StopReason
-from agent.worker.master_host import Decision, decide, is_master_host
+from agent.worker.master_host import HostDecision, decide, is_master_host
 from agent.worker.metrics import AgentMetrics
 from agent.worker.poller import Poller
 from agent.worker.reporter import DELIVERY_ATTEMPT_S, Outbox, ResultReporter
@@ -404,8 +404,8 @@ async def run_agent(config: AgentConfig) -> int:
     master_as_worker = await is_master_host(config.master_url)
     if master_as_worker:
         decision = await decide(config, interactive=sys.stdin.isatty())
-        if decision is not Decision.RUN:
-            return 0 if decision is Decision.DECLINED else 2
+        if decision is not HostDecision.RUN:
+            return 0 if decision is HostDecision.DECLINED else 2
     try:
         verify = client_context(config.tls)
     except ConfigError as exc:

@@ -21,14 +21,14 @@ import trio
 
 from agent.config import AgentConfig
 
-__all__ = ["Decision", "decide", "is_local_address", "is_master_host"]
+__all__ = ["HostDecision", "decide", "is_local_address", "is_master_host"]
 
 log = logging.getLogger(__name__)
 
 PROMPT = "Do you want to continue? (yes/no): "
 
 
-class Decision(enum.Enum):
+class HostDecision(enum.Enum):
     """What the agent does on the master's host."""
 
     RUN = enum.auto()
@@ -66,7 +66,7 @@ async def is_master_host(master_url: str) -> bool:
     return any(is_local_address(ipaddress.ip_address(str(info[4][0]).split("%")[0])) for info in infos)
 
 
-async def decide(config: AgentConfig, *, interactive: bool, ask: Callable[[str], str] = input) -> Decision:
+async def decide(config: AgentConfig, *, interactive: bool, ask: Callable[[str], str] = input) -> HostDecision:
     """Whether an agent whose master runs on this host may start; logs why in every case.
 
     Args:
@@ -85,7 +85,7 @@ async def decide(config: AgentConfig, *, interactive: bool, ask: Callable[[str],
     )
     if not config.allow_master_as_worker:
         log.error("Refusing to run on the master's host; restart with --allow-master-as-worker to do it anyway")
-        return Decision.REFUSED
+        return HostDecision.REFUSED
     if interactive and not config.skip_confirmation:
         try:
             answer = await trio.to_thread.run_sync(ask, PROMPT)
@@ -93,6 +93,6 @@ async def decide(config: AgentConfig, *, interactive: bool, ask: Callable[[str],
             answer = ""
         if answer.strip().lower() not in ("yes", "y"):
             log.info("Not starting: the operator declined to run a worker on the master's host")
-            return Decision.DECLINED
+            return HostDecision.DECLINED
     log.info("Running as a worker on the master's host (labelled master_as_worker)")
-    return Decision.RUN
+    return HostDecision.RUN

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 
 from agent.config import AgentConfig
-from agent.worker.master_host import PROMPT, Decision, decide, is_local_address, is_master_host
+from agent.worker.master_host import PROMPT, HostDecision, decide, is_local_address, is_master_host
 
 
 @pytest.mark.parametrize(("address", "local"), [("127.0.0.1", True), ("127.9.9.9", True), ("::1", True),
@@ -37,17 +37,17 @@ def answers(reply: str) -> tuple[list[str], Callable[[str], str]]:
 @pytest.mark.parametrize(
     ("allow", "skip", "interactive", "reply", "decision", "asks"),
     [
-        (False, True, True, "yes", Decision.REFUSED, False),
-        (True, False, True, "yes", Decision.RUN, True),
-        (True, False, True, "Y\n", Decision.RUN, True),
-        (True, False, True, "no", Decision.DECLINED, True),
-        (True, False, True, "", Decision.DECLINED, True),
-        (True, True, True, "no", Decision.RUN, False),
-        (True, False, False, "no", Decision.RUN, False),
+        (False, True, True, "yes", HostDecision.REFUSED, False),
+        (True, False, True, "yes", HostDecision.RUN, True),
+        (True, False, True, "Y\n", HostDecision.RUN, True),
+        (True, False, True, "no", HostDecision.DECLINED, True),
+        (True, False, True, "", HostDecision.DECLINED, True),
+        (True, True, True, "no", HostDecision.RUN, False),
+        (True, False, False, "no", HostDecision.RUN, False),
     ],
 )
 async def test_only_the_flag_allows_it_and_a_terminal_is_asked_first(
-    allow: bool, skip: bool, interactive: bool, reply: str, decision: Decision, asks: bool
+    allow: bool, skip: bool, interactive: bool, reply: str, decision: HostDecision, asks: bool
 ) -> None:
     """Refused without --allow-master-as-worker; on a terminal 'yes' or 'y' goes on, unless --skip-confirmation."""
     asked, ask = answers(reply)
