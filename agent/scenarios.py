@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import attrs
 
+from .hardware import HARDWARE_VENDORS
 from .models import Job
 
 __all__ = [
@@ -88,8 +89,7 @@ _DEFAULT_PRESET = "veryfast"
 # "auto" uses a hardware encoder for the codec when the worker detected one
 # (and falls back to software if it fails); "none" insists on software; a
 # vendor name asks for that vendor's encoder, else software.
-HARDWARE_CHOICES = ("auto", "none", "nvenc", "qsv", "vaapi")
-HARDWARE_VENDORS = HARDWARE_CHOICES[2:]
+HARDWARE_CHOICES = ("auto", "none", *HARDWARE_VENDORS)
 
 _MIN_WIDTH, _MAX_WIDTH = 16, 7680
 _MIN_HEIGHT, _MAX_HEIGHT = 16, 4320

@@ -14,6 +14,7 @@ from typing import Any
 
 import attrs
 
+from ..hardware import HARDWARE_VENDORS
 from ..models import (
     FailureReason,
     HeartbeatReport,
@@ -28,7 +29,6 @@ from ..models import (
 
 __all__ = [
     "DRAINING",
-    "HARDWARE_CODECS",
     "OFFLINE",
     "OFFLINE_AFTER_BEATS",
     "FREE_HANDBACKS",
@@ -69,9 +69,6 @@ __all__ = [
 # A node that misses this many heartbeats in a row is offline: one late beat is
 # network jitter, three are a dead or partitioned agent.
 OFFLINE_AFTER_BEATS = 3
-
-# Encoder families that need a GPU; a job naming one only goes to a node that has it.
-HARDWARE_CODECS = ("nvenc", "qsv", "vaapi")
 
 # Hand-backs of a job that never started (a draining node, a node restarted before
 # it began) cost no retry this many times; after that each one does, so that no
@@ -123,7 +120,7 @@ def claim_key(job: Job) -> tuple[int, int, int]:
 def _hardware_codec(job: Job) -> str:
     """The GPU family a job insists on: ``hardware: nvenc`` or a codec such as ``h264_nvenc``."""
     wanted = f"{job.parameters.get('hardware', '')} {job.parameters.get('codec', '')}".lower()
-    return next((codec for codec in HARDWARE_CODECS if codec in wanted), "")
+    return next((vendor for vendor in HARDWARE_VENDORS if vendor in wanted), "")
 
 
 def can_run(job: Job, node: Node) -> bool:

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import attrs
 import trio
 
+from ...hardware import NVENC, QSV, VAAPI
 from ..guardian import Guardian
 from ..processes import capture_child
 
@@ -44,14 +45,14 @@ class _Vendor:
 
 
 VENDORS: dict[str, _Vendor] = {
-    "nvenc": _Vendor((), "", {"h264": "h264_nvenc", "h265": "hevc_nvenc"}),
-    "qsv": _Vendor(
+    NVENC: _Vendor((), "", {"h264": "h264_nvenc", "h265": "hevc_nvenc"}),
+    QSV: _Vendor(
         ("-init_hw_device", "qsv=hw", "-filter_hw_device", "hw"),
         "format=nv12,hwupload=extra_hw_frames=64",
         {"h264": "h264_qsv", "h265": "hevc_qsv", "vp9": "vp9_qsv"},
     ),
     # The first render node: the one a single-GPU machine has.
-    "vaapi": _Vendor(
+    VAAPI: _Vendor(
         ("-vaapi_device", "/dev/dri/renderD128"),
         "format=nv12,hwupload",
         {"h264": "h264_vaapi", "h265": "hevc_vaapi", "vp9": "vp9_vaapi"},
