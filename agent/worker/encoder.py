@@ -23,14 +23,11 @@ import attrs
 import trio
 
 from agent.worker.guardian import Guardian
-from agent.worker.processes import run_child
+from agent.worker.processes import STDERR_TAIL_LINES, run_child
 from agent.worker.progress import ProgressParser, ProgressSnapshot
 from agent.worker.stall import StallDetector
 
 log = logging.getLogger(__name__)
-
-# Enough of stderr to show why an encoder failed, small enough for a JSON result.
-STDERR_TAIL_LINES = 40
 
 
 @attrs.define

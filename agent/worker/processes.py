@@ -31,10 +31,14 @@ import trio
 
 from agent.worker.guardian import Guardian
 
-__all__ = ["ENV_PASSTHROUGH", "capture_child", "child_env", "kill_group", "run_child"]
+__all__ = ["ENV_PASSTHROUGH", "STDERR_TAIL_LINES", "capture_child", "child_env", "kill_group", "run_child"]
 
 # Variables a child may need; everything else (API keys above all) stays out.
 ENV_PASSTHROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "LD_LIBRARY_PATH")
+
+# Lines of a child's stderr kept for its error or result: the reason a program
+# gives for failing is in the last few, and the tail must fit a JSON result.
+STDERR_TAIL_LINES = 40
 
 StopChild = Callable[[trio.Process], Awaitable[None]]
 

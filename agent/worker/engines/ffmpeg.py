@@ -18,8 +18,9 @@ import attrs
 import trio
 
 from ...scenarios import VP9_PRESETS, EncodeSpec
-from ..processes import capture_child
+from ..processes import STDERR_TAIL_LINES, capture_child
 from ..progress import ProgressParser
+from . import keyframe_interval
 from .hwaccel import HardwareEncoder
 
 __all__ = [
@@ -37,13 +38,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-# Lines of stderr kept in errors: the reason FFmpeg gives is in the last few.
-STDERR_TAIL_LINES = 20
-
-# Two seconds between keyframes: players and RTMP servers can join a stream
-# that often, and it costs little compression.
-KEYFRAME_INTERVAL_S = 2.0
 
 # The synthetic input must not be trivially compressible, or every encode of it
 # is unrealistically cheap: moving test pattern plus temporal noise.
@@ -138,7 +132,7 @@ def encode_argv(
 
         argv = encode_argv(ffmpeg, build_spec(job), "/in/clip.mp4", "/work/out/job.mp4")
     """
-    keyint = max(1, round(spec.fps * KEYFRAME_INTERVAL_S))
+    keyint = keyframe_interval(spec.fps)
     audio_codec, audio_bitrate = _AUDIO_CODEC[spec.container]
     argv = [ffmpeg, "-hide_banner", "-y", "-progress", "pipe:1", "-nostats"]
     if hardware is not None:

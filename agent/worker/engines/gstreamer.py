@@ -33,13 +33,12 @@ import trio
 from ...scenarios import VP9_PRESETS, EncodeSpec
 from ..guardian import Guardian
 from ..processes import capture_child
+from . import keyframe_interval
 
 __all__ = ["GStreamer", "encoder_element", "find_gstreamer", "pipeline_argv", "required_elements"]
 
 log = logging.getLogger(__name__)
 
-# Same keyframe spacing as the FFmpeg engine, so both engines' streams join alike.
-KEYFRAME_INTERVAL_S = 2.0
 # Scanning the plugin registry for the first time takes seconds on a cold cache.
 INSPECT_TIMEOUT_S = 60.0
 # libvpx's deadlines in microseconds per frame: 1 is its "realtime", 1 s its "good".
@@ -135,7 +134,7 @@ def pipeline_argv(gst_launch: str, spec: EncodeSpec, input_path: str, output: st
         argv = pipeline_argv("gst-launch-1.0", spec, "/cache/clip.mp4", "/work/out/job.mp4")
     """
     codec = _CODECS[spec.codec]
-    keyint = max(1, round(spec.fps * KEYFRAME_INTERVAL_S))
+    keyint = keyframe_interval(spec.fps)
     muxer, mux_props = _MUXERS[spec.container]
     sink, target = _SINKS[spec.output_mode]
     caps = (
