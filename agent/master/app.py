@@ -81,7 +81,9 @@ _JOB_REQUEST_TYPES: dict[str, tuple[type, str]] = {
 _W = TypeVar("_W")
 
 
-def create_app(store: Store, config: MasterConfig, hub: EventHub) -> Starlette:
+def create_app(
+    store: Store, config: MasterConfig, hub: EventHub, metrics: MasterMetrics | None = None
+) -> Starlette:
     """The master's API over ``store``.
 
     Args:
@@ -90,11 +92,13 @@ def create_app(store: Store, config: MasterConfig, hub: EventHub) -> Starlette:
             the one-process mode) and ``max_retries`` for new jobs.
         hub: the connected event channels; the app sends cancels and drains
             through it, :func:`~agent.master.server.serve_master` the wake-ups.
+        metrics: what ``/metrics`` serves; shared with the housekeeping that
+            counts expired and deleted jobs. None starts a fresh set.
 
     Returns:
         An ASGI app for hypercorn on Trio; :func:`~agent.master.server.serve_master` serves it.
     """
-    api = _Api(store, config, hub)
+    api = _Api(store, config, hub, metrics or MasterMetrics())
     timed = api.metrics.timed
     # Who may call a route: anyone (OPEN), a holder of the API key (OPERATOR: the CLI,
     # and registration), or the node the request speaks for, with its token (NODE;
@@ -244,11 +248,11 @@ async def _wait_for_job(receive: Receive, available: trio.Event, deadline: float
 class _Api:
     """Route handlers over one store."""
 
-    def __init__(self, store: Store, config: MasterConfig, hub: EventHub) -> None:
+    def __init__(self, store: Store, config: MasterConfig, hub: EventHub, metrics: MasterMetrics) -> None:
         self._store = store
         self._config = config
         self._hub = hub
-        self.metrics = MasterMetrics()
+        self.metrics = metrics
         self.guard = Guard(store, api_key=config.api_key, allow_legacy_agents=config.allow_legacy_agents)
 
     async def _explained(self, jobs: list[Job]) -> list[Job]:

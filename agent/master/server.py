@@ -21,6 +21,7 @@ from ..tls import configure_server, prepare_server
 from .app import create_app
 from .bodylimits import BodyLimits
 from .events import EventHub
+from .metrics import MasterMetrics
 from .scheduler import OFFLINE_AFTER_BEATS
 from .store import Store, StoreError, open_store
 
@@ -39,7 +40,7 @@ def _bind(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-async def keep_house(store: Store, hub: EventHub, config: MasterConfig) -> None:
+async def keep_house(store: Store, hub: EventHub, config: MasterConfig, metrics: MasterMetrics) -> None:
     """Mark silent nodes offline, forget long-offline ones, time out overdue jobs, delete old ones.
 
     Checking every half heartbeat interval bounds the delay past a node's
@@ -47,17 +48,18 @@ async def keep_house(store: Store, hub: EventHub, config: MasterConfig) -> None:
     missed beats gets its jobs requeued; a job past its timeout by one more
     beat (the agent's own ``timeout`` result had that long to arrive) is failed
     on the master and its node told to stop it. A database error skips one
-    round, so a database restart does not take the master down. Runs until cancelled.
+    round, so a database restart does not take the master down. Timed-out and
+    deleted jobs are counted in ``metrics``. Runs until cancelled.
     """
     while True:
         await trio.sleep(config.heartbeat_interval / 2)
         try:
-            await _sweep(store, hub, config)
+            await _sweep(store, hub, config, metrics)
         except StoreError as exc:
             log.warning("Housekeeping skipped: %s", exc)
 
 
-async def _sweep(store: Store, hub: EventHub, config: MasterConfig) -> None:
+async def _sweep(store: Store, hub: EventHub, config: MasterConfig, metrics: MasterMetrics) -> None:
     for node in await store.mark_silent_nodes_offline(config.heartbeat_interval):
         log.warning(
             "Node %s (%s) silent for %d heartbeats: offline, its jobs went back to the queue",
@@ -72,10 +74,12 @@ async def _sweep(store: Store, hub: EventHub, config: MasterConfig) -> None:
         )
     for before, after in await store.expire_overdue_jobs(config.job_timeout, config.heartbeat_interval):
         hub.send(before.node_id, AgentEvent.cancel(before.id))
+        metrics.expired.inc()
         log.warning("Job %s timed out on the master (now %s): %s", after.id, after.status.value, after.error)
     if config.cleanup_retention > 0:
         cutoff = utcnow() - dt.timedelta(days=config.cleanup_retention)
         if deleted := await store.delete_finished_before(cutoff):
+            metrics.cleaned.inc(deleted)
             log.info("Deleted %d jobs finished over %g days ago", deleted, config.cleanup_retention)
 
 
@@ -120,12 +124,13 @@ async def serve_master(
         configure_server(http, config.tls)
     async with open_store(config.db, dsn=config.db_dsn) as store:
         hub = EventHub()
-        app = BodyLimits(create_app(store, config, hub), timeout=config.body_timeout)
+        metrics = MasterMetrics()
+        app = BodyLimits(create_app(store, config, hub, metrics), timeout=config.body_timeout)
         async with trio.open_nursery() as nursery:
             asgi = cast("ASGIFramework", app)  # an ASGI app; Starlette's annotations differ from hypercorn's
             urls: list[str] = await nursery.start(partial(hypercorn.trio.serve, asgi, http))
             await nursery.start(hub.serve_wake_ups, store)
-            nursery.start_soon(keep_house, store, hub, config)
+            nursery.start_soon(keep_house, store, hub, config, metrics)
             task_status.started(urls[0])
 
 

@@ -606,3 +606,20 @@ async def test_a_node_id_with_a_nul_is_unknown_on_every_node_route(http: httpx.A
     assert (await http.post("/nodes/%00/heartbeat")).status_code == 404
     assert (await http.get("/jobs/next", params={"node_id": "\x00"})).status_code == 404
     assert (await http.post("/nodes/%00/drain")).status_code == 404
+
+
+async def test_metrics_count_jobs_timed_out_and_deleted_by_housekeeping(nursery: trio.Nursery) -> None:
+    """A job past its timeout is failed and counted, then deleted after the retention period and counted."""
+    url = await start_master(
+        nursery, heartbeat_interval=0.2, job_timeout=0.1, max_retries=0, cleanup_retention=0.5 / 86400
+    )
+    async with httpx.AsyncClient(base_url=url, auth=ActAsNode()) as http:
+        node = await register(http)
+        job = await submit(http)
+        assert await claim(http, node) is not None
+        wanted = {"ffrtmp_master_jobs_timed_out_total 1.0", "ffrtmp_master_jobs_cleaned_total 1.0"}
+        with trio.fail_after(5):
+            while not wanted <= set((await http.get("/metrics")).text.splitlines()):
+                await http.post(f"/nodes/{node.id}/heartbeat")  # alive: the job times out, not its node
+                await trio.sleep(0.05)
+        assert (await http.get(f"/jobs/{job.id}")).status_code == 404
