@@ -1,8 +1,9 @@
 """Wire types shared by the master, the worker and the CLI.
 
-Every message of the protocol (DESIGN §3) is an attrs class here. JSON goes in
-through ``X.from_json(dict)`` and out through ``x.to_json()``; both are built
-on one cattrs converter so that the rules hold everywhere:
+Every message of the protocol (see "The wire protocol" in docs/architecture.rst)
+is an attrs class here. JSON goes in through ``X.from_json(dict)`` and out
+through ``x.to_json()``; both are built on one cattrs converter so that the
+rules hold everywhere:
 
 * unknown fields are ignored (the Go master and agent add fields freely);
 * times are RFC 3339, read with nanoseconds and any offset, written in UTC;

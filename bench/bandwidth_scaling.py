@@ -18,10 +18,11 @@ the median over the repeats; the agent/pool ratio is the median of the ratios
 of runs made side by side.
 
 Per level: makespan (submit to last result for the agent, first start to last
-exit for the pool), aggregate bandwidth (DESIGN §4: input plus output bytes,
-in Mbit/s of 2**20 bits, over the makespan), encoded frames per second, the
-encoders' CPU use as a share of all cores, speed-up and efficiency against the
-lowest level, and the agent's own CPU time as a share of its encoders'.
+exit for the pool), aggregate bandwidth (as a result's ``bandwidth_mbps``:
+input plus output bytes, in Mbit/s of 2**20 bits, over the makespan), encoded
+frames per second, the encoders' CPU use as a share of all cores, speed-up
+and efficiency against the lowest level, and the agent's own CPU time as a
+share of its encoders'.
 Writes ``<name>.json``, ``.csv``, ``.md`` and ``.png`` into ``--out``, by
 default a new ``bench-results/<name>-<date>-<time>/``. Each goal line says
 what it measures; a missed goal exits 1 only with ``--check``.

@@ -1,4 +1,6 @@
-"""The master: a job queue that worker agents lease jobs from over HTTP (DESIGN §3, §5).
+"""The master: a job queue that worker agents lease jobs from over HTTP.
+
+See "The master" and "Leases and node identity" in docs/architecture.rst.
 
 General layout, from the bottom up:
 

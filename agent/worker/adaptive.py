@@ -5,9 +5,9 @@ How many encodes to run at once depends on the machine and on the jobs: one
 stream uses a tenth of one. So the agent measures instead of guessing. Every
 window it reads how many pixels the encoders produced per second (from their
 progress, so it is known while jobs run, not only when they end; for a given
-mix of jobs it is proportional to the bandwidth of DESIGN §4) and how busy
-the CPU was, then :class:`AdaptivePolicy` — plain code, no I/O — moves the
-limit by one:
+mix of jobs it is proportional to the ``bandwidth_mbps`` results report) and
+how busy the CPU was, then :class:`AdaptivePolicy` — plain code, no I/O —
+moves the limit by one:
 
 - up while each step up raised throughput and the CPU has room;
 - back down when a level gave no more than the one below it (it fell, or

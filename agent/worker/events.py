@@ -1,4 +1,6 @@
-"""The agent's end of the event channel (``WS /nodes/{id}/events``, DESIGN §3).
+"""The agent's end of the event channel, ``WS /nodes/{id}/events``.
+
+See "Extensions to the protocol" in docs/architecture.rst for the events.
 
 Push events are a bonus: polling and heartbeats carry on whatever happens
 here. A master that refuses the websocket handshake (the original Go master

@@ -1,4 +1,6 @@
-"""The master's HTTP API on a real socket, driven by httpx (DESIGN §3).
+"""The master's HTTP API on a real socket, driven by httpx.
+
+See "The wire protocol" and "Extensions to the protocol" in docs/architecture.rst.
 
 Network rules: the server binds 127.0.0.1 port 0 and is cancelled at the end
 of each test; every test has a timeout.
