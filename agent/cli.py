@@ -311,7 +311,7 @@ def local_parser() -> argparse.ArgumentParser:
         "Submits --jobs jobs, shows progress, prints a result table; exits 1 if any job failed.",
     )
     parser.add_argument("--scenario", default="720p30-h264", help="scenario of every job (default 720p30-h264)")
-    parser.add_argument("--jobs", type=int, default=4, help="number of jobs (default 4)")
+    parser.add_argument("--jobs", type=positive, default=4, help="number of jobs (default 4)")
     parser.add_argument("--max-concurrent-jobs", type=concurrency, default="2",
                         help="jobs run at once (default 2; auto = cores/4)")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds of video per job (default 5)")
@@ -344,7 +344,7 @@ def console_parser(prog: str) -> argparse.ArgumentParser:
     submit.add_argument("--queue", default="default", choices=["live", "default", "batch"])
     submit.add_argument("--priority", default="medium", choices=["high", "medium", "low"])
     submit.add_argument("--param", type=param, action="append", default=[], help="key=value, repeatable")
-    submit.add_argument("--count", type=int, default=1, help="how many identical jobs (default 1)")
+    submit.add_argument("--count", type=positive, default=1, help="how many identical jobs (default 1)")
     status = jobs.add_parser("status", help="show one job, or all", parents=[common])
     status.add_argument("job_id", nargs="?", help="id or sequence number")
     status.add_argument("--follow", action="store_true", help="keep showing until the job ends")
