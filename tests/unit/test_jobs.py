@@ -122,7 +122,8 @@ async def test_a_stop_from_the_master_ends_the_job_canceled(autojump_clock: trio
         await trio.sleep(2.5)
         driver.stop("j1", StopReason.CANCELED)
     [(at, result)] = sink.results
-    assert (result.status, result.error, result.progress) == (JobStatus.CANCELED, "canceled on the master", pytest.approx(100 / 30))
+    assert (result.status, result.error) == (JobStatus.CANCELED, "canceled on the master")
+    assert result.progress == pytest.approx(100 / 30)
     assert at == pytest.approx(2.5)
 
 
@@ -189,7 +190,8 @@ async def test_the_breaker_learns_from_jobs_that_end_by_themselves_only(autojump
         await driver.run(job(name, seconds=1), "node-1", draining=False)
     assert breaker.state is BreakerState.OPEN
     await trio.sleep(10)
-    assert breaker.claim_delay(trio.current_time()) == 0 and breaker.state is BreakerState.HALF_OPEN
+    assert breaker.claim_delay(trio.current_time()) == 0
+    assert breaker.state.name == "HALF_OPEN"  # claim_delay moved it; mypy cannot see that
     breaker.claim_started()
     healthy, _ = tasks(breaker=breaker)
     async with trio.open_nursery() as nursery:
