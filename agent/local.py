@@ -2,24 +2,32 @@
 
 The master keeps its queue in memory and both talk over real HTTP on
 127.0.0.1, so this mode runs exactly the code a farm runs.
+
+Exit codes: 0 when every job completed, 1 when one did not, 2 when an option
+has a value no job could run with (checked before anything starts), and
+128 + the signal after Ctrl-C (130) or SIGTERM (143), which stop the run:
+unfinished jobs are canceled, encoders stopped, and the table shows what
+finished.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 
 import attrs
 import trio
 
-from agent.client import MasterClient
+from agent.client import MasterClient, StateConflict
 from agent.config import AgentConfig, MasterConfig
 from agent.console import format_table
 from agent.master.server import serve_master
 from agent.models import Job, JobRequest, JobStatus
+from agent.scenarios import PARAMETERS, EncodeSpec, JobRejected, build_spec
 from agent.worker.agent import Agent
 from agent.worker.jobrunner import bandwidth_mbps
 
@@ -29,6 +37,12 @@ log = logging.getLogger(__name__)
 LOCAL_POLL_INTERVAL_S = 0.2
 DISPLAY_INTERVAL_S = 1.0
 RESULT_COLUMNS = ("seq", "status", "seconds", "fps", "speed", "in MB", "out MB", "Mbps", "output file / error")
+# An option no job could run with; the same code as argparse's usage errors.
+EXIT_BAD_OPTION = 2
+
+
+class OptionRejected(ValueError):
+    """An option of ``local`` has a value no job could run with; the message names the flag and the value."""
 
 
 @attrs.define
@@ -41,12 +55,45 @@ class LocalRun:
     parameters: dict[str, Any] = attrs.field(factory=dict)
     ffmpeg: str = ""
 
+    @property
+    def request(self) -> JobRequest:
+        """What is submitted, once per job."""
+        return JobRequest.from_json(
+            {"scenario": self.scenario, "parameters": {"duration": self.duration, **self.parameters}}
+        )
+
+    def spec(self) -> EncodeSpec:
+        """Every job's encode spec, built as the worker will build it.
+
+        Raises:
+            OptionRejected: a value no job could run with; the message starts
+                with the flag and value to change (``--param bitrate=lots: ...``).
+        """
+        request = self.request
+        job = Job(id="local", scenario=request.scenario, parameters=request.parameters)
+        try:
+            # The worker checks every address an input URL resolves to; so may we skip the literal check.
+            return build_spec(job, allow_private_inputs=True)
+        except JobRejected as exc:
+            raise OptionRejected(f"{self._flag_for(exc.field)}: {exc}") from None
+
+    def _flag_for(self, field: str) -> str:
+        if field == "scenario":
+            return f"--scenario {self.scenario}"
+        key = field.split(".")[0]
+        if key == "duration" and key not in self.parameters:
+            return f"--duration {self.duration:g}"
+        if key not in self.parameters:  # "parameters": keys we do not know
+            key = next((each for each in self.parameters if each not in PARAMETERS), key)
+        return f"--param {key}={self.parameters.get(key, '')}"
+
 
 def _result_row(job: Job) -> list[Any]:
     m = job.metrics
     # The header names the outputs directory; each file sits in <job id>/ there.
     output = Path(m.get("output_file", "")).name
-    detail = output if job.status is JobStatus.COMPLETED else f"{job.failure_reason}: {job.error}"
+    failure = ": ".join(filter(None, (job.failure_reason, job.error))) or "-"
+    detail = output if job.status is JobStatus.COMPLETED else failure
     return [
         job.sequence_number, job.status.value, f"{m.get('duration', 0):.1f}", f"{m.get('fps', 0):.0f}",
         f"{m.get('speed', 0):.2f}x", f"{m.get('input_file_bytes', 0) / 1e6:.1f}",
@@ -68,16 +115,26 @@ def summary(jobs: list[Job], makespan: float) -> str:
 
 
 class _ProgressDisplay:
-    """One status line: rewritten in place on a terminal, printed on change elsewhere."""
+    """One status line: rewritten in place on a terminal, printed on change elsewhere.
 
-    def __init__(self, out: TextIO) -> None:
+    ``generating()`` says whether the run's test input is still being made:
+    jobs then show ``generating input`` rather than sitting at ``0%``.
+    """
+
+    def __init__(self, out: TextIO, generating: Callable[[], bool]) -> None:
         self.out = out
+        self.generating = generating
         self.tty = out.isatty()
         self.last = ""
 
+    def _running(self, job: Job) -> str:
+        if job.progress == 0 and self.generating():
+            return f"#{job.sequence_number} generating input"
+        return f"#{job.sequence_number} {job.progress:.0f}%"
+
     def show(self, jobs: list[Job], elapsed: float) -> None:
         counts = {status: sum(job.status is status for job in jobs) for status in JobStatus}
-        running = [f"#{job.sequence_number} {job.progress:.0f}%" for job in jobs if job.status is JobStatus.PROCESSING]
+        running = [self._running(job) for job in jobs if job.status is JobStatus.PROCESSING]
         line = (
             f"[{elapsed:5.1f}s] done {counts[JobStatus.COMPLETED]}, failed {counts[JobStatus.FAILED]}, "
             f"queued {counts[JobStatus.PENDING]}, running: {', '.join(running) or '-'}"
@@ -94,47 +151,126 @@ class _ProgressDisplay:
             self.out.write("\n")
 
 
+@attrs.define
+class _Interrupt:
+    """The first SIGINT or SIGTERM stops the run; it is kept for the exit code.
+
+    Each phase of the run is guarded by its own cancel scope (a scope is
+    entered once), cancelled by the signal, or at once when it came before.
+    """
+
+    signum: int = 0
+    _scopes: list[trio.CancelScope] = attrs.field(factory=list)
+
+    def guard(self) -> trio.CancelScope:
+        scope = trio.CancelScope()
+        if self.signum:
+            scope.cancel()
+        self._scopes.append(scope)
+        return scope
+
+    async def watch(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            task_status.started()
+            async for signum in signals:
+                if not self.signum:
+                    self.signum = signum
+                    log.info("%s: stopping the run", signal.Signals(signum).name)
+                    for scope in self._scopes:
+                        scope.cancel()
+
+
 async def run_local(run: LocalRun, out: TextIO = sys.stdout) -> int:
-    """Run the jobs; returns 0 when every job completed, 1 otherwise."""
+    """Run the jobs and print their table; the exit code (see the module's docstring).
+
+    A bad option ends here with one ``error:`` line on stderr, before the
+    master starts or an input is generated. Ctrl-C or SIGTERM cancels the jobs
+    that have not finished, stops their encoders, and prints the table.
+    """
+    try:
+        spec = run.spec()
+    except OptionRejected as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_OPTION
+    interrupt = _Interrupt()
+    jobs: list[Job] = []
     async with trio.open_nursery() as nursery:
-        master_url = await nursery.start(serve_master, MasterConfig(host="127.0.0.1", port=0, db=""))
-        async with MasterClient(master_url) as client:
-            config = AgentConfig(
-                master_url=master_url,
-                max_concurrent_jobs=run.max_concurrent_jobs,
-                poll_interval=LOCAL_POLL_INTERVAL_S,
-                metrics_host="127.0.0.1",
-                metrics_port=0,
-                work_dir=run.work_dir,
-                ffmpeg=run.ffmpeg,
-                # The embedded master is on this host by design.
-                allow_master_as_worker=True,
-            )
-            agent = Agent.from_config(config, client, master_as_worker=True)
-            parameters = {"duration": run.duration, **run.parameters}
-            request = JobRequest.from_json({"scenario": run.scenario, "parameters": parameters})
-            ids = [(await client.submit_job(request)).id for _ in range(run.jobs)]
+        await nursery.start(interrupt.watch)
+        with interrupt.guard():
+            master_url = await nursery.start(serve_master, MasterConfig(host="127.0.0.1", port=0, db=""))
+        if not interrupt.signum:
+            async with MasterClient(master_url) as client:
+                jobs, makespan = await _run_jobs(run, spec, client, interrupt, out)
+            out.write(summary(jobs, makespan) + "\n")
+        nursery.cancel_scope.cancel()
+    if interrupt.signum:
+        name = signal.Signals(interrupt.signum).name
+        print(f"interrupted by {name}: unfinished jobs were canceled", file=sys.stderr)
+        return 128 + interrupt.signum
+    return 0 if all(job.status is JobStatus.COMPLETED for job in jobs) else 1
+
+
+def _agent_config(run: LocalRun, master_url: str) -> AgentConfig:
+    return AgentConfig(
+        master_url=master_url,
+        max_concurrent_jobs=run.max_concurrent_jobs,
+        poll_interval=LOCAL_POLL_INTERVAL_S,
+        metrics_host="127.0.0.1",
+        metrics_port=0,
+        work_dir=run.work_dir,
+        ffmpeg=run.ffmpeg,
+        # The embedded master is on this host by design.
+        allow_master_as_worker=True,
+    )
+
+
+async def _run_jobs(
+    run: LocalRun, spec: EncodeSpec, client: MasterClient, interrupt: _Interrupt, out: TextIO
+) -> tuple[list[Job], float]:
+    """Submit, run and watch the jobs until all are final or a signal stops them; the jobs and the makespan."""
+    agent = Agent.from_config(_agent_config(run, client.base_url), client, master_as_worker=True)
+    clip = agent.runner.inputs.path_for(spec.width, spec.height, spec.fps, spec.duration)
+    display = _ProgressDisplay(out, lambda: not spec.input and not clip.exists())
+    ids: list[str] = []
+    started = time.monotonic()
+    async with trio.open_nursery() as agent_nursery:  # the agent stops before its client closes
+        with interrupt.guard():
+            ids = [(await client.submit_job(run.request)).id for _ in range(run.jobs)]
             out.write(
                 f"Running {run.jobs} x {run.scenario} ({run.duration:g}s each), "
                 f"{run.max_concurrent_jobs} at a time; outputs in {run.work_dir / 'outputs'}/<job id>/\n"
             )
             started = time.monotonic()
-            async with trio.open_nursery() as agent_nursery:  # the agent stops before its client closes
-                await agent_nursery.start(agent.serve)
-                jobs = await _watch(client, ids, started, _ProgressDisplay(out))
-                makespan = time.monotonic() - started
-                agent.drain()
-        out.write(summary(jobs, makespan) + "\n")
-        nursery.cancel_scope.cancel()
-    return 0 if all(job.status is JobStatus.COMPLETED for job in jobs) else 1
+            await agent_nursery.start(agent.serve)
+            await _watch(client, ids, started, display)
+        display.close()
+        if interrupt.signum:
+            # Stop claiming and stop the encoders now, then cancel what is left so the table says so.
+            agent.cancel_now()
+            await _cancel_unfinished(client, ids)
+        else:
+            agent.drain()
+    return await _listed(client, ids), time.monotonic() - started
 
 
-async def _watch(client: MasterClient, ids: list[str], started: float, display: _ProgressDisplay) -> list[Job]:
+async def _listed(client: MasterClient, ids: list[str]) -> list[Job]:
     wanted = set(ids)
+    return [job for job in await client.list_jobs() if job.id in wanted]
+
+
+async def _cancel_unfinished(client: MasterClient, ids: list[str]) -> None:
+    for job in await _listed(client, ids):
+        if not job.status.is_final:
+            try:
+                await client.cancel_job(job.id)
+            except StateConflict:
+                pass  # it finished meanwhile
+
+
+async def _watch(client: MasterClient, ids: list[str], started: float, display: _ProgressDisplay) -> None:
     while True:
-        jobs = [job for job in await client.list_jobs() if job.id in wanted]
+        jobs = await _listed(client, ids)
         display.show(jobs, time.monotonic() - started)
         if all(job.status.is_final for job in jobs):
-            display.close()
-            return jobs
+            return
         await trio.sleep(DISPLAY_INTERVAL_S)

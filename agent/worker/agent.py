@@ -62,7 +62,7 @@ from agent.worker.metrics import AgentMetrics
 from agent.worker.poller import Poller
 from agent.worker.reporter import DELIVERY_ATTEMPT_S, Outbox, ResultReporter
 from agent.worker.state import AgentState
-from agent.worker.status_server import create_status_app, serve_status
+from agent.worker.status_server import StatusPortUnavailable, create_status_app, serve_status
 from agent.worker.tempfiles import remove_stale_temporaries
 
 log = logging.getLogger(__name__)
@@ -397,8 +397,9 @@ async def run_agent(config: AgentConfig) -> int:
     0 after a clean drain, or when the operator declined to run on the
     master's host; 2 after one message that says which setting to fix: the
     master refused our credentials, its certificate did not verify, a TLS
-    file does not load, another running agent holds our node name, or the
-    master runs on this host and ``allow_master_as_worker`` is off.
+    file does not load, another running agent holds our node name, the
+    status server cannot listen on ``--metrics-port``, or the master runs on
+    this host and ``allow_master_as_worker`` is off.
     """
     _warn_if_root()
     master_as_worker = await is_master_host(config.master_url)
@@ -423,7 +424,7 @@ async def run_agent(config: AgentConfig) -> int:
                 await nursery.start(watch_signals, agent)
                 await agent.serve()
                 nursery.cancel_scope.cancel()
-        except* (AuthError, TLSVerifyError, NameInUse) as group:
+        except* (AuthError, TLSVerifyError, NameInUse, StatusPortUnavailable) as group:
             log.error("%s", _first(group))
             code = 2
     return code

@@ -6,6 +6,8 @@ readiness: 503 with the reasons while the agent should not get work.
 
 from __future__ import annotations
 
+import errno
+import socket
 from typing import Awaitable, Callable
 
 import hypercorn
@@ -22,6 +24,41 @@ from agent.worker.state import AgentState
 
 # Scrapes and probes are tiny; a stuck client must not hold up shutdown.
 GRACEFUL_TIMEOUT_S = 2.0
+
+
+class StatusPortUnavailable(Exception):
+    """The status server cannot listen on ``--metrics-host``:``--metrics-port``; the message says what to change."""
+
+    def __init__(self, host: str, port: int, error: OSError) -> None:
+        if error.errno == errno.EADDRINUSE:
+            advice = (
+                f"another process (a second agent?) listens on port {port}; set --metrics-port "
+                "(FFRTMP_METRICS_PORT) to a free port, or 0 for any free one"
+            )
+        else:
+            advice = (
+                "check --metrics-host (FFRTMP_METRICS_HOST) and --metrics-port (FFRTMP_METRICS_PORT); "
+                "ports below 1024 need privileges"
+            )
+        where = _bind(host, port)
+        super().__init__(f"cannot serve /metrics and /health on {where}: {error.strerror or error}; {advice}")
+
+
+def _bind(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _listen_socket(host: str, port: int) -> socket.socket:
+    """A bound socket, so a taken port is our error, not one deep in hypercorn's nurseries."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as hypercorn sets on the sockets it binds
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise StatusPortUnavailable(host, port, exc) from None
+    return sock
 
 
 def create_status_app(state: AgentState, metrics: AgentMetrics) -> Starlette:
@@ -64,9 +101,14 @@ async def serve_status(
 
     ``started()`` hands back the bound URLs, so port 0 works: the caller learns
     the real port and registers under it.
+
+    Raises:
+        StatusPortUnavailable: before ``started()``, when the address cannot be
+            bound (the port is taken, the host is not this machine's).
     """
     config = hypercorn.Config()
-    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    # hypercorn adopts the descriptor and closes it when it stops serving.
+    config.bind = [f"fd://{_listen_socket(host, port).detach()}"]
     config.graceful_timeout = GRACEFUL_TIMEOUT_S
     config.accesslog = None
     config.errorlog = None

@@ -1,0 +1,165 @@
+"""What a user reads after a mistake or an interruption: one line naming the value and the flag, a documented exit code.
+
+Real processes (``python -m agent local``, the worker agent, the ``ffrtmp``
+commands) on 127.0.0.1, ports chosen by the OS. Every check asserts the exit
+code, the line a user reads, and that no traceback reached them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import attrs
+import pytest
+import trio
+
+from agent.config import API_KEY_ENV
+from tests.support import REPO, Processes, RunningProcess, processes_mentioning, start_process
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@attrs.frozen
+class Answer:
+    code: int
+    out: str
+    err: str
+
+
+async def run(*args: str) -> Answer:
+    """``python -m agent ARGS`` to its end, as a user runs it; never a traceback."""
+    env = {key: value for key, value in os.environ.items() if key != API_KEY_ENV}
+    done = await trio.run_process(
+        [sys.executable, "-m", "agent", *args],
+        capture_stdout=True, capture_stderr=True, check=False, cwd=REPO, env=env,
+    )
+    answer = Answer(done.returncode, done.stdout.decode(), done.stderr.decode())
+    assert "Traceback" not in answer.err + answer.out, answer.err
+    return answer
+
+
+def usage_error(answer: Answer) -> str:
+    """The ``error:`` line of a refused command line, which exits 2 and runs nothing."""
+    [line] = [line for line in answer.err.splitlines() if "error:" in line]
+    assert answer.code == 2 and answer.out == "", answer
+    return line
+
+
+# --- local: bad values are refused before anything starts --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "names"),
+    [
+        (["--scenario", "720p30-h246"], ["--scenario 720p30-h246", "unknown codec 'h246'", "h264, h265 (hevc), vp9"]),
+        (["--param", "codec=av1"], ["--param codec=av1", "invalid codec"]),
+        (["--param", "bitrate=lots"], ["--param bitrate=lots", "invalid bitrate"]),
+        (["--param", "presett=fast"], ["--param presett=fast", "did you mean preset"]),
+        (["--duration", "-1"], ["--duration -1", "invalid duration"]),
+    ],
+)
+async def test_local_refuses_a_bad_scenario_or_parameter_in_one_line_before_it_starts(
+    tmp_path: Path, args: list[str], names: list[str]
+) -> None:
+    """One error line naming the flag, the value and what is allowed; exit 2; no master, no input generated."""
+    answer = await run("local", "--jobs", "1", "--work-dir", str(tmp_path), *args)
+    [line] = answer.err.strip().splitlines()
+    assert answer.code == 2 and line.startswith("error: ") and answer.out == "", answer
+    for name in names:
+        assert name in line, line
+    assert not (tmp_path / "inputs").exists()
+
+
+@pytest.mark.parametrize("args", [["local", "--jobs", "-3"], ["local", "--jobs", "0"]])
+async def test_local_jobs_must_be_at_least_one(args: list[str], tmp_path: Path) -> None:
+    """--jobs -3 is a usage error naming --jobs, exit 2, instead of running '-3 x 720p30-h264'."""
+    line = usage_error(await run(*args, "--work-dir", str(tmp_path)))
+    assert "--jobs" in line and "must be at least 1" in line, line
+
+
+async def test_jobs_submit_count_must_be_at_least_one() -> None:
+    """jobs submit --count -1 is a usage error naming --count, exit 2, before the master is asked."""
+    line = usage_error(await run("jobs", "submit", "--scenario", "144p30-h264", "--count", "-1",
+                                 "--master", "http://127.0.0.1:9"))
+    assert "--count" in line and "must be at least 1" in line, line
+
+
+# --- the agent: a taken --metrics-port -----------------------------------------------------------------------
+
+
+async def test_an_agent_whose_metrics_port_is_taken_says_so_in_one_line(procs: Processes, tmp_path: Path) -> None:
+    """The port, --metrics-port and FFRTMP_METRICS_PORT named in one ERROR line; exit 2; no traceback."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        agent = await start_process(
+            procs, "agent",
+            ["--master", "http://127.0.0.1:9", "--metrics-host", "127.0.0.1", "--metrics-port", str(port),
+             "--work-dir", str(tmp_path), "--allow-master-as-worker", "--skip-confirmation"],
+        )
+        assert await agent.wait() == 2, agent.log
+    await agent.wait_for("cannot serve")
+    errors = [line for line in agent.lines if "ERROR" in line]
+    assert len(errors) == 1, agent.log
+    assert f"127.0.0.1:{port}: Address already in use" in errors[0], errors
+    assert "--metrics-port (FFRTMP_METRICS_PORT)" in errors[0], errors
+    assert "Traceback" not in agent.log
+
+
+# --- local: Ctrl-C and SIGTERM stop the run and show what finished ------------------------------------------
+
+
+async def start_local(procs: Processes, tmp_path: Path, *args: str) -> tuple[RunningProcess, Path]:
+    """``python -m agent local ARGS`` in the background; its stdout goes to a file the test reads."""
+    out = tmp_path / "stdout.txt"
+    local = await start_process(
+        procs, "local", ["local", "--work-dir", str(tmp_path / "work"), *args],
+        wrapper=["sh", "-c", f'exec "$@" >{out}', "sh"],
+    )
+    return local, out
+
+
+async def until_shown(out: Path, text: str, timeout: float = 60) -> None:
+    with trio.fail_after(timeout):
+        while text not in (out.read_text() if out.exists() else ""):
+            await trio.sleep(0.1)
+
+
+@pytest.mark.slow
+async def test_ctrl_c_in_local_cancels_the_jobs_stops_the_encoders_and_prints_the_table(
+    procs: Processes, tmp_path: Path
+) -> None:
+    """SIGINT mid-encode: exit 130, every job in the table as canceled, one line saying so, no encoder left."""
+    local, out = await start_local(
+        procs, tmp_path, "--scenario", "144p30-h264", "--jobs", "3", "--max-concurrent-jobs", "1",
+        "--duration", "30", "--param", "realtime=true",
+    )
+    await until_shown(out, "running: #1 ")
+    await until_shown(out, "%")
+    local.signal(signal.SIGINT)
+    assert await local.wait() == 130, local.log
+    table = out.read_text()
+    assert table.count(" canceled ") == 3 and "0/3 jobs completed" in table, table
+    assert "interrupted by SIGINT: unfinished jobs were canceled" in local.log
+    assert "Traceback" not in local.log
+    assert not processes_mentioning(str(tmp_path / "work")), "an encoder outlived local"
+
+
+@pytest.mark.slow
+async def test_local_says_it_is_generating_the_input_and_sigterm_stops_it_with_143(
+    procs: Processes, tmp_path: Path
+) -> None:
+    """'#1 generating input' while the test clip is made, not '#1 0%'; SIGTERM then exits 143 with the table."""
+    local, out = await start_local(procs, tmp_path, "--scenario", "1080p30-h264", "--jobs", "1", "--duration", "20")
+    await until_shown(out, "running: #1 generating input")
+    local.signal(signal.SIGTERM)
+    assert await local.wait() == 143, local.log
+    assert "1    canceled" in out.read_text()
+    assert "interrupted by SIGTERM" in local.log and "Traceback" not in local.log
+    assert not processes_mentioning(str(tmp_path / "work")), "the input generator outlived local"
+    assert not list((tmp_path / "work" / "inputs").glob("*.mp4")), "a half-made clip was kept"
