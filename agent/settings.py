@@ -249,6 +249,7 @@ class Setting:
     help: str
     # The config attribute it fills; the flag, the variable and the file key follow from it.
     name: str = ""
+    # A value, or an attrs.Factory called afresh each time: no two configs share a list.
     default: Any = None
     # Only where the flag keeps another name than the attribute (``--master`` fills ``master_url``).
     flag: str = ""
@@ -256,6 +257,11 @@ class Setting:
     env: tuple[str, ...] = ()
     # The default as --help shows it, where the value alone would not say what happens.
     shown: str = ""
+
+    def default_value(self) -> Any:
+        if isinstance(self.default, attrs.Factory):  # type: ignore[arg-type]  # a class at run time
+            return self.default.factory()
+        return self.default
 
     @property
     def option(self) -> str:
@@ -286,8 +292,9 @@ class Setting:
 
     def describe(self) -> str:
         """Its --help text: what it does, its default, and its variables where they are not the usual one."""
+        shown = self.shown or self.kind.show(self.default_value())
         variables = "" if self.env == () else "; env " + ", ".join(self.variables)
-        return f"{self.help} (default: {self.shown or self.kind.show(self.default)}{variables})".replace("%", "%%")
+        return f"{self.help} (default: {shown}{variables})".replace("%", "%%")
 
     def read(self, texts: Sequence[str]) -> Any:
         """The value of ``texts`` from a variable or a file: the one value, or the repeated ones added up.
@@ -296,7 +303,7 @@ class Setting:
             ValueError: a text does not parse, or there are several for a setting that takes one.
         """
         if not texts:
-            return self.default
+            return self.default_value()
         if self.kind.combine is None:
             if len(texts) > 1:
                 raise ConfigError(f"{self.key} takes one value, not a list", "takes one value, not a list")
@@ -327,10 +334,7 @@ def nested(cls: type[Any]) -> Any:
 
 def _declared(field: attrs.Attribute[Any]) -> Setting:
     declared: Setting = field.metadata[_SETTING]
-    default: Any = field.default
-    if isinstance(default, attrs.Factory):  # type: ignore[arg-type]  # a class at run time
-        default = default.factory()
-    return attrs.evolve(declared, name=field.name, default=default)
+    return attrs.evolve(declared, name=field.name, default=field.default)
 
 
 def settings_of(cls: type[Any]) -> tuple[Setting, ...]:
@@ -452,7 +456,7 @@ class SettingsParser(argparse.ArgumentParser):
             from_file = self._from_file(config, [s for s in settings if s.dest != CONFIG_FILE.dest])
             found = from_file | found
         for each in unset:
-            setattr(namespace, each.dest, found[each.dest] if each.dest in found else each.default)
+            setattr(namespace, each.dest, found[each.dest] if each.dest in found else each.default_value())
 
     def _from_environment(self, settings: Sequence[Setting]) -> Iterator[tuple[str, Any]]:
         for each in settings:

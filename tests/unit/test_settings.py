@@ -174,3 +174,11 @@ def test_every_agent_field_with_a_flag_is_a_setting_and_has_a_variable() -> None
                                                (90.0, "90s"), (0.0, "0")])
 def test_defaults_are_shown_as_go_durations(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
+
+
+def test_defaults_are_made_afresh_for_each_parse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Factory defaults are called at parse time: no shared list, and the cache dir read from XDG_CACHE_HOME then."""
+    worker_parser().parse_args([]).input_dir.append(Path("/x"))
+    assert worker_parser().parse_args([]).input_dir == []
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert worker_parser().parse_args([]).work_dir == tmp_path / "ffrtmp-agent"
