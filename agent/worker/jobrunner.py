@@ -418,9 +418,20 @@ class JobRunner:
             metrics["rtmp_url"] = spec.rtmp_url
         elif self.settings.persist_outputs:
             metrics["output_file"] = str(output_path)
-        if last is not None:
+        # GStreamer reports only its position, and FFmpeg's last block of a short
+        # encode may say fps 0: what the engine left out is worked out from the
+        # frames, the media seconds and the output size over the attempt's time.
+        # A generated clip that encoded without error was encoded whole.
+        reported = last or ProgressSnapshot()
+        media_s = spec.duration if watch.returncode == 0 and not spec.input else reported.out_time_s
+        frames = reported.frame or round(media_s * spec.fps)
+        seconds = max(elapsed, 0.001)
+        if last is not None or frames:
             metrics.update(
-                frames=last.frame, fps=last.fps, speed=last.speed, bitrate_kbps=last.bitrate_kbps
+                frames=frames,
+                fps=reported.fps or round(frames / seconds, 2),
+                speed=reported.speed or round(media_s / seconds, 3),
+                bitrate_kbps=reported.bitrate_kbps or (round(output_bytes * 8 / 1000 / media_s, 1) if media_s else 0.0),
             )
         return metrics
 

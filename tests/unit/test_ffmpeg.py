@@ -87,11 +87,20 @@ def test_rtmp_streams_flv_to_the_url() -> None:
 
 
 def test_audio_is_kept_only_if_the_input_has_some() -> None:
-    """The optional audio map yields no audio stream for the generated input."""
-    argv = ff.encode_argv("ffmpeg", spec_for(), "in.mp4", "out.mp4")
+    """A given input's first audio stream is mapped if it has one; it gets the container's audio codec."""
+    given = "https://93.184.216.34/in.mp4"
+    argv = ff.encode_argv("ffmpeg", spec_for(input=given), given, "out.mp4")
     assert [argv[i + 1] for i, a in enumerate(argv) if a == "-map"] == ["0:v:0", "0:a:0?"]
-    assert option(argv, "-c:a") == "aac"
-    assert option(ff.encode_argv("ffmpeg", spec_for("480p30-vp9"), "in", "out"), "-c:a") == "libopus"
+    assert (option(argv, "-c:a"), option(argv, "-b:a")) == ("aac", "128k")
+    vp9 = ff.encode_argv("ffmpeg", spec_for("480p30-vp9", input=given), given, "out")
+    assert option(vp9, "-c:a") == "libopus"
+
+
+def test_the_generated_input_is_encoded_without_audio_options() -> None:
+    """It has no audio: -an, and no audio bitrate for FFmpeg to call unused."""
+    argv = ff.encode_argv("ffmpeg", spec_for(), "testsrc2.mp4", "out.mp4")
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "-map"] == ["0:v:0"]
+    assert "-an" in argv and not {"-c:a", "-b:a"} & set(argv)
 
 
 @pytest.mark.parametrize(("preset", "deadline", "cpu_used"), [

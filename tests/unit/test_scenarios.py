@@ -363,7 +363,7 @@ parameter_dicts = st.builds(
 )
 # ffmpeg options encode_argv may emit, with how many values follow each.
 OPTION_ARITY = {
-    "-hide_banner": 0, "-y": 0, "-nostats": 0, "-re": 0,
+    "-hide_banner": 0, "-y": 0, "-nostats": 0, "-an": 0, "-re": 0,
     "-progress": 1, "-i": 1, "-map": 1, "-t": 1, "-vf": 1, "-c:v": 1, "-b:v": 1, "-maxrate": 1, "-bufsize": 1,
     "-g": 1, "-preset": 1, "-x265-params": 1, "-tag:v": 1, "-deadline": 1, "-cpu-used": 1, "-row-mt": 1,
     "-pix_fmt": 1, "-c:a": 1, "-b:a": 1, "-f": 1,

@@ -115,8 +115,9 @@ def encode_argv(
     Progress goes to stdout as ``key=value`` blocks (see
     :class:`~agent.worker.progress.ProgressParser`). There is no ``-nostdin``,
     so a runner that keeps stdin open may send ``q`` to stop gracefully. Audio is kept when the input has
-    some (the generated input has none); the container is set explicitly, so
-    any output name works.
+    some; the generated input has none, so its encode names no audio options
+    (FFmpeg would log that an audio bitrate was not used for any stream). The
+    container is set explicitly, so any output name works.
 
     Args:
         ffmpeg: the binary, from :func:`find_ffmpeg`.
@@ -141,7 +142,8 @@ def encode_argv(
         argv.append("-re")
     if "://" not in input_path:
         argv += ["-protocol_whitelist", LOCAL_PROTOCOLS]
-    argv += ["-i", input_path, "-map", "0:v:0", "-map", "0:a:0?", "-t", _num(spec.duration)]
+    audio_map = ["-map", "0:a:0?"] if spec.input else []
+    argv += ["-i", input_path, "-map", "0:v:0", *audio_map, "-t", _num(spec.duration)]
     upload = hardware.upload if hardware is not None else ""
     filters = [f"fps={_num(spec.fps)}", f"scale={spec.width}:{spec.height}"] + ([upload] if upload else [])
     argv += ["-vf", ",".join(filters)]
@@ -157,7 +159,8 @@ def encode_argv(
     if not upload:
         # Uploaded frames are already in the device's format; converting them back would fail.
         argv += ["-pix_fmt", "yuv420p"]
-    argv += ["-c:a", audio_codec, "-b:a", audio_bitrate, "-f", spec.container, output]
+    argv += ["-c:a", audio_codec, "-b:a", audio_bitrate] if spec.input else ["-an"]
+    argv += ["-f", spec.container, output]
     return argv
 
 
