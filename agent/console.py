@@ -2,6 +2,13 @@
 
 Tables for people, ``--output json`` for scripts. Errors from the master end in
 one line on stderr and exit code 1, never a traceback.
+
+JSON shapes: a command about one job (``jobs status ID``, ``cancel``,
+``pause``, ``resume``, ``retry``) prints the job object, as each line of
+``jobs status ID --follow`` does; commands that show several (``jobs list``,
+``jobs status`` with no ID, ``jobs submit``) print ``{"jobs": [...], "count":
+n}``; ``jobs logs`` prints ``{"job_id", "status", "failure_reason", "error",
+"logs"}``.
 """
 
 from __future__ import annotations
@@ -16,12 +23,14 @@ from typing import Any, TextIO
 import trio
 
 from agent.client import MasterClient, MasterError
-from agent.models import Job, JobRequest, Node
+from agent.models import Job, JobRequest, JobStatus, Node
 
 # How often `jobs status --follow` asks the master.
 FOLLOW_INTERVAL_S = 1.0
 
-JOB_COLUMNS = ("seq", "id", "scenario", "status", "progress", "node", "error")
+JOB_COLUMNS = ("seq", "id", "scenario", "status", "progress", "fps", "speed", "eta", "node", "output / error")
+# Longer errors are cut, ending in an ellipsis; `jobs status --output json` has them whole.
+ERROR_WIDTH = 60
 NODE_COLUMNS = ("id", "address", "status", "cpu_threads", "max_jobs", "active", "last_heartbeat")
 
 
@@ -38,11 +47,59 @@ def _status(job: Job) -> str:
     return job.waiting or job.status.value
 
 
+def _cut(text: str, width: int = ERROR_WIDTH) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _outcome(job: Job) -> str:
+    """Where a completed job's output went, or why a job failed; ``-`` for neither."""
+    if job.status is JobStatus.COMPLETED:
+        return str(job.metrics.get("output_file") or job.metrics.get("rtmp_url") or "-")
+    return _cut(" ".join(filter(None, (job.failure_reason, job.error)))) or "-"
+
+
+def eta_seconds(job: Job) -> float | None:
+    """Seconds left for a running job at its current speed; None when unknown.
+
+    The media still to encode is ``out_time_s`` scaled by the percentage left,
+    so no duration needs to be known (a URL input may not say).
+    """
+    live = job.live
+    if job.status is not JobStatus.PROCESSING or live is None or not 0 < job.progress < 100:
+        return None
+    if live.speed <= 0 or live.out_time_s <= 0:
+        return None
+    return live.out_time_s * (100 - job.progress) / job.progress / live.speed
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _pace(job: Job) -> tuple[str, str, str]:
+    """fps, speed and ETA of a running job; dashes for others, and before its attempt's first report."""
+    live = job.live
+    if job.status is not JobStatus.PROCESSING or live is None or job.progress <= 0:
+        return "-", "-", "-"
+    eta = eta_seconds(job)
+    return f"{live.fps:.0f}", f"{live.speed:.2f}x", _clock(eta) if eta is not None else "-"
+
+
 def _job_row(job: Job) -> list[Any]:
     return [
-        job.sequence_number, job.id, job.scenario, _status(job), f"{job.progress:.0f}%",
-        job.node_name or job.node_id or "-", (job.failure_reason + " " + job.error).strip()[:60] or "-",
+        job.sequence_number, job.id, job.scenario, _status(job), f"{job.progress:.0f}%", *_pace(job),
+        job.node_name or job.node_id or "-", _outcome(job),
     ]
+
+
+def _follow_line(job: Job) -> str:
+    """One line of ``--follow``: progress, then fps, speed and ETA while running, the outcome once final."""
+    fps, speed, eta = _pace(job)
+    pace = f" {fps} fps {speed} eta {eta}" if fps != "-" else ""
+    outcome = f" {_outcome(job)}" if job.status.is_final else ""
+    return f"{job.id} {_status(job)} {job.progress:.0f}%{pace} {job.node_name or '-'}{outcome}"
 
 
 def _node_row(node: Node) -> list[Any]:
@@ -75,6 +132,14 @@ def submission(args: argparse.Namespace) -> JobRequest:
     )
 
 
+def _show_job(job: Job, args: argparse.Namespace, out: TextIO) -> None:
+    """One job: its bare object in JSON, a one-row table for people."""
+    if args.output == "json":
+        out.write(json.dumps(job.to_json(), indent=2) + "\n")
+    else:
+        _show_jobs([job], args, out)
+
+
 def _show_jobs(jobs: list[Job], args: argparse.Namespace, out: TextIO) -> None:
     if args.output == "json":
         out.write(json.dumps({"jobs": [job.to_json() for job in jobs], "count": len(jobs)}, indent=2) + "\n")
@@ -96,10 +161,7 @@ async def _follow(client: MasterClient, job_id: str, args: argparse.Namespace, o
     last = ""
     while True:
         job = await client.get_job(job_id)
-        if args.output == "json":
-            line = json.dumps(job.to_json())
-        else:
-            line = f"{job.id} {_status(job)} {job.progress:.0f}% {job.node_name or '-'} {job.error}".rstrip()
+        line = json.dumps(job.to_json()) if args.output == "json" else _follow_line(job)
         if line != last:
             out.write(line + "\n")
             out.flush()
@@ -147,14 +209,10 @@ async def run_command(client: MasterClient, args: argparse.Namespace, out: TextI
         _show_jobs(await _list_jobs(client, args), args, out)
         return 0
     if action := _job_actions(client).get(args.command):
-        _show_jobs([await action(args.job_id)], args, out)
+        _show_job(await action(args.job_id), args, out)
         return 0
     if args.command == "logs":
-        logs = await client.job_logs(args.job_id)
-        if args.output == "json":
-            out.write(json.dumps({"job_id": args.job_id, "logs": logs}) + "\n")
-        elif logs:
-            out.write(logs.rstrip("\n") + "\n")
+        await _show_logs(client, args, out)
         return 0
     # status
     if args.job_id is None:
@@ -163,8 +221,25 @@ async def run_command(client: MasterClient, args: argparse.Namespace, out: TextI
     if args.follow:
         job = await _follow(client, args.job_id, args, out)
         return 0 if job.status.value == "completed" else 1
-    _show_jobs([await client.get_job(args.job_id)], args, out)
+    _show_job(await client.get_job(args.job_id), args, out)
     return 0
+
+
+async def _show_logs(client: MasterClient, args: argparse.Namespace, out: TextIO) -> None:
+    """The encoder's log; when there is none (a job refused before an encoder ran), why the job ended as it did."""
+    logs = await client.job_logs(args.job_id)
+    job = await client.get_job(args.job_id)
+    if args.output == "json":
+        out.write(json.dumps({
+            "job_id": job.id, "status": job.status.value, "failure_reason": job.failure_reason,
+            "error": job.error, "logs": logs,
+        }) + "\n")
+    elif logs:
+        out.write(logs.rstrip("\n") + "\n")
+    else:
+        why = ": ".join(filter(None, (job.failure_reason, job.error)))
+        print(f"no encoder log for job {job.sequence_number} ({_status(job)}{': ' + why if why else ''})",
+              file=sys.stderr)
 
 
 async def run_console(args: argparse.Namespace, verify: ssl.SSLContext | bool = True) -> int:

@@ -31,6 +31,7 @@ __all__ = [
     "JobRequest",
     "JobResult",
     "JobStatus",
+    "LiveProgress",
     "MAX_RESULT_LOG_BYTES",
     "Node",
     "NodeRegistered",
@@ -188,6 +189,20 @@ class _Wire:
 # --- messages ----------------------------------------------------------------
 
 
+@attrs.frozen
+class LiveProgress(_Wire):
+    """How a running job's encode goes, from its last progress report: what ``jobs status`` shows.
+
+    ``speed`` is media seconds per wall-clock second; ``out_time_s`` the media
+    seconds encoded so far.
+    """
+
+    fps: float = 0.0
+    speed: float = 0.0
+    bitrate_kbps: float = 0.0
+    out_time_s: float = 0.0
+
+
 @attrs.define
 class Job(_Wire):
     id: str
@@ -217,6 +232,8 @@ class Job(_Wire):
     # Why a pending job is not running yet ("waiting: no node offers nvenc"), worked out
     # by the master over the live nodes each time the job is read; never stored.
     waiting: str = ""
+    # The last progress report of the job's current or latest attempt; None before the first.
+    live: LiveProgress | None = None
 
 
 @attrs.define

@@ -22,6 +22,7 @@ from ..models import (
     JobProgress,
     JobResult,
     JobStatus,
+    LiveProgress,
     Node,
     NodeRegistration,
     ResultAck,
@@ -340,14 +341,17 @@ def _retrying(job: Job) -> ResultAck:
 
 
 def record_progress(job: Job, report: JobProgress) -> Job:
-    """Take a running job's progress, clamped to 0-100.
+    """Take a running job's progress, clamped to 0-100, and how fast it goes (``Job.live``).
 
     Raises:
         Conflict: the job is not leased to ``report.node_id``.
     """
     if not _is_leased_to(job, report.node_id):
         raise Conflict(f"job {job.id} is not leased to node {report.node_id}")
-    return attrs.evolve(job, progress=min(100.0, max(0.0, report.progress)))
+    live = LiveProgress(
+        fps=report.fps, speed=report.speed, bitrate_kbps=report.bitrate_kbps, out_time_s=report.out_time_s
+    )
+    return attrs.evolve(job, progress=min(100.0, max(0.0, report.progress)), live=live)
 
 
 # --- operator actions ----------------------------------------------------------

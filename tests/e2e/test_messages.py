@@ -7,6 +7,7 @@ code, the line a user reads, and that no traceback reached them.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -17,8 +18,20 @@ import attrs
 import pytest
 import trio
 
+from agent.client import MasterClient
 from agent.config import API_KEY_ENV
-from tests.support import REPO, Processes, RunningProcess, processes_mentioning, start_process
+from agent.models import JobRequest, JobStatus
+from agent.worker.engines.ffmpeg import probe_media
+from tests.support import (
+    REPO,
+    Processes,
+    RunningProcess,
+    processes_mentioning,
+    start_agent,
+    start_master,
+    start_process,
+    wait_for_jobs,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -163,3 +176,102 @@ async def test_local_says_it_is_generating_the_input_and_sigterm_stops_it_with_1
     assert "interrupted by SIGTERM" in local.log and "Traceback" not in local.log
     assert not processes_mentioning(str(tmp_path / "work")), "the input generator outlived local"
     assert not list((tmp_path / "work" / "inputs").glob("*.mp4")), "a half-made clip was kept"
+
+
+# --- ffrtmp: logs, tables and JSON shapes -------------------------------------------------------------------
+
+
+async def ffrtmp(url: str, *args: str) -> Answer:
+    return await run(*args, "--master", url)
+
+
+@pytest.mark.slow
+async def test_logs_of_a_job_refused_before_any_encoder_ran_say_why_it_failed(
+    procs: Processes, tmp_path: Path
+) -> None:
+    """No encoder log: stderr names the status, failure reason and error; exit 0; JSON carries them too."""
+    _, url = await start_master(procs, tmp_path)
+    await start_agent(procs, "agent", url, tmp_path / "agent")
+    async with MasterClient(url) as client:
+        job = await client.submit_job(JobRequest.from_json(
+            {"scenario": "144p30-h264", "parameters": {"input": str(tmp_path / "missing.mp4")}}
+        ))
+        [failed] = await wait_for_jobs(client, [job.id], timeout=30)
+    assert failed.failure_reason == "user_error", failed
+    logs = await ffrtmp(url, "jobs", "logs", "1")
+    assert logs.code == 0 and logs.out == "", logs
+    assert logs.err.strip() == f"no encoder log for job 1 (failed: user_error: {failed.error})", logs
+    shown = json.loads((await ffrtmp(url, "jobs", "logs", "1", "--output", "json")).out)
+    assert shown == {"job_id": job.id, "status": "failed", "failure_reason": "user_error",
+                     "error": failed.error, "logs": ""}
+    listed = await ffrtmp(url, "jobs", "list")
+    assert listed.out.rstrip().endswith("…") and len(failed.error) > 60, listed.out
+
+
+@pytest.mark.slow
+async def test_status_and_list_show_fps_speed_and_eta_while_running_and_the_output_once_done(
+    procs: Processes, tmp_path: Path
+) -> None:
+    """Running: FPS, SPEED and ETA columns filled and --follow lines with them; done: the output file; bare JSON."""
+    _, url = await start_master(procs, tmp_path)
+    await start_agent(procs, "agent", url, tmp_path / "agent")
+    async with MasterClient(url) as client:
+        job = await client.submit_job(JobRequest.from_json(
+            {"scenario": "144p30-h264", "parameters": {"duration": 8, "realtime": True, "preset": "ultrafast"}}
+        ))
+        async with trio.open_nursery() as nursery:
+            followed: list[Answer] = []
+
+            async def follow() -> None:
+                followed.append(await ffrtmp(url, "jobs", "status", "1", "--follow"))
+
+            nursery.start_soon(follow)
+            with trio.fail_after(30):
+                while (running := await client.get_job(job.id)).progress < 20 or running.live is None:
+                    await trio.sleep(0.2)
+            for command in ("status", "list"):
+                table = await ffrtmp(url, "jobs", command)
+                header, row = table.out.splitlines()
+                assert header.split()[5:9] == ["FPS", "SPEED", "ETA", "NODE"], table.out
+                fps, speed, eta = row.split()[5:8]
+                assert float(fps) > 0 and speed.endswith("x") and float(speed[:-1]) > 0, row
+                minutes, seconds = map(int, eta.split(":"))
+                assert 0 < minutes * 60 + seconds <= 8, row
+        [done] = await wait_for_jobs(client, [job.id], timeout=30)
+    assert done.status is JobStatus.COMPLETED, done.error
+    assert followed[0].code == 0 and any(" fps " in line and " eta " in line for line in followed[0].out.splitlines())
+    assert followed[0].out.splitlines()[-1].endswith(done.metrics["output_file"]), followed[0].out
+    status = await ffrtmp(url, "jobs", "status", "1")
+    assert status.out.splitlines()[1].endswith(done.metrics["output_file"]), status.out
+    bare = json.loads((await ffrtmp(url, "jobs", "status", "1", "--output", "json")).out)
+    assert bare["id"] == job.id and bare["status"] == "completed" and bare["live"]["fps"] > 0
+    listed = json.loads((await ffrtmp(url, "jobs", "list", "--output", "json")).out)
+    assert listed["count"] == 1 and listed["jobs"][0]["id"] == job.id
+
+
+# --- encoders: clean logs, true figures ---------------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_short_jobs_report_fps_and_speed_on_both_engines_and_ffmpeg_logs_no_unused_audio_option(
+    procs: Processes, tmp_path: Path, ffmpeg: str
+) -> None:
+    """1-second FFmpeg and GStreamer jobs: fps and speed above 0; no 'has not been used' in FFmpeg's log."""
+    _, url = await start_master(procs, tmp_path)
+    await start_agent(procs, "agent", url, tmp_path / "agent")
+    async with MasterClient(url) as client:
+        ids = [
+            (await client.submit_job(JobRequest.from_json(
+                {"scenario": "144p30-h264", "engine": engine, "parameters": {"duration": 1}}
+            ))).id
+            for engine in ("ffmpeg", "gstreamer")
+        ]
+        jobs = await wait_for_jobs(client, ids, timeout=60)
+    for job in jobs:
+        assert job.status is JobStatus.COMPLETED, job.error
+        assert job.metrics["fps"] > 0 and job.metrics["speed"] > 0 and job.metrics["frames"] == 30, job.metrics
+    assert [job.metrics["engine"] for job in jobs] == ["ffmpeg", "gstreamer"]
+    logs = await ffrtmp(url, "jobs", "logs", "1")
+    assert logs.code == 0 and "has not been used" not in logs.out, logs.out
+    [clip] = (tmp_path / "agent" / "inputs").glob("*.mp4")
+    assert (await probe_media(ffmpeg, clip)).audio_codec == "", "the generated input has no audio"

@@ -192,7 +192,7 @@ async def test_a_job_no_live_node_can_run_says_why_it_waits(procs: Processes, tm
     await start_agent(procs, "cpu", url, tmp_path / "cpu", "--node-name", "cpu")
     status = await ffrtmp(url, "jobs", "status", "1", "--output", "json")
     assert status.code == 0
-    [job] = json.loads(status.out)["jobs"]
+    job = json.loads(status.out)
     assert (job["status"], job["waiting"]) == ("pending", "waiting: no node offers nvenc")
     table = await ffrtmp(url, "jobs", "list")
     assert "waiting: no node offers nvenc" in table.out
