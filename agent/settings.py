@@ -23,6 +23,7 @@ import operator
 import os
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -39,7 +40,8 @@ __all__ = [
     "CONNECTION", "ENGINES", "GROUPS", "JOBS", "LISTENING", "OBSERVABILITY", "SCHEDULING", "SHUTDOWN", "TLS",
     # declaring, parsing, building
     "CONFIG_FILE", "ConfigError", "Setting", "SettingsParser", "add_settings", "build", "format_duration", "nested",
-    "parse_bool", "parse_concurrency", "parse_days", "parse_duration", "parse_positive", "setting", "settings_of",
+    "parse_bool", "parse_concurrency", "parse_days", "parse_duration", "parse_positive", "parse_url", "setting",
+    "settings_of",
 ]
 
 # --help groups, in the order they are shown; a setting names its group.
@@ -182,6 +184,29 @@ def _parse_positive_duration(text: str) -> float:
     return seconds
 
 
+def parse_url(text: str) -> str:
+    """An ``http://`` or ``https://`` URL with a host, such as ``http://master:8080``.
+
+    Without this check ``localhost:8080`` reads as the scheme ``localhost`` and
+    the agent would retry it for ever; a typo in the address is configuration,
+    found at start.
+
+    Raises:
+        ConfigError: no ``http``/``https`` scheme, or no host.
+    """
+    parts = urllib.parse.urlsplit(text.strip())
+    if parts.scheme.lower() not in ("http", "https") or "//" not in text:
+        hint = re.sub(r"^[a-z][a-z0-9+.-]*:/*(?=\D)", "", text.strip(), flags=re.IGNORECASE) or "master:8080"
+        raise _invalid(text, f"is not an http:// or https:// URL; write for example http://{hint}")
+    if not parts.hostname:
+        raise _invalid(text, "names no host; write for example http://master:8080")
+    try:
+        parts.port
+    except ValueError:
+        raise _invalid(text, "has a port that is not a number from 0 to 65535") from None
+    return text.strip()
+
+
 def _or_none(value: Any) -> str:
     return str(value) if value not in ("", None) else "none"
 
@@ -207,7 +232,7 @@ class Kind:
 TEXT = Kind(str, "TEXT")
 HOST = Kind(str, "HOST")
 PROGRAM = Kind(str, "PROGRAM")
-URL = Kind(str, "URL")
+URL = Kind(parse_url, "URL")
 FILE = Kind(Path, "FILE")
 DIR = Kind(Path, "DIR")
 DIRS = Kind(lambda text: [Path(text)], "DIR", show=lambda dirs: os.pathsep.join(map(str, dirs)) or "none",
