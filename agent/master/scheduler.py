@@ -179,6 +179,7 @@ def claim(job: Job, node: Node, now: dt.datetime) -> Job:
         started_at=now,
         completed_at=None,
         progress=0.0,
+        live=None,
     )
 
 
@@ -191,6 +192,7 @@ def _unleased(job: Job, **changes: Any) -> Job:
         "started_at": None,
         "completed_at": None,
         "progress": 0.0,
+        "live": None,
     }
     fields.update(changes)
     return attrs.evolve(job, **fields)

@@ -461,3 +461,12 @@ def test_a_lost_job_that_had_started_was_an_attempt_and_costs_a_retry() -> None:
     running = attrs.evolve(leased(retry_count=1, max_retries=1), progress=14.0)
     back = scheduler.hand_back_lost(running, NODE, "restarted while holding the job", T0)
     assert (back.status, back.retry_count) == (JobStatus.FAILED, 1)
+
+
+def test_a_job_back_in_the_queue_or_leased_again_shows_no_earlier_attempt_s_speed() -> None:
+    """live figures belong to one attempt: a hand-back and a new claim clear them."""
+    running = scheduler.record_progress(leased(), JobProgress(node_id=NODE.id, progress=40.0, fps=30.0, speed=1.5))
+    assert running.live is not None and running.live.fps == 30.0
+    back = scheduler.hand_back_lost(running, NODE, "went silent", T0)
+    assert back.live is None
+    assert scheduler.claim(attrs.evolve(back, live=running.live), OTHER, T0).live is None
