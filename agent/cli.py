@@ -154,7 +154,8 @@ def console_parser(prog: str) -> argparse.ArgumentParser:
     _add_master_access_flags(common)
     common.add_argument("--output", choices=["table", "json"], default="table",
                         help="tables for people, json for scripts (default table)")
-    parser = SettingsParser(prog=prog, description="Submit and watch ffrtmp jobs.")
+    # The connection flags work before the subcommand too (ffrtmp --master URL jobs list), as kubectl's do.
+    parser = SettingsParser(prog=prog, description="Submit and watch ffrtmp jobs.", settings=MASTER_ACCESS)
     roles = parser.add_subparsers(dest="role", required=True)
 
     jobs = roles.add_parser("jobs", help="submit, list, watch and cancel jobs").add_subparsers(
@@ -311,8 +312,20 @@ def _run_console(argv: Sequence[str], prog: str) -> int:
     return trio.run(run_console, args, verify)
 
 
+def _console_role(argv: Sequence[str]) -> str:
+    """``jobs`` or ``nodes`` when the line names one after nothing but connection flags, as ``ffrtmp`` takes them."""
+    valued = {each.option for each in MASTER_ACCESS if each.kind.bare is None}
+    switches = {option for each in MASTER_ACCESS if each.kind.bare is not None
+                for option in (each.option, f"--no-{each.key}")}
+    at = 0
+    while at < len(argv) and argv[at].split("=", 1)[0] in valued | switches:
+        flag, _, value = argv[at].partition("=")
+        at += 2 if flag in valued and not value else 1
+    return argv[at] if at < len(argv) and argv[at] in ("jobs", "nodes") else ""
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
-    """``python -m agent``: the worker, or the role named first."""
+    """``python -m agent``: the worker, or the role named first (connection flags may come before jobs|nodes)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     role = argv[0] if argv else ""
     try:
@@ -320,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
             code = _run_master(argv[1:])
         elif role == "local":
             code = _run_local(argv[1:])
-        elif role in ("jobs", "nodes"):
+        elif _console_role(argv):
             code = _run_console(argv, "python -m agent")
         else:
             code = _run_worker(argv)

@@ -22,6 +22,7 @@ import json
 import operator
 import os
 import re
+import sys
 import tomllib
 import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
@@ -143,6 +144,10 @@ def parse_bool(text: str) -> bool:
     if value in ("0", "false", "no", "off"):
         return False
     raise _invalid(text, "is not a boolean; write true or false")
+
+
+# A switch's value written as a separate word; numbers are left alone (a job's sequence number may follow).
+_BOOL_WORDS = ("true", "false", "yes", "no", "on", "off")
 
 
 def _parse_int(text: str, least: int) -> int:
@@ -404,7 +409,8 @@ class _SettingAction(argparse.Action):
     # add_argument passes the parser's default too; ours are applied after parsing, by SettingsParser.
     def __init__(self, option_strings: list[str], dest: str, setting: Setting, default: Any = None) -> None:
         super().__init__(
-            option_strings, dest, nargs="?" if setting.kind.bare is not None else None,
+            # A switch's value, if any, is joined to it by SettingsParser before argparse sees it.
+            option_strings, dest, nargs=0 if setting.kind.negatable else "?" if setting.kind.bare is not None else None,
             default=argparse.SUPPRESS, metavar=setting.kind.metavar, help=setting.describe(),
         )
         self.setting = setting
@@ -412,10 +418,8 @@ class _SettingAction(argparse.Action):
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
                  option_string: str | None = None) -> None:
         kind = self.setting.kind
-        if option_string is not None and option_string.startswith("--no-"):
-            if values is not None:
-                raise argparse.ArgumentError(self, f"{option_string} takes no value")
-            value: Any = False
+        if kind.negatable:
+            value: Any = not (option_string or "").startswith("--no-")
         elif values is None:
             value = kind.bare
         else:
@@ -464,16 +468,65 @@ class SettingsParser(argparse.ArgumentParser):
     def parse_known_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
     ) -> tuple[argparse.Namespace, list[str]]:
-        parsed, extras = super().parse_known_args(args, namespace or argparse.Namespace())
+        given = list(sys.argv[1:] if args is None else args)
+        parsed, extras = super().parse_known_args(self._switches_joined(given), namespace or argparse.Namespace())
         self._fill(parsed)
         return parsed, extras
+
+    def _switches_joined(self, args: list[str]) -> list[str]:
+        """A switch's value joined to it: ``--adaptive=false`` and ``--adaptive false`` become ``--no-adaptive``.
+
+        A switch takes a separate value only when it is a word (``true``, ``no``),
+        never a number or anything else, so ``--insecure-skip-verify jobs list``
+        and ``jobs status --insecure-skip-verify 12`` keep their subcommand and job.
+        """
+        switches = {a.setting.option: a.setting for a in self._actions
+                    if isinstance(a, _SettingAction) and a.setting.kind.negatable}
+        joined: list[str] = []
+        at = 0
+        while at < len(args):
+            arg = args[at]
+            at += 1
+            if arg == "--":
+                return joined + args[at - 1:]
+            flag, equals, text = arg.partition("=")
+            if equals and flag.startswith("--no-") and "--" + flag[5:] in switches:
+                self.error(f"{flag} takes no value")
+            if flag not in switches:
+                joined.append(arg)
+                continue
+            if not equals and at < len(args) and args[at].strip().lower() in _BOOL_WORDS:
+                text = args[at]
+                at += 1
+            try:
+                on = parse_bool(text or "true")
+            except ConfigError as exc:
+                self.error(f"argument {flag}: {exc}")
+            joined.append(flag if on else f"--no-{switches[flag].key}")
+        return joined
+
+    def add_subparsers(self, **kwargs: Any) -> Any:
+        """Subcommands whose settings this parser fills, once the whole command line is read."""
+        kwargs.setdefault("parser_class", _SubcommandParser)
+        return super().add_subparsers(**kwargs)
 
     def fail(self, message: str) -> NoReturn:
         """Exit 2 with one line: unlike :meth:`error`, no usage, which would not help with a variable or a file."""
         self.exit(2, f"{self.prog}: error: {message}\n")
 
+    def _settings(self) -> list[Setting]:
+        """Its own settings and its subcommands', each once."""
+        found: dict[str, Setting] = {}
+        for action in self._actions:
+            if isinstance(action, _SettingAction):
+                found.setdefault(action.dest, action.setting)
+            elif isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    found |= {each.dest: each for each in sub._settings() if each.dest not in found}
+        return list(found.values())
+
     def _fill(self, namespace: argparse.Namespace) -> None:
-        settings = [a.setting for a in self._actions if isinstance(a, _SettingAction)]
+        settings = self._settings()
         unset = [s for s in settings if not hasattr(namespace, s.dest)]
         found = dict(self._from_environment(unset))
         config = getattr(namespace, CONFIG_FILE.dest, found.get(CONFIG_FILE.dest))
@@ -514,6 +567,18 @@ class SettingsParser(argparse.ArgumentParser):
             except ValueError as exc:
                 self.fail(f"{path}: {key} = {json.dumps(raw, default=str)}: {_reason(exc)}")
         return values
+
+
+class _SubcommandParser(SettingsParser):
+    """A subcommand's parser, which leaves its settings unset for the top parser to fill.
+
+    argparse copies everything a subcommand's parser sets over what the top
+    parser read, so defaults filled here would undo ``ffrtmp --master URL jobs
+    list``; the top parser fills them after the whole line.
+    """
+
+    def _fill(self, namespace: argparse.Namespace) -> None:
+        pass
 
 
 def _texts(raw: Any) -> list[str]:
