@@ -20,11 +20,12 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, NoReturn, Sequence
+from typing import Any, Callable, NoReturn, Sequence, TypeVar
 
 import attrs
 import trio
 
+from agent import __version__
 from agent.config import API_KEY_ENV, AgentConfig, ClientTLS, ConfigError, MasterConfig, ServerTLS
 from agent.settings import (
     CONFIG_FILE,
@@ -102,12 +103,22 @@ _SETTINGS_HELP = (
 )
 
 
+_Parser = TypeVar("_Parser", bound=argparse.ArgumentParser)
+
+
+def _add_version(parser: _Parser) -> _Parser:
+    """``--version`` on every entry point, as each may be run alone."""
+    parser.add_argument("--version", action="version", version=f"ffrtmp-agent {__version__}",
+                        help="print the version and exit")
+    return parser
+
+
 def _add_master_access_flags(parser: argparse.ArgumentParser) -> None:
     add_settings(parser, MASTER_ACCESS)
 
 
 def worker_parser() -> SettingsParser:
-    return SettingsParser(
+    return _add_version(SettingsParser(
         prog="python -m agent",
         usage="%(prog)s [options]",
         description="The ffrtmp worker agent: claims transcoding jobs from a master and runs "
@@ -116,19 +127,19 @@ def worker_parser() -> SettingsParser:
         epilog=_SETTINGS_HELP,
         settings=(CONFIG_FILE, *MASTER_ACCESS, _REGISTER,
                   *(each for each in _AGENT_SETTINGS if each not in MASTER_ACCESS)),
-    )
+    ))
 
 
 def master_parser() -> SettingsParser:
     master = settings_of(MasterConfig)
     after_key = next(i for i, each in enumerate(master) if each.name == "api_key") + 1
-    return SettingsParser(
+    return _add_version(SettingsParser(
         prog="python -m agent master",
         usage="%(prog)s [options]",
         description="The ffrtmp job master.",
         epilog=_SETTINGS_HELP,
         settings=(CONFIG_FILE, *master[:after_key], API_KEY_FILE, *master[after_key:], *_MASTER_TLS),
-    )
+    ))
 
 
 def local_parser() -> argparse.ArgumentParser:
@@ -146,7 +157,7 @@ def local_parser() -> argparse.ArgumentParser:
                         help="job parameter key=value, repeatable (e.g. --param preset=veryfast)")
     # The progress line and the result table are the output; logs only for trouble.
     add_settings(parser, (_AGENT["work_dir"], _AGENT["ffmpeg"], attrs.evolve(_AGENT["log_level"], default="warning")))
-    return parser
+    return _add_version(parser)
 
 
 def console_parser(prog: str) -> argparse.ArgumentParser:
@@ -156,9 +167,10 @@ def console_parser(prog: str) -> argparse.ArgumentParser:
                         help="tables for people, json for scripts (default table)")
     # The connection flags work before the subcommand too (ffrtmp --master URL jobs list), as kubectl's do.
     parser = SettingsParser(prog=prog, description="Submit and watch ffrtmp jobs.", settings=MASTER_ACCESS)
+    _add_version(parser)
     roles = parser.add_subparsers(dest="role", required=True)
 
-    jobs = roles.add_parser("jobs", help="submit, list, watch and cancel jobs").add_subparsers(
+    jobs = _add_version(roles.add_parser("jobs", help="submit, list, watch and cancel jobs")).add_subparsers(
         dest="command", required=True
     )
     submit = jobs.add_parser("submit", help="queue new jobs", parents=[common])
@@ -191,7 +203,7 @@ def console_parser(prog: str) -> argparse.ArgumentParser:
             "job_id", help="id or sequence number"
         )
 
-    nodes = roles.add_parser("nodes", help="list, drain and delete worker nodes").add_subparsers(
+    nodes = _add_version(roles.add_parser("nodes", help="list, drain and delete worker nodes")).add_subparsers(
         dest="command", required=True
     )
     nodes.add_parser("list", help="list nodes", parents=[common])

@@ -206,9 +206,11 @@ def parse_url(text: str) -> str:
     if not parts.hostname:
         raise _invalid(text, "names no host; write for example http://master:8080")
     try:
-        parts.port
+        port = parts.port  # reading it checks it
     except ValueError:
-        raise _invalid(text, "has a port that is not a number from 0 to 65535") from None
+        port = -1
+    if port == -1:
+        raise _invalid(text, "has a port that is not a number from 0 to 65535")
     return text.strip()
 
 
