@@ -14,10 +14,11 @@ hierarchy whose classes say what the caller can do about them:
 
 from __future__ import annotations
 
+import ipaddress
 import ssl
 import urllib.parse
 from types import TracebackType
-from typing import Any
+from typing import Any, Sequence
 
 import attrs
 import httpx
@@ -78,14 +79,39 @@ class AuthError(MasterError):
 
 
 class TLSVerifyError(MasterError):
-    """The master's TLS certificate did not verify; only trusting its CA (or not checking) helps."""
+    """The master's TLS certificate did not verify; only trusting its CA, another name, or not checking helps.
 
-    def __init__(self, url: str, reason: str) -> None:
-        super().__init__(
-            f"cannot verify the TLS certificate of the master at {url} ({reason}); pass the CA certificate "
-            "that signed it with --ca, or turn verification off with --insecure-skip-verify (insecure: "
-            "anyone on the path can then impersonate the master)"
-        )
+    Args:
+        url: the master as given to ``--master``.
+        reason: OpenSSL's words for the failure.
+        names: when the certificate verified but is for other names (``Hostname
+            mismatch``), the names it is for, as far as known: a CA would not
+            help then, the address in ``--master`` or the certificate must change.
+    """
+
+    def __init__(self, url: str, reason: str, names: Sequence[str] | None = None) -> None:
+        if names is None:
+            advice = (
+                "pass the CA certificate that signed it with --ca, or turn verification off with "
+                "--insecure-skip-verify (insecure: anyone on the path can then impersonate the master)"
+            )
+        else:
+            host = urllib.parse.urlsplit(url).hostname or url
+            flag = "--cert-ips" if _is_address(host) else "--cert-hosts"
+            known = f"it names {', '.join(names)}: use one of those in --master, or " if names else ""
+            advice = (
+                f"the certificate does not name {host} ({known}give the master a certificate for {host}; "
+                f"with --generate-cert, delete master.crt and master.key and start it with {flag} {host})"
+            )
+        super().__init__(f"cannot verify the TLS certificate of the master at {url} ({reason}); {advice}")
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 class UnknownToMaster(MasterError):
@@ -137,6 +163,9 @@ def _cert_verify_error(exc: BaseException) -> ssl.SSLCertVerificationError | Non
     return seen if isinstance(seen, ssl.SSLCertVerificationError) else None
 
 
+# OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH: the certificate is
+# trusted, but for other names.
+_NAME_MISMATCH = (62, 64)
 # Mutual TLS failures reach the client as a bare close or reset after the handshake:
 # trio drops the server's alert.
 _DROPPED = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
@@ -220,8 +249,18 @@ class MasterClient:
             response = await self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
             if (failed := _cert_verify_error(exc)) is not None:
-                raise TLSVerifyError(self.base_url, failed.verify_message or str(failed)) from exc
-            hint = _MTLS_HINT if isinstance(exc, _DROPPED) and self.tls_context else ""
+                names = None
+                if failed.verify_code in _NAME_MISMATCH:
+                    from agent.tls import certificate_names
+
+                    url = self._http.base_url
+                    names = await certificate_names(url.host, url.port or 443)
+                raise TLSVerifyError(self.base_url, failed.verify_message or str(failed), names) from exc
+            hint = ""
+            if isinstance(exc, _DROPPED):
+                # A plain request to an HTTPS port is dropped without an answer, as is one without a client certificate.
+                https = self.base_url.replace("http://", "https://", 1)
+                hint = _MTLS_HINT if self.tls_context else f"; the master may speak HTTPS: try --master {https}"
             raise MasterUnavailable(
                 f"cannot reach the master at {self.base_url}: {exc!r}{hint}"
             ) from exc

@@ -28,6 +28,7 @@ import hypercorn
 from agent.config import ClientTLS, ConfigError, ServerTLS
 
 __all__ = [
+    "certificate_names",
     "client_context",
     "configure_server",
     "default_cert_hosts",
@@ -72,6 +73,41 @@ def client_context(tls: ClientTLS) -> ssl.SSLContext:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
+
+
+# Reading a certificate's names for an error message must not hold the message up for long.
+PEEK_TIMEOUT_S = 3.0
+
+
+async def certificate_names(host: str, port: int) -> tuple[str, ...]:
+    """The DNS names and IP addresses the certificate served at ``host:port`` is valid for; () if unknown.
+
+    For an error message after a host-name mismatch: the handshake that failed
+    keeps no certificate, so this one reads it without verifying anything and
+    sends no data. Any failure, or taking longer than :data:`PEEK_TIMEOUT_S`,
+    gives ().
+    """
+    import trio
+    from cryptography import x509
+
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with trio.move_on_after(PEEK_TIMEOUT_S):
+        try:
+            stream = await trio.open_ssl_over_tcp_stream(host, port, ssl_context=context, https_compatible=True)
+            try:
+                await stream.do_handshake()
+                der = stream.getpeercert(binary_form=True)
+            finally:
+                await trio.aclose_forcefully(stream)
+            names = x509.load_der_x509_certificate(der).extensions.get_extension_for_class(
+                x509.SubjectAlternativeName
+            ).value
+        except (OSError, ssl.SSLError, trio.BrokenResourceError, ValueError, x509.ExtensionNotFound, TypeError):
+            return ()
+        return (*names.get_values_for_type(x509.DNSName), *map(str, names.get_values_for_type(x509.IPAddress)))
+    return ()
 
 
 def configure_server(http: hypercorn.Config, tls: ServerTLS) -> None:
