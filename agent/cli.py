@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import operator
 import os
 import sys
 from pathlib import Path
@@ -30,15 +31,17 @@ from agent.config import API_KEY_ENV, AgentConfig, ClientTLS, ConfigError, Maste
 from agent.settings import (
     CONFIG_FILE,
     CONNECTION,
+    COUNT,
     FILE,
+    SECONDS,
     SWITCH,
     TEXT,
     TLS,
+    Kind,
     Setting,
     SettingsParser,
     add_settings,
     build,
-    parse_concurrency,
     parse_positive,
     settings_of,
 )
@@ -64,9 +67,11 @@ def _parse_param(text: str) -> tuple[str, str]:
     return key, value
 
 
-concurrency = _checked(parse_concurrency)
 positive = _checked(parse_positive)
 param = _checked(_parse_param)
+# --param key=value, repeated: the pairs in order.
+PARAMETERS = Kind(lambda text: [_parse_param(text)], "KEY=VALUE", combine=operator.add,
+                  show=lambda pairs: " ".join(f"{key}={value}" for key, value in pairs) or "none")
 
 _AGENT_SETTINGS = settings_of(AgentConfig)
 _AGENT = {each.name: each for each in _AGENT_SETTINGS}
@@ -93,6 +98,21 @@ _MASTER_TLS = (
     Setting(SWITCH, TLS, "mutual TLS: require a client certificate signed by --ca from every client",
             name="mtls", default=False),
     Setting(FILE, TLS, "CA certificate client certificates must chain to, with --mtls", name="ca"),
+)
+
+# local's settings: its own, then the agent's it shares. LocalRun is built from them by hand, as the jobs
+# it submits are not configuration.
+_LOCAL = (
+    Setting(TEXT, "", "scenario of every job", name="scenario", default="720p30-h264"),
+    Setting(COUNT, "", "number of jobs", name="jobs", default=4),
+    attrs.evolve(_AGENT["max_concurrent_jobs"], group="", default=2),
+    Setting(SECONDS, "", "seconds of video per job", name="duration", default=5.0),
+    Setting(PARAMETERS, "", "job parameter key=value, repeatable (--param preset=veryfast)", name="param",
+            default=attrs.Factory(list)),
+    _AGENT["work_dir"],
+    _AGENT["ffmpeg"],
+    # The progress line and the result table are the output; logs only for trouble.
+    attrs.evolve(_AGENT["log_level"], default="warning"),
 )
 
 _SETTINGS_HELP = (
@@ -148,15 +168,7 @@ def local_parser() -> argparse.ArgumentParser:
         description="One machine, no set-up: an embedded master and one worker in one process. "
         "Submits --jobs jobs, shows progress, prints a result table; exits 1 if any job failed.",
     )
-    parser.add_argument("--scenario", default="720p30-h264", help="scenario of every job (default 720p30-h264)")
-    parser.add_argument("--jobs", type=positive, default=4, help="number of jobs (default 4)")
-    parser.add_argument("--max-concurrent-jobs", type=concurrency, default="2",
-                        help="jobs run at once (default 2; auto = cores/4)")
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds of video per job (default 5)")
-    parser.add_argument("--param", type=param, action="append", default=[],
-                        help="job parameter key=value, repeatable (e.g. --param preset=veryfast)")
-    # The progress line and the result table are the output; logs only for trouble.
-    add_settings(parser, (_AGENT["work_dir"], _AGENT["ffmpeg"], attrs.evolve(_AGENT["log_level"], default="warning")))
+    add_settings(parser, _LOCAL)
     return _add_version(parser)
 
 

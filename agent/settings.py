@@ -36,7 +36,7 @@ from agent.worker.netguard import AllowList
 __all__ = [
     # value kinds
     "ALLOW_LIST", "CONCURRENCY", "COUNT", "DAYS", "DIR", "DIRS", "DURATION", "FILE", "HOST", "NUMBER", "PORT",
-    "POSITIVE_DURATION", "PROGRAM", "SWITCH", "TEXT", "TIMEOUT", "URL", "Kind", "choice",
+    "POSITIVE_DURATION", "PROGRAM", "SECONDS", "SWITCH", "TEXT", "TIMEOUT", "URL", "Kind", "choice",
     # --help groups
     "CONNECTION", "ENGINES", "GROUPS", "JOBS", "LISTENING", "OBSERVABILITY", "SCHEDULING", "SHUTDOWN", "TLS",
     # declaring, parsing, building
@@ -182,6 +182,13 @@ def _parse_port(text: str) -> int:
     return port
 
 
+def _parse_seconds(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise _invalid(text, "is not a number of seconds such as 5") from None
+
+
 def _parse_positive_duration(text: str) -> float:
     seconds = parse_duration(text)
     if seconds <= 0:
@@ -250,6 +257,8 @@ POSITIVE_DURATION = Kind(_parse_positive_duration, "DURATION", show=format_durat
 TIMEOUT = Kind(lambda text: parse_duration(text) or None, "DURATION",
                show=lambda seconds: format_duration(seconds or 0.0))
 DAYS = Kind(parse_days, "DAYS", show="{:g}".format)
+# A plain number of seconds, whose range the role checks where it knows what it is for (local's --duration).
+SECONDS = Kind(_parse_seconds, "SECONDS", show="{:g}".format)
 COUNT = Kind(parse_positive, "N", show=str)
 NUMBER = Kind(lambda text: _parse_int(text, 0), "N", show=str)
 CONCURRENCY = Kind(parse_concurrency, "N|auto", show=str)

@@ -144,12 +144,12 @@ def test_a_job_timeout_of_zero_is_no_limit() -> None:
     assert build(MasterConfig, master_parser().parse_args(["--job-timeout", "1h"])).job_timeout == 3600.0
 
 
-@pytest.mark.parametrize("parser", [worker_parser, master_parser])
+@pytest.mark.parametrize("parser", [worker_parser, master_parser, local_parser])
 def test_help_shows_a_default_for_every_flag_in_the_known_groups(parser: type[SettingsParser]) -> None:
-    """Each flag's help ends with its default; only the known groups are used."""
+    """Each flag's help ends with its default (local's own flags too); only the known groups are used."""
     built = parser()
     for action in built._actions:
-        if action.dest != "help":
+        if action.dest not in ("help", "version"):
             assert "(default: " in (action.help or ""), action.option_strings
     titles = [group.title for group in built._action_groups]
     assert set(titles) - {"positional arguments", "options"} <= set(GROUPS)
