@@ -61,6 +61,7 @@ async def test_an_agent_killed_and_restarted_under_its_name_gets_its_job_back_at
         back_after = trio.current_time() - registered
         [done] = await wait_for_jobs(client, [job.id], timeout=60)
         nodes = await client.list_nodes()
+    print(f"job running again {back_after:.2f}s after the restarted agent registered")
     assert back_after < 2 * BEAT_S, f"running again {back_after:.1f}s after registering\n{second.log}"
     assert (done.status, done.retry_count, done.node_id) == (JobStatus.COMPLETED, 1, before.node_id)
     assert "restarted while holding the job" in again.error
