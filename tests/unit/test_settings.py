@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import local_parser, master_parser, worker_parser
+from agent.cli import console_parser, local_parser, master_parser, worker_parser
 from agent.config import AgentConfig, ClientTLS, MasterConfig
 from agent.settings import GROUPS, SettingsParser, build, format_duration, settings_of
 from agent.worker.netguard import AllowList
@@ -182,3 +182,35 @@ def test_defaults_are_made_afresh_for_each_parse(tmp_path: Path, monkeypatch: py
     assert worker_parser().parse_args([]).input_dir == []
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert worker_parser().parse_args([]).work_dir == tmp_path / "ffrtmp-agent"
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [("localhost:8080", "write for example http://localhost:8080"), ("ftp://master", "http:// or https://"),
+     ("http://", "names no host"), ("https://master:99999", "port")],
+)
+def test_a_master_url_needs_http_or_https_and_a_host(text: str, says: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """--master localhost:8080 is a usage error naming the flag and the value, not an endless retry."""
+    with pytest.raises(SystemExit) as exit:
+        worker_parser().parse_args(["--master", text])
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and "--master" in err and repr(text) in err and says in err, err
+
+
+def test_connection_flags_work_before_and_after_the_subcommand() -> None:
+    """ffrtmp --master URL jobs list, and after it; the later one wins, and a switch leaves the subcommand alone."""
+    parser = console_parser("ffrtmp")
+    assert parser.parse_args(["--master", "http://a:1", "jobs", "list"]).master == "http://a:1"
+    assert parser.parse_args(["jobs", "list", "--master", "http://b:1"]).master == "http://b:1"
+    assert parser.parse_args(["--master", "http://a:1", "nodes", "list", "--master", "http://b:1"]).master == "http://b:1"
+    skipping = parser.parse_args(["--insecure-skip-verify", "jobs", "status", "--insecure-skip-verify", "12"])
+    assert (skipping.insecure_skip_verify, skipping.role, skipping.job_id) == (True, "jobs", "12")
+    assert parser.parse_args(["jobs", "list"]).master == "http://localhost:8080"
+
+
+def test_local_reads_its_own_flags_and_adds_up_params() -> None:
+    """local's --jobs, --duration and repeated --param, with their defaults when not given."""
+    args = local_parser().parse_args(["--jobs", "2", "--duration", "1.5", "--param", "a=1", "--param", "b=2"])
+    assert (args.jobs, args.duration, args.param) == (2, 1.5, [("a", "1"), ("b", "2")])
+    defaults = local_parser().parse_args([])
+    assert (defaults.scenario, defaults.jobs, defaults.max_concurrent_jobs, defaults.param) == ("720p30-h264", 4, 2, [])
