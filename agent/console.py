@@ -1,7 +1,8 @@
 """The operator commands behind ``ffrtmp jobs ...`` and ``ffrtmp nodes ...``.
 
-Tables for people, ``--output json`` for scripts. Errors from the master end in
-one line on stderr and exit code 1, never a traceback.
+Tables for people, ``--output json`` for scripts. Errors end in one line on
+stderr, never a traceback: exit code 2 when a setting must change (the API key,
+the TLS trust), 1 for anything else the master answers or cannot.
 
 JSON shapes: a command about one job (``jobs status ID``, ``cancel``,
 ``pause``, ``resume``, ``retry``) prints the job object, as each line of
@@ -22,7 +23,7 @@ from typing import Any, TextIO
 
 import trio
 
-from agent.client import MasterClient, MasterError
+from agent.client import AuthError, MasterClient, MasterError, TLSVerifyError
 from agent.models import Job, JobRequest, JobStatus, Node
 
 # How often `jobs status --follow` asks the master.
@@ -247,6 +248,9 @@ async def run_console(args: argparse.Namespace, verify: ssl.SSLContext | bool = 
     try:
         async with MasterClient(args.master, args.api_key, verify=verify) as client:
             return await run_command(client, args, sys.stdout)
+    except (AuthError, TLSVerifyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except (MasterError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

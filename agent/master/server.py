@@ -189,8 +189,9 @@ def run_master(config: MasterConfig) -> int:
     """Run the master until SIGINT or SIGTERM; the exit code for the CLI.
 
     Returns:
-        0 after a signal; 1 when the database cannot be opened, the TLS files
-        do not load or the address cannot be bound, after logging why.
+        0 after a signal; 2, a configuration to change, when the database
+        cannot be opened, the TLS files do not load or the address cannot be
+        bound, after one line saying which flag to change.
 
     Raises:
         Any other error, unchanged: it is a bug, and its traceback helps.
@@ -208,6 +209,10 @@ def run_master(config: MasterConfig) -> int:
             if isinstance(leaf, (StoreError, ConfigError)):
                 log.error("%s", leaf)
             else:
-                log.error("Cannot listen on %s: %s", _bind(config.host, config.port), leaf)
-        return 1
+                log.error(
+                    "Cannot listen on %s: %s; another process may hold port %d: set --port (FFRTMP_PORT) to a "
+                    "free port, or --host to an address of this machine",
+                    _bind(config.host, config.port), getattr(leaf, "strerror", None) or leaf, config.port,
+                )
+        return 2
     return 0

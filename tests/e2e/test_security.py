@@ -50,7 +50,7 @@ async def test_an_https_master_with_a_generated_certificate_is_trusted_only_when
     assert len(said) == 1 and "ERROR" in said[0], untrusting.log
     assert "Traceback" not in untrusting.log
     cli = await start_process(procs, "cli", ["jobs", "list", "--master", url])
-    assert await cli.wait() == 1
+    assert await cli.wait() == 2
     [error] = [line for line in cli.lines if line.startswith("error:")]
     assert all(flag in error for flag in VERIFY_ADVICE), cli.log
 

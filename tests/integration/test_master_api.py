@@ -582,8 +582,8 @@ def test_run_master_logs_its_url_and_exits_zero_on_sigterm() -> None:
     assert "hidden-key" not in line + rest
 
 
-def test_run_master_exits_one_when_the_port_is_taken() -> None:
-    """A bind failure is one clear log line and exit code 1, not a traceback."""
+def test_run_master_exits_two_naming_the_flag_when_the_port_is_taken() -> None:
+    """A bind failure is one clear log line naming --port and exit code 2 (a setting to change), not a traceback."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -598,8 +598,8 @@ def test_run_master_exits_one_when_the_port_is_taken() -> None:
         done = subprocess.run(
             [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=10
         )
-    assert done.returncode == 1, done.stderr
-    assert f"Cannot listen on 127.0.0.1:{port}" in done.stderr
+    assert done.returncode == 2, done.stderr
+    assert f"Cannot listen on 127.0.0.1:{port}" in done.stderr and "--port" in done.stderr
     assert "Traceback" not in done.stderr
 
 

@@ -161,7 +161,7 @@ async def test_a_job_queued_through_one_master_wakes_the_other(database: str) ->
 
 
 async def test_an_unreachable_database_is_a_store_error_naming_it_without_the_password(tmp_path: Path) -> None:
-    """The master logs this and exits 1 (run_master), the password stays out of it."""
+    """The master logs this and exits 2 (run_master), the password stays out of it."""
     dsn = f"postgresql://user:hunter2@/nowhere?host={tmp_path}&connect_timeout=2"
     with pytest.raises(StoreError) as raised:
         await PostgresStore.open(dsn)
