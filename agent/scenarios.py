@@ -98,7 +98,7 @@ _MIN_KBPS, _MAX_KBPS = 16, 500_000
 _MAX_DURATION_S = 86_400.0
 # A week: longer than any sane job, short enough to catch a unit mistake (ms).
 _MAX_TIMEOUT_S = 7 * 86_400.0
-# Ten seconds is what the original agent encodes when a job gives no duration.
+# Ten seconds is what the original agent encodes when a job gives no duration (and no file to encode whole).
 DEFAULT_DURATION_S = 10.0
 
 # h264 kbps at 30 fps for heights up to the key; the smallest row that fits wins.
@@ -120,6 +120,7 @@ _HOST_NAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*$")
 _URL_SAFE = re.compile(r"^[A-Za-z0-9._~:/?#\[\]@!$&'()*+,=%-]{1,2048}$")
 _INPUT_SCHEMES = ("http", "https", "rtmp", "rtmps", "srt")
 _RTMP_SCHEMES = ("rtmp", "rtmps")
+_LIVE_SCHEMES = ("rtmp", "rtmps", "srt")
 _TRUE = ("true", "yes", "1", "on")
 _FALSE = ("false", "no", "0", "off")
 
@@ -192,7 +193,8 @@ class EncodeSpec:
     """Everything an encoder needs for one job, every value already validated.
 
     ``input`` is ``""`` when the worker should generate a test input, an
-    absolute path inside an allowed input directory, or a URL. ``output_name``
+    absolute path inside an allowed input directory, or a URL. ``duration``
+    is None when the whole input is encoded (see :func:`build_spec`). ``output_name``
     is a bare file name; ``output_dir`` is ``""`` for the runner's per-job
     directory in its work dir, or an absolute directory inside the one the
     operator allowed with ``--output-dir``.
@@ -206,7 +208,7 @@ class EncodeSpec:
     encoder: str
     bitrate: str
     preset: str
-    duration: float
+    duration: float | None
     input: str
     output_name: str
     output_mode: OutputMode
@@ -277,6 +279,9 @@ def build_spec(
 
     A key not in :data:`PARAMETERS` is rejected, naming the known ones, as is a
     known key with a value we do not accept: nothing is silently dropped.
+    Without a ``duration``, a job with a file or a downloaded input encodes
+    all of it (``duration`` None); a generated clip or a live stream gets
+    :data:`DEFAULT_DURATION_S`.
 
     Args:
         job: the claimed job.
@@ -313,8 +318,8 @@ def build_spec(
     codec, vendor = _codec(params["codec"]) if given("codec") else (scenario.codec, "")
     bitrate = _bitrate(params["bitrate"]) if given("bitrate") else default_bitrate(width, height, fps, codec)
     preset = _preset(params["preset"], codec) if given("preset") else _DEFAULT_PRESET
-    duration = _duration(params["duration"]) if given("duration") else DEFAULT_DURATION_S
     input_ = _input(params["input"], input_dirs, allow_private_inputs) if given("input") else ""
+    duration = _duration(params["duration"]) if given("duration") else _default_duration(input_)
     output_mode = _output_mode(params["output_mode"]) if given("output_mode") else "file"
     stream_key = _stream_key(params["stream_key"]) if given("stream_key") else ""
     rtmp_url = _rtmp_url(params["rtmp_url"]) if given("rtmp_url") else ""
@@ -452,6 +457,15 @@ def _preset(value: Any, codec: str) -> str:
 
 def _duration(value: Any) -> float:
     return _number("duration", value, 0.0, _MAX_DURATION_S, allow_low=False)
+
+
+def _default_duration(input_: str) -> float | None:
+    """None, the whole input, for a file or a download; the default for a generated clip or a live stream.
+
+    A stream (rtmp, srt) may never end, so it keeps the original agent's default.
+    """
+    scheme = input_.partition("://")[0].lower() if "://" in input_ else ""
+    return None if input_ and scheme not in _LIVE_SCHEMES else DEFAULT_DURATION_S
 
 
 def _timeout(value: Any) -> float | None:

@@ -37,7 +37,7 @@ from agent.config import AgentConfig
 from agent.models import Engine, FailureReason, Job
 from agent.scenarios import EncodeSpec, JobRejected, build_spec
 from agent.worker.encoder import EncoderWatch, StopPolicy, run_encoder
-from agent.worker.engines.ffmpeg import encode_argv
+from agent.worker.engines.ffmpeg import ProbeFailed, encode_argv, probe_media
 from agent.worker.engines.gstreamer import GStreamer, encoder_element, find_gstreamer, pipeline_argv
 from agent.worker.engines.hwaccel import HardwareEncoder, detect_hardware_encoders
 from agent.worker.failures import input_file_problem, job_fault
@@ -67,11 +67,15 @@ def bandwidth_mbps(input_bytes: int, output_bytes: int, seconds: float) -> float
 
 
 def estimated_bytes(spec: EncodeSpec) -> int:
-    """Disk space a job will fill: its output file, plus the generated input when it needs one."""
+    """Disk space a job will fill: its output file, plus the generated input when it needs one.
+
+    The output of a whole input is not counted: its length is known only once the input is opened.
+    """
+    seconds = spec.duration or 0.0
     output = 0.0
     if spec.output_mode == "file":
-        output = (spec.bitrate_kbps + AUDIO_KBPS) * 1000 / 8 * spec.duration * OUTPUT_MARGIN
-    generated = 0.0 if spec.input else spec.width * spec.height * spec.fps * spec.duration * GENERATED_BYTES_PER_PIXEL
+        output = (spec.bitrate_kbps + AUDIO_KBPS) * 1000 / 8 * seconds * OUTPUT_MARGIN
+    generated = 0.0 if spec.input else spec.width * spec.height * spec.fps * seconds * GENERATED_BYTES_PER_PIXEL
     return int(output + generated)
 
 
@@ -307,6 +311,7 @@ class JobRunner:
         if spec.input:
             yield spec.input
             return
+        assert spec.duration is not None  # build_spec gives every generated clip a duration
         async with self.inputs.open_clip(
             self.ffmpeg, spec.width, spec.height, spec.fps, spec.duration, keep=self.settings.persist_inputs
         ) as path:
@@ -330,12 +335,13 @@ class JobRunner:
         attempts = plan_attempts(job.engine, spec, gstreamer=self.gstreamer, hardware=self.hardware)
         fallbacks: list[tuple[str, str]] = []
         timeout = spec.timeout_sec or self.job_timeout
+        length = spec.duration or await self._input_length(input_path)
         with trio.move_on_after(timeout if timeout else float("inf")) as timer:
             for attempt in attempts:
                 if attempt.unavailable:
                     fallbacks.append((attempt.label, attempt.unavailable))
                     continue
-                watch = EncoderWatch(on_progress=lambda snap: on_progress(percent(snap, spec.duration), snap))
+                watch = EncoderWatch(on_progress=lambda snap: on_progress(percent(snap, length), snap))
                 started = time.monotonic()
                 argv = self._argv(attempt, spec, input_path, target)
                 log.debug("job %s: %s", job.id, argv)
@@ -373,6 +379,19 @@ class JobRunner:
             reason = FailureReason.USER_ERROR if fault else FailureReason.RUNTIME_ERROR
             return EncodeOutcome.failed(reason, self._exit_error(attempt, watch, input_path), **common)
         return EncodeOutcome(**common)
+
+    async def _input_length(self, input_path: str) -> float:
+        """Seconds of a whole input, which progress is counted against; 0 (progress unknown) for a stream.
+
+        A file FFmpeg cannot read also gives 0: its encode fails too, and says why.
+        """
+        if "://" in input_path:
+            return 0.0
+        try:
+            return (await probe_media(self.ffmpeg, input_path, guardian=self.guardian)).duration
+        except ProbeFailed as exc:
+            log.debug("cannot measure %s for progress: %s", input_path, exc)
+            return 0.0
 
     def _exit_error(self, attempt: Attempt, watch: EncoderWatch, input_path: str) -> str:
         """Why an attempt failed, in one line: a stall, the job's own fault, or FFmpeg's last word."""
@@ -423,7 +442,7 @@ class JobRunner:
         # frames, the media seconds and the output size over the attempt's time.
         # A generated clip that encoded without error was encoded whole.
         reported = last or ProgressSnapshot()
-        media_s = spec.duration if watch.returncode == 0 and not spec.input else reported.out_time_s
+        media_s = reported.out_time_s if spec.input or spec.duration is None or watch.returncode else spec.duration
         frames = reported.frame or round(media_s * spec.fps)
         seconds = max(elapsed, 0.001)
         if last is not None or frames:

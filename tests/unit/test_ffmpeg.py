@@ -96,6 +96,14 @@ def test_audio_is_kept_only_if_the_input_has_some() -> None:
     assert option(vp9, "-c:a") == "libopus"
 
 
+def test_a_whole_input_is_encoded_to_its_end_and_a_duration_cuts_it() -> None:
+    """Without a duration a given input has no -t, so FFmpeg stops at its end; with one, -t says where."""
+    given = "https://93.184.216.34/in.mp4"
+    assert "-t" not in ff.encode_argv("ffmpeg", spec_for(input=given), given, "out.mp4")
+    assert option(ff.encode_argv("ffmpeg", spec_for(input=given, duration=4), given, "out.mp4"), "-t") == "4"
+    assert option(ff.encode_argv("ffmpeg", spec_for(), "testsrc2.mp4", "out.mp4"), "-t") == "10"
+
+
 def test_the_generated_input_is_encoded_without_audio_options() -> None:
     """It has no audio: -an, and no audio bitrate for FFmpeg to call unused."""
     argv = ff.encode_argv("ffmpeg", spec_for(), "testsrc2.mp4", "out.mp4")

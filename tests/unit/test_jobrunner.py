@@ -79,9 +79,11 @@ def test_the_job_decides_whether_and_which_hardware_to_use(choice: str, expected
 
 def test_the_space_estimate_counts_the_output_at_its_bitrate_and_a_generated_input() -> None:
     """10 s at 2500k plus 128k audio is 3.3 MB, with a quarter more for overshoot and muxing."""
-    given_input = spec_for(input="http://example.com/a.mp4")
+    given_input = spec_for(input="http://example.com/a.mp4", duration=10)
     assert estimated_bytes(given_input) == int((2500 + 128) * 1000 / 8 * 10 * 1.25)
     assert estimated_bytes(spec_for()) > estimated_bytes(given_input)
+    # A whole input's length is not known before it is opened.
+    assert estimated_bytes(spec_for(input="http://example.com/a.mp4")) == 0
     assert estimated_bytes(spec_for(input="http://example.com/a.mp4", output_mode="rtmp")) == 0
 
 

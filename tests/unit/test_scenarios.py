@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from agent.models import Job
-from agent.scenarios import EncodeSpec, JobRejected, Scenario, build_spec, default_bitrate
+from agent.scenarios import DEFAULT_DURATION_S, EncodeSpec, JobRejected, Scenario, build_spec, default_bitrate
 from agent.worker.engines.ffmpeg import encode_argv
 from agent.worker.engines.gstreamer import pipeline_argv
 from agent.worker.engines.hwaccel import HardwareEncoder, candidates
@@ -234,6 +234,20 @@ def test_local_inputs_cannot_escape_by_dots_or_symlinks(tmp_path: Path) -> None:
         assert rejection(input=value, input_dirs=[allowed]).field == "input"
 
 
+def test_a_file_or_a_download_without_a_duration_is_encoded_whole(tmp_path: Path) -> None:
+    """No duration with a local file or an http(s) input means all of it: duration None."""
+    (tmp_path / "clip.mp4").write_bytes(b"x")
+    assert spec_for(input="clip.mp4", input_dirs=[tmp_path]).duration is None
+    assert spec_for(input="https://example.com/a.mp4").duration is None
+    assert spec_for(input="clip.mp4", input_dirs=[tmp_path], duration=2).duration == 2.0
+
+
+@pytest.mark.parametrize("url", ["rtmp://1.2.3.4/live/cam", "srt://1.2.3.4:9000", ""])
+def test_a_live_stream_or_a_generated_clip_without_a_duration_gets_the_default(url: str) -> None:
+    """A stream may never end, and a generated clip needs a length: both get the default ten seconds."""
+    assert spec_for(input=url or None).duration == DEFAULT_DURATION_S
+
+
 @pytest.mark.parametrize("url", [
     "http://example.com/a.mp4", "https://cdn.example.com:8443/v/a.mp4?sig=abc", "rtmp://1.2.3.4/live/cam",
     "srt://[2606:4700::1111]:9000?mode=caller",
@@ -393,7 +407,8 @@ def test_any_parameters_give_a_rejection_or_an_argv_of_clean_values(
         return
     event(f"accepted: {spec.output_mode}, input {'given' if spec.input else 'generated'}")
     assert spec.width % 2 == 0 and spec.height % 2 == 0
-    assert 0 < spec.duration <= 86_400 and math.isfinite(spec.fps)
+    assert (spec.duration is None and spec.input) or 0 < (spec.duration or 0) <= 86_400
+    assert math.isfinite(spec.fps)
     input_path = spec.input or "/cache/generated.mp4"
     output = spec.rtmp_url if spec.output_mode == "rtmp" else f"/work/{spec.output_name}"
     usable = hardware if hardware is not None and hardware.codec == spec.codec else None

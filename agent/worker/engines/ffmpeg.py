@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import shutil
+from typing import TYPE_CHECKING
 
 import attrs
 import trio
@@ -22,6 +23,9 @@ from ..processes import STDERR_TAIL_LINES, capture_child
 from ..progress import ProgressParser
 from . import keyframe_interval
 from .hwaccel import HardwareEncoder
+
+if TYPE_CHECKING:
+    from ..guardian import Guardian
 
 __all__ = [
     "EncoderNotFound",
@@ -143,7 +147,9 @@ def encode_argv(
     if "://" not in input_path:
         argv += ["-protocol_whitelist", LOCAL_PROTOCOLS]
     audio_map = ["-map", "0:a:0?"] if spec.input else []
-    argv += ["-i", input_path, "-map", "0:v:0", *audio_map, "-t", _num(spec.duration)]
+    # No -t for a whole input: FFmpeg stops at its end.
+    length = ["-t", _num(spec.duration)] if spec.duration is not None else []
+    argv += ["-i", input_path, "-map", "0:v:0", *audio_map, *length]
     upload = hardware.upload if hardware is not None else ""
     filters = [f"fps={_num(spec.fps)}", f"scale={spec.width}:{spec.height}"] + ([upload] if upload else [])
     argv += ["-vf", ",".join(filters)]
@@ -257,12 +263,13 @@ def parse_media_info(stderr: str, *, progress_out_time: float, size_bytes: int) 
     )
 
 
-async def probe_media(ffmpeg: str, path: str | os.PathLike[str]) -> MediaInfo:
+async def probe_media(ffmpeg: str, path: str | os.PathLike[str], *, guardian: Guardian | None = None) -> MediaInfo:
     """Describe the first video stream of ``path``, reading all its packets on the way.
 
     The stream copy does not decode, so this is cheap even for long files, yet
     a truncated or corrupt container fails here. Cancel kills FFmpeg; wrap in
-    ``trio.fail_after`` to bound it for network inputs.
+    ``trio.fail_after`` to bound it for network inputs. A worker passes its
+    ``guardian``, which kills the probe should the worker die.
 
     Raises:
         ProbeFailed: the file is missing, unreadable, or holds no video.
@@ -271,7 +278,7 @@ async def probe_media(ffmpeg: str, path: str | os.PathLike[str]) -> MediaInfo:
         ffmpeg, "-hide_banner", "-nostdin", "-i", os.fspath(path),
         "-map", "0:v:0", "-c", "copy", "-progress", "pipe:1", "-nostats", "-f", "null", "-",
     ]
-    result = await capture_child(argv, guardian=None)
+    result = await capture_child(argv, guardian=guardian)
     if result.returncode != 0:
         raise ProbeFailed(
             f"cannot read {os.fspath(path)!r} as video", returncode=result.returncode,
