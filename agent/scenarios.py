@@ -119,6 +119,11 @@ _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOST_NAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*$")
 _URL_SAFE = re.compile(r"^[A-Za-z0-9._~:/?#\[\]@!$&'()*+,=%-]{1,2048}$")
 _INPUT_SCHEMES = ("http", "https", "rtmp", "rtmps", "srt")
+# An input uploaded to the master: "artifact:<sha256 in hex>", downloaded by the worker that runs the job.
+ARTIFACT_PREFIX = "artifact:"
+_ARTIFACT = re.compile(r"^artifact:[0-9a-f]{64}$")
+# Where a job's output goes once encoded: uploaded to the master, or kept on the worker only.
+DELIVERIES = ("master", "none")
 _RTMP_SCHEMES = ("rtmp", "rtmps")
 _LIVE_SCHEMES = ("rtmp", "rtmps", "srt")
 _TRUE = ("true", "yes", "1", "on")
@@ -217,6 +222,8 @@ class EncodeSpec:
     timeout_sec: float | None
     realtime: bool
     output_dir: str = ""
+    # "master": the output is uploaded to the master's artefact store; "none": it stays on the worker.
+    deliver: str = "none"
 
     @property
     def bitrate_kbps(self) -> int:
@@ -250,7 +257,7 @@ def default_bitrate(width: int, height: int, fps: float, codec: str) -> str:
 # Every key a job's parameters may hold; any other is refused, so a typo
 # (presett=fast) fails at submit instead of running silently with the default.
 PARAMETERS = (
-    "bitrate", "codec", "duration", "fps", "hardware", "input", "output", "output_mode", "preset",
+    "bitrate", "codec", "deliver", "duration", "fps", "hardware", "input", "output", "output_mode", "preset",
     "realtime", "resolution", "resource_limits", "rtmp_url", "stream_key",
 )
 
@@ -327,6 +334,10 @@ def build_spec(
     realtime = _bool("realtime", params["realtime"]) if given("realtime") else output_mode == "rtmp"
     timeout_sec = _timeout(params["resource_limits"]) if given("resource_limits") else None
     hardware = _hardware(params["hardware"]) if given("hardware") else vendor or "auto"
+    # An uploaded input's owner wants the output back; a benchmark's generated one moves no extra bytes.
+    deliver = _deliver(params["deliver"], output_mode) if given("deliver") else (
+        "master" if input_.startswith(ARTIFACT_PREFIX) and output_mode == "file" else "none"
+    )
 
     safe_id = re.sub(r"[^A-Za-z0-9_.-]", "_", job.id).lstrip(".-")[:100] or "job"
     if output_mode == "rtmp":
@@ -361,6 +372,7 @@ def build_spec(
         timeout_sec=timeout_sec,
         realtime=realtime,
         output_dir=out_dir,
+        deliver=deliver,
     )
 
 
@@ -466,6 +478,14 @@ def _default_duration(input_: str) -> float | None:
     """
     scheme = input_.partition("://")[0].lower() if "://" in input_ else ""
     return None if input_ and scheme not in _LIVE_SCHEMES else DEFAULT_DURATION_S
+
+
+def _deliver(value: Any, output_mode: OutputMode) -> str:
+    if value not in DELIVERIES:
+        raise JobRejected("deliver", f"must be one of {', '.join(DELIVERIES)}, got {_shown(value)}")
+    if value != "none" and output_mode != "file":
+        raise JobRejected("deliver", f"deliver={value} needs output_mode=file: a stream leaves no file to deliver")
+    return str(value)
 
 
 def _timeout(value: Any) -> float | None:
@@ -613,6 +633,10 @@ def _input(value: Any, input_dirs: Sequence[Path], allow_private: bool = False) 
     A local path must resolve, symlinks followed, inside one of ``input_dirs``.
     """
     text = _text("input", value, 4096)
+    if text.startswith(ARTIFACT_PREFIX):
+        if not _ARTIFACT.match(text):
+            raise JobRejected("input", f"{_shown(value)} must be artifact:<the SHA-256 of the file, 64 hex digits>")
+        return text
     if "://" in text:
         url = _url("input", text, _INPUT_SCHEMES)
         kind = "" if allow_private else _non_public(urllib.parse.urlsplit(url).hostname or "")

@@ -204,7 +204,7 @@ def test_unknown_keys_are_refused_naming_the_known_ones() -> None:
     refused = rejection(presett="fast")
     assert refused.field == "parameters"
     assert "unknown key presett (did you mean preset?)" in str(refused)
-    assert "known keys: bitrate, codec, duration" in str(refused)
+    assert "known keys: bitrate, codec, deliver, duration" in str(refused)
     assert "unknown keys future_knob, presett" in str(rejection(future_knob="-rf /", presett="fast"))
 
 
@@ -528,3 +528,14 @@ def test_a_hardware_codec_name_asks_for_that_vendor_with_the_plain_codec() -> No
     assert (spec.codec, spec.hardware) == ("h265", "qsv")
     with pytest.raises(JobRejected, match="codec"):
         build_spec(Job(id="j", scenario="720p30-h264", parameters={"codec": "h264_cuda"}))
+
+
+def test_an_uploaded_input_is_named_by_its_sha256_and_delivered_to_the_master_by_default() -> None:
+    """input=artifact:<64 hex> is taken as is and delivers to the master; a malformed name or deliver is refused."""
+    sha = "ab" * 32
+    spec = spec_for("720p30-h264", input=f"artifact:{sha}")
+    assert (spec.input, spec.deliver) == (f"artifact:{sha}", "master")
+    assert spec_for("720p30-h264", input=f"artifact:{sha}", deliver="none").deliver == "none"
+    assert spec_for("720p30-h264").deliver == "none"
+    assert rejection(input="artifact:xyz").field == "input"
+    assert "must be one of master, none" in str(rejection(deliver="ftp"))
