@@ -26,6 +26,7 @@ from agent.settings import (
     DURATION,
     ENGINES,
     FILE,
+    GIGABYTES,
     HOST,
     JOBS,
     LISTENING,
@@ -241,6 +242,16 @@ class MasterConfig:
     db_dsn: str = setting(
         "", TEXT, LISTENING, "PostgreSQL URL (postgresql://user:password@host/db) instead of --db; several "
         "masters may share it (needs the [postgres] extra)", repr=False,
+    )
+    # Uploaded inputs and delivered outputs ("" beside --db; a temporary directory for --db '').
+    artifacts_dir: str = setting(
+        "", TEXT, LISTENING, "directory of uploaded inputs and delivered outputs",
+        shown="<db>.artifacts beside --db; ./ffrtmp-artifacts with --db-dsn; a temporary one with --db ''",
+    )
+    # Bound of that directory: an upload past it is answered 507.
+    artifacts_max_gb: float = setting(
+        0.0, GIGABYTES, LISTENING, "most the artifact store may hold, in GiB; an upload past it is refused "
+        "with 507; 0 is no quota (the disk's free space still bounds it)",
     )
     api_key: str = setting(
         "", TEXT, CONNECTION, "require this API key from every client (visible in ps: prefer --api-key-file)",

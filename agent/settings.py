@@ -121,6 +121,21 @@ def format_duration(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
+def parse_gigabytes(text: str) -> float:
+    """A size in gigabytes (GiB), fractions allowed (``0.5``); zero or more.
+
+    Raises:
+        ConfigError: the text is not a number, or is negative.
+    """
+    try:
+        size = float(text)
+    except ValueError:
+        raise _invalid(text, "is not a number of gigabytes; write for example 100 or 0.5") from None
+    if not size >= 0:
+        raise _invalid(text, "must be zero or more gigabytes")
+    return size
+
+
 def parse_days(text: str) -> float:
     """A number of days, fractions allowed (``0.5`` is twelve hours); zero or more.
 
@@ -257,6 +272,7 @@ POSITIVE_DURATION = Kind(_parse_positive_duration, "DURATION", show=format_durat
 TIMEOUT = Kind(lambda text: parse_duration(text) or None, "DURATION",
                show=lambda seconds: format_duration(seconds or 0.0))
 DAYS = Kind(parse_days, "DAYS", show="{:g}".format)
+GIGABYTES = Kind(parse_gigabytes, "GB", show="{:g}".format)
 # A plain number of seconds, whose range the role checks where it knows what it is for (local's --duration).
 SECONDS = Kind(_parse_seconds, "SECONDS", show="{:g}".format)
 COUNT = Kind(parse_positive, "N", show=str)

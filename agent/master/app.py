@@ -25,8 +25,8 @@ import prometheus_client
 import trio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import Response
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import Receive
 from starlette.websockets import WebSocket
@@ -46,7 +46,9 @@ from ..models import (
     log_tail,
     utcnow,
 )
+from ..scenarios import ARTIFACT_PREFIX
 from . import scheduler
+from .artifacts import ArtifactStore, Busy, DigestMismatch, InvalidUpload, OffsetMismatch, StoreFull, is_sha256
 from .auth import Forbidden, Guard
 from .events import EventHub
 from .jsonbody import BodyRejected, JSONResponse, parse_body
@@ -82,7 +84,11 @@ _W = TypeVar("_W")
 
 
 def create_app(
-    store: Store, config: MasterConfig, hub: EventHub, metrics: MasterMetrics | None = None
+    store: Store,
+    config: MasterConfig,
+    hub: EventHub,
+    metrics: MasterMetrics | None = None,
+    artifacts: ArtifactStore | None = None,
 ) -> Starlette:
     """The master's API over ``store``.
 
@@ -94,11 +100,14 @@ def create_app(
             through it, :func:`~agent.master.server.serve_master` the wake-ups.
         metrics: what ``/metrics`` serves; shared with the housekeeping that
             counts expired and deleted jobs. None starts a fresh set.
+        artifacts: where uploaded inputs and delivered outputs are kept
+            (:mod:`.artifacts`); None serves no ``/artifacts`` routes, and jobs
+            naming an artefact are refused.
 
     Returns:
         An ASGI app for hypercorn on Trio; :func:`~agent.master.server.serve_master` serves it.
     """
-    api = _Api(store, config, hub, metrics or MasterMetrics())
+    api = _Api(store, config, hub, metrics or MasterMetrics(), artifacts)
     timed = api.metrics.timed
     # Who may call a route: anyone (OPEN), a holder of the API key (OPERATOR: the CLI,
     # and registration), or the node the request speaks for, with its token (NODE;
@@ -125,7 +134,14 @@ def create_app(
         ("POST", "/jobs/{ref}/resume", _Access.OPERATOR, api.changer(lambda: scheduler.resume)),
         ("POST", "/jobs/{ref}/retry", _Access.OPERATOR, api.changer(lambda: scheduler.retry)),
         ("POST", "/results", _Access.NODE, api.record_result),
+        ("DELETE", "/jobs/{ref}", _Access.OPERATOR, api.delete_job),
     ]
+    if artifacts is not None:
+        # The operator's key or a node's token, checked by the handler (auth.Guard.check_artifact).
+        http_routes += [
+            ("GET", "/artifacts/{sha256}", _Access.ARTIFACT, api.artifact_read),  # HEAD too, as Starlette routes it
+            ("PATCH", "/artifacts/{sha256}", _Access.ARTIFACT, api.artifact_upload),
+        ]
     routes: list[BaseRoute] = [
         Route(
             path,
@@ -151,6 +167,7 @@ class _Access(enum.Enum):
     OPEN = "open"
     OPERATOR = "operator"
     NODE = "node"
+    ARTIFACT = "artifact"
 
 
 def _cancel_now() -> Callable[[Job], Job]:
@@ -245,11 +262,42 @@ async def _wait_for_job(receive: Receive, available: trio.Event, deadline: float
     return not client_left
 
 
+def _sha256(request: Request) -> str:
+    sha256 = str(request.path_params["sha256"])
+    if not is_sha256(sha256):
+        raise HTTPException(400, f"{sha256[:80]!r} is not an artifact name: artifacts are named by their "
+                                 "SHA-256 in lower-case hex (64 digits)")
+    return sha256
+
+
+def _header_number(request: Request, name: str) -> int:
+    text = request.headers.get(name, "")
+    if not (text.isascii() and text.isdigit()):
+        raise HTTPException(400, f"an upload needs the header {name}: a whole number of bytes")
+    return int(text)
+
+
+def _artifact_input(request: JobRequest) -> str:
+    """The SHA-256 of the job's uploaded input, ``""`` when it names none."""
+    source = request.parameters.get("input")
+    if isinstance(source, str) and source.startswith(ARTIFACT_PREFIX):
+        return source.removeprefix(ARTIFACT_PREFIX)
+    return ""
+
+
 class _Api:
     """Route handlers over one store."""
 
-    def __init__(self, store: Store, config: MasterConfig, hub: EventHub, metrics: MasterMetrics) -> None:
+    def __init__(
+        self,
+        store: Store,
+        config: MasterConfig,
+        hub: EventHub,
+        metrics: MasterMetrics,
+        artifacts: ArtifactStore | None = None,
+    ) -> None:
         self._store = store
+        self._artifacts = artifacts
         self._config = config
         self._hub = hub
         self.metrics = metrics
@@ -395,6 +443,13 @@ class _Api:
             validate_request(job_request)
         except JobRejected as exc:
             raise HTTPException(400, str(exc)) from None
+        if (sha256 := _artifact_input(job_request)) and (
+            self._artifacts is None or await self._artifacts.size(sha256) is None
+        ):
+            raise HTTPException(
+                400, f"input: artifact {sha256} is not on this master; upload the file first "
+                "(ffrtmp jobs submit --input FILE uploads it and submits the job)",
+            )
         pending = (await self._store.counts()).jobs.get(JobStatus.PENDING.value, 0)
         if pending >= self._config.max_pending_jobs:
             raise HTTPException(
@@ -407,6 +462,76 @@ class _Api:
         log.info("Job %s submitted (#%d, scenario: %s)", job.id, job.sequence_number, job.scenario)
         [explained] = await self._explained([job])
         return JSONResponse(explained.to_json(), status_code=201)
+
+    async def delete_job(self, request: Request) -> Response:
+        """Extension: forget a job that is not running, and the artefacts no other job names."""
+        job, orphans = await self._store.delete_job(request.path_params["ref"])
+        freed = await self._artifacts.delete(orphans) if self._artifacts is not None else 0
+        log.info("Job %s deleted, with %d artifacts (%d bytes) no other job names", job.id, len(orphans), freed)
+        return JSONResponse({"status": "deleted", "job_id": job.id, "artifacts_deleted": orphans})
+
+    # --- artefacts ---------------------------------------------------------------
+
+    async def artifact_read(self, request: Request) -> Response:
+        """Extension: ``GET`` streams a complete artefact, ``HEAD`` gives its size or the offset held.
+
+        404 (with ``Upload-Offset``, the bytes of a partial upload held, 0 if none) when not complete.
+        """
+        assert self._artifacts is not None
+        sha256 = _sha256(request)
+        reading = request.method == "GET"
+        await self.guard.check_artifact(request, sha256, reading=reading)
+        size = await self._artifacts.size(sha256)
+        if size is None:
+            held = str(await self._artifacts.offset(sha256))
+            if not reading:
+                return Response(status_code=404, headers={"Upload-Offset": held})
+            return _error(404, f"artifact {sha256} is not on this master", {"Upload-Offset": held})
+        headers = {"Content-Length": str(size), "Upload-Offset": str(size)}
+        if not reading:
+            return Response(status_code=200, headers=headers)
+        return StreamingResponse(self._artifacts.read(sha256), media_type="application/octet-stream", headers=headers)
+
+    async def artifact_upload(self, request: Request) -> Response:
+        """Extension: append the body at ``Upload-Offset`` of an artefact of ``Upload-Length`` bytes.
+
+        Streamed to disk as it arrives. 201 when it completes the artefact (its
+        SHA-256 checked), 204 with the offset held when the body ended short,
+        200 when the artefact was complete already (an upload repeated); 409
+        with ``Upload-Offset`` when the offset is not the one held, 422 when the
+        bytes do not hash to the name, 507 when the store is full.
+        """
+        assert self._artifacts is not None
+        sha256 = _sha256(request)
+        await self.guard.check_artifact(request, sha256, reading=False)
+        total = _header_number(request, "Upload-Length")
+        if (size := await self._artifacts.size(sha256)) is not None:
+            return JSONResponse({"sha256": sha256, "bytes": size}, headers={"Upload-Offset": str(size)})
+        offset = _header_number(request, "Upload-Offset")
+        try:
+            appended = await self._artifacts.append(
+                sha256, offset, total, request.stream(), self.metrics.artifact_bytes_received.inc
+            )
+        except OffsetMismatch as exc:
+            return _error(409, str(exc), {"Upload-Offset": str(exc.offset)})
+        except Busy as exc:
+            return _error(409, str(exc))
+        except InvalidUpload as exc:
+            return _error(400, str(exc))
+        except DigestMismatch as exc:
+            log.warning("Upload of artifact %s discarded: %s", sha256, exc)
+            return _error(422, str(exc))
+        except StoreFull as exc:
+            log.warning("Upload of artifact %s refused: %s", sha256, exc)
+            return _error(507, str(exc))
+        except ClientDisconnect:
+            log.info("Upload of artifact %s stopped; its bytes so far are kept for a resume", sha256)
+            return Response(status_code=400)  # nobody reads it
+        if not appended.complete:
+            return Response(status_code=204, headers={"Upload-Offset": str(appended.offset)})
+        log.info("Artifact %s stored (%d bytes)", sha256, appended.offset)
+        return JSONResponse({"sha256": sha256, "bytes": appended.offset}, status_code=201,
+                            headers={"Upload-Offset": str(appended.offset)})
 
     async def list_jobs(self, request: Request) -> Response:
         """One page of jobs in submission order; ``next_cursor`` (null on the last) asks for the next."""

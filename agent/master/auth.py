@@ -8,6 +8,15 @@ results or heartbeats for a node it is not. The original Go agent knows no
 tokens and sends the shared key everywhere; ``--allow-legacy-agents`` accepts
 that on node routes, at the price of that guarantee.
 
+Artefacts (``/artifacts/{sha256}``) are read and written by both: the CLI with
+the key uploads inputs and downloads outputs, and agents with their node
+token download the inputs of their jobs and upload the outputs. The rule for a
+node token (:meth:`Guard.check_artifact`): any registered node may ask for an
+artefact's size and upload one (an artefact is named by its SHA-256, so an
+upload cannot change what a name holds, and the quota bounds the space), but
+may download only an artefact named by a job leased to it now, so a node
+cannot read other people's files.
+
 Refusals are logged with the client's address, at most once a minute per
 address, so probing shows in the log without flooding it.
 """
@@ -19,11 +28,12 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import trio
+from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import PlainTextResponse, Response
 
 from .store import Store
-from .tokens import token_matches
+from .tokens import hash_token, token_matches
 
 __all__ = ["Forbidden", "Guard"]
 
@@ -101,6 +111,30 @@ class Guard:
             "'Authorization: Bearer <node_token>' from that node's latest registration (a node registered "
             "again since holds a new one); original Go agents need the master started with --allow-legacy-agents"
         )
+
+    async def check_artifact(self, request: Request, sha256: str, *, reading: bool) -> None:
+        """Pass the API key, or a registered node's token; to read, the node must hold a job naming it.
+
+        Open, like the operator routes, when the master has no API key.
+
+        Raises:
+            HTTPException: 401 with neither the key nor a node's token.
+            Forbidden: the node's jobs do not name the artefact it wants to read.
+        """
+        token = bearer_token(request)
+        if not self._key or self._is_api_key(token):
+            return
+        node_id = await self._store.node_with_token(hash_token(token)) if token else None
+        if node_id is None:
+            problem = "Missing Authorization header" if token is None else "Invalid API key or node token"
+            self._log_refusal(request, f"401 {problem}")
+            raise HTTPException(401, problem)
+        if reading and not await self._store.artifact_leased_to(sha256, node_id):
+            self._log_refusal(request, f"403 artifact {sha256} is not named by a job of node {node_id}")
+            raise Forbidden(
+                f"node {node_id} may download only the inputs of jobs leased to it, and no such job names "
+                f"artifact {sha256}"
+            )
 
     def _log_refusal(self, connection: HTTPConnection, what: str) -> None:
         client = connection.client.host if connection.client else "unknown"

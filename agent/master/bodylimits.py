@@ -12,6 +12,12 @@ does. :class:`BodyLimits` sits between hypercorn and the app and
 
 Requests without a body (``/health``, listings, the long-poll) pass untouched,
 so a crowd of slow uploads never keeps them waiting.
+
+Streamed uploads (``PATCH /artifacts/...``, see :data:`STREAMED_PREFIX`) may be
+gigabytes that take an hour on a slow link: their handler writes each piece
+to disk as it comes and holds no buffer, so they take no slot, and
+``timeout`` bounds the wait for each next piece instead of the whole body. A
+sender that stalls is cut just the same; one that keeps sending is not.
 """
 
 from __future__ import annotations
@@ -24,11 +30,13 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["MAX_BODIES_IN_FLIGHT", "BodyLimits"]
+__all__ = ["MAX_BODIES_IN_FLIGHT", "STREAMED_PREFIX", "BodyLimits"]
 
 # Bodies are at most 1 MiB (app.MAX_BODY_BYTES): 256 of them bound the buffers to 256 MiB,
 # and a farm's agents rarely post more than a few results at the same instant.
 MAX_BODIES_IN_FLIGHT = 256
+# Requests under this path stream their bodies to disk (agent/master/artifacts.py).
+STREAMED_PREFIX = "/artifacts/"
 
 
 def _has_body(scope: Scope) -> bool:
@@ -62,6 +70,9 @@ class BodyLimits:
         if scope["type"] != "http" or not _has_body(scope):
             await self._app(scope, receive, send)
             return
+        if scope["path"].startswith(STREAMED_PREFIX):
+            await self._app(scope, self._paced(receive), send)
+            return
         slot = object()
         try:
             self._slots.acquire_on_behalf_of_nowait(slot)
@@ -83,6 +94,26 @@ class BodyLimits:
             await self._app(scope, self._bounded(receive, release), send)
         finally:
             release()
+
+    def _paced(self, receive: Receive) -> Receive:
+        """``receive`` with ``timeout`` for each piece of the body, for streamed uploads."""
+
+        whole = False
+
+        async def paced_receive() -> Message:
+            nonlocal whole
+            if whole:
+                return await receive()
+            with trio.move_on_after(self._timeout):
+                message = await receive()
+                whole = message["type"] != "http.request" or not message.get("more_body", False)
+                return message
+            raise HTTPException(
+                408, f"the upload sent nothing for {self._timeout:g} s; resume it from the offset HEAD gives",
+                headers={"Connection": "close"},
+            )
+
+        return paced_receive
 
     def _bounded(self, receive: Receive, arrived: Callable[[], None]) -> Receive:
         """``receive`` with a deadline until the last part of the body; then as it was."""

@@ -64,6 +64,11 @@ class MasterMetrics:
             "Finished jobs deleted after the retention period.",
             registry=registry,
         )
+        self.artifact_bytes_received = prometheus_client.Counter(
+            "ffrtmp_master_artifact_bytes_received",
+            "Bytes of artifact uploads written to the store (a resumed upload counts only what it sent).",
+            registry=registry,
+        )
         self.latency = prometheus_client.Histogram(
             "ffrtmp_master_request_seconds",
             "Time to answer an API request, by method and route.",

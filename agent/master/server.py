@@ -19,6 +19,7 @@ from ..config import ConfigError, MasterConfig
 from ..models import AgentEvent, utcnow
 from ..tls import configure_server, prepare_server
 from .app import create_app
+from .artifacts import ArtifactStore, open_artifacts
 from .bodylimits import BodyLimits
 from .events import EventHub
 from .metrics import MasterMetrics
@@ -34,32 +35,41 @@ log = logging.getLogger("agent.master")
 
 # Seconds a client has to send its request headers, and an idle connection stays open.
 HEADER_TIMEOUT_S = 5.0
+# An artefact no job names is kept this long: an input uploaded before its submit, an
+# output delivered before its result (which may wait in an agent's outbox), a paused upload.
+UNNAMED_ARTIFACT_GRACE_S = 24 * 3600.0
 
 
 def _bind(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-async def keep_house(store: Store, hub: EventHub, config: MasterConfig, metrics: MasterMetrics) -> None:
+async def keep_house(
+    store: Store, hub: EventHub, config: MasterConfig, metrics: MasterMetrics, artifacts: ArtifactStore | None = None
+) -> None:
     """Mark silent nodes offline, forget long-offline ones, time out overdue jobs, delete old ones.
 
     Checking every half heartbeat interval bounds the delay past a node's
     deadline to half a beat. A node offline after :data:`OFFLINE_AFTER_BEATS`
     missed beats gets its jobs requeued; a job past its timeout by one more
     beat (the agent's own ``timeout`` result had that long to arrive) is failed
-    on the master and its node told to stop it. A database error skips one
+    on the master and its node told to stop it. With ``--cleanup-retention``,
+    artefacts no job names are deleted once :data:`UNNAMED_ARTIFACT_GRACE_S`
+    old (an upload waits that long for the job that names it). A database error skips one
     round, so a database restart does not take the master down. Timed-out and
     deleted jobs are counted in ``metrics``. Runs until cancelled.
     """
     while True:
         await trio.sleep(config.heartbeat_interval / 2)
         try:
-            await _sweep(store, hub, config, metrics)
+            await _sweep(store, hub, config, metrics, artifacts)
         except StoreError as exc:
             log.warning("Housekeeping skipped: %s", exc)
 
 
-async def _sweep(store: Store, hub: EventHub, config: MasterConfig, metrics: MasterMetrics) -> None:
+async def _sweep(
+    store: Store, hub: EventHub, config: MasterConfig, metrics: MasterMetrics, artifacts: ArtifactStore | None
+) -> None:
     for node in await store.mark_silent_nodes_offline(config.heartbeat_interval):
         log.warning(
             "Node %s (%s) silent for %d heartbeats: offline, its jobs went back to the queue",
@@ -81,6 +91,16 @@ async def _sweep(store: Store, hub: EventHub, config: MasterConfig, metrics: Mas
         if deleted := await store.delete_finished_before(cutoff):
             metrics.cleaned.inc(deleted)
             log.info("Deleted %d jobs finished over %g days ago", deleted, config.cleanup_retention)
+        if artifacts is not None:
+            await _delete_unnamed_artifacts(store, artifacts)
+
+
+async def _delete_unnamed_artifacts(store: Store, artifacts: ArtifactStore) -> None:
+    stale = await artifacts.stale(UNNAMED_ARTIFACT_GRACE_S)
+    unnamed = sorted(set(stale) - await store.artifacts_in_use(stale))
+    if unnamed:
+        freed = await artifacts.delete(unnamed)
+        log.info("Deleted %d artifacts (%d bytes) no job names", len(unnamed), freed)
 
 
 def _hours(seconds: float) -> str:
@@ -122,15 +142,22 @@ async def serve_master(
     if config.tls is not None:
         prepare_server(config.tls)
         configure_server(http, config.tls)
+    with open_artifacts(config) as artifacts:
+        await _serve(config, http, artifacts, task_status)
+
+
+async def _serve(
+    config: MasterConfig, http: hypercorn.Config, artifacts: ArtifactStore, task_status: trio.TaskStatus[str]
+) -> None:
     async with open_store(config.db, dsn=config.db_dsn) as store:
         hub = EventHub()
         metrics = MasterMetrics()
-        app = BodyLimits(create_app(store, config, hub, metrics), timeout=config.body_timeout)
+        app = BodyLimits(create_app(store, config, hub, metrics, artifacts), timeout=config.body_timeout)
         async with trio.open_nursery() as nursery:
             asgi = cast("ASGIFramework", app)  # an ASGI app; Starlette's annotations differ from hypercorn's
             urls: list[str] = await nursery.start(partial(hypercorn.trio.serve, asgi, http))
             await nursery.start(hub.serve_wake_ups, store)
-            nursery.start_soon(keep_house, store, hub, config, metrics)
+            nursery.start_soon(keep_house, store, hub, config, metrics, artifacts)
             task_status.started(urls[0])
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import attrs
@@ -114,6 +114,22 @@ class Store(Protocol):
 
     async def delete_finished_before(self, cutoff: dt.datetime) -> int:
         """Delete completed, failed and canceled jobs that finished before ``cutoff``; the count."""
+
+    async def delete_job(self, ref: str) -> tuple[Job, list[str]]:
+        """Delete a job that is not running; returns it and the artefacts no remaining job names.
+
+        Raises:
+            Conflict: the job is running; cancel it first.
+        """
+
+    async def artifacts_in_use(self, sha256s: Sequence[str]) -> set[str]:
+        """Those of ``sha256s`` some job names (its ``artifact:`` input or a delivered output)."""
+
+    async def node_with_token(self, token_hash: str) -> str | None:
+        """The node whose current token hashes to ``token_hash``, or None."""
+
+    async def artifact_leased_to(self, sha256: str, node_id: str) -> bool:
+        """Whether a job now leased to ``node_id`` names the artefact."""
 
     async def register_node(
         self,

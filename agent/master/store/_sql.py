@@ -38,7 +38,9 @@ from ...models import (
     Queue,
     utcnow,
 )
+from ...scenarios import ARTIFACT_PREFIX
 from .. import scheduler
+from ..artifacts import is_sha256
 from ..tokens import token_matches
 from ._base import NotFound, Registered, StoreCounts
 
@@ -129,7 +131,27 @@ CREATE TABLE IF NOT EXISTS node_tokens (
     node_id TEXT PRIMARY KEY,
     token_hash TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS node_tokens_by_hash ON node_tokens (token_hash);
+CREATE TABLE IF NOT EXISTS job_artifacts (
+    job_id TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    PRIMARY KEY (job_id, sha256)
+);
+CREATE INDEX IF NOT EXISTS job_artifacts_by_sha256 ON job_artifacts (sha256);
 """
+
+
+def artifact_refs(job: Job) -> set[str]:
+    """The artefacts a job names: its ``artifact:`` input, and the outputs its result delivered."""
+    refs = set()
+    source = job.parameters.get("input")
+    if isinstance(source, str) and source.startswith(ARTIFACT_PREFIX):
+        refs.add(source.removeprefix(ARTIFACT_PREFIX))
+    for output in [job.metrics, *(job.metrics.get("outputs") or [])]:
+        digest = output.get("output_sha256", output.get("sha256")) if isinstance(output, dict) else None
+        if isinstance(digest, str):
+            refs.add(digest)
+    return {ref for ref in refs if is_sha256(ref)}
 
 
 def _placeholders(count: int) -> str:
@@ -285,6 +307,21 @@ class SqlStore:
             self._announce(tx)
         return returned
 
+    def _refer(self, tx: Transaction, job: Job) -> None:
+        """Record the artefacts the job names, so they are kept while it is."""
+        for sha256 in artifact_refs(job):
+            tx.run("INSERT INTO job_artifacts (job_id, sha256) VALUES (?, ?) ON CONFLICT DO NOTHING", [job.id, sha256])
+
+    def _forget_refs(self, tx: Transaction, job_ids: Sequence[str]) -> list[str]:
+        """Drop the jobs' artefact references; the artefacts no other job names, to delete."""
+        named: set[str] = set()
+        for job_id in job_ids:
+            named |= {str(row[0]) for row in tx.rows("SELECT sha256 FROM job_artifacts WHERE job_id = ?", [job_id])}
+            tx.run("DELETE FROM job_artifacts WHERE job_id = ?", [job_id])
+        return sorted(sha256 for sha256 in named if not tx.rows(
+            "SELECT 1 FROM job_artifacts WHERE sha256 = ? LIMIT 1", [sha256]
+        ))
+
     def _token_hash(self, tx: Transaction, node_id: str) -> str:
         rows = tx.rows("SELECT token_hash FROM node_tokens WHERE node_id = ?", [node_id])
         return str(rows[0][0]) if rows else ""
@@ -304,6 +341,7 @@ class SqlStore:
                 **attrs.asdict(request, recurse=False),
             )
             self._insert_job(tx, job)
+            self._refer(tx, job)
             self._announce(tx)
             return job
 
@@ -397,6 +435,7 @@ class SqlStore:
             outcome = scheduler.decide_result(job, result, now)
             if outcome.changed:
                 self._save_job(tx, outcome.job)
+                self._refer(tx, outcome.job)
                 if outcome.job.status is JobStatus.PENDING:
                     self._announce(tx)
             self._release(tx, holder if job.node_id == result.node_id else None, job, outcome.job)
@@ -449,12 +488,49 @@ class SqlStore:
         return expired
 
     async def delete_finished_before(self, cutoff: dt.datetime) -> int:
-        return await self._db.write(
-            lambda tx: tx.run(
-                f"DELETE FROM jobs WHERE finished_at < ? AND status IN ({_placeholders(len(_FINAL))})",
-                [cutoff.timestamp(), *_FINAL],
-            )
+        def delete(tx: Transaction) -> int:
+            where = f"finished_at < ? AND status IN ({_placeholders(len(_FINAL))})"
+            params = [cutoff.timestamp(), *_FINAL]
+            self._forget_refs(tx, [str(row[0]) for row in tx.rows(f"SELECT id FROM jobs WHERE {where}", params)])
+            return tx.run(f"DELETE FROM jobs WHERE {where}", params)
+
+        return await self._db.write(delete)
+
+    async def delete_job(self, ref: str) -> tuple[Job, list[str]]:
+        def delete(tx: Transaction) -> tuple[Job, list[str]]:
+            job, holder = self._lock_job_and_holder(tx, ref)
+            if job.status is JobStatus.PROCESSING:
+                raise scheduler.Conflict(
+                    f"job {job.id} is running on {job.node_name or job.node_id}; cancel it first (ffrtmp jobs cancel)"
+                )
+            tx.run("DELETE FROM jobs WHERE id = ?", [job.id])
+            return job, self._forget_refs(tx, [job.id])
+
+        return await self._db.write(delete)
+
+    # --- artefacts ---------------------------------------------------------------------
+
+    async def artifacts_in_use(self, sha256s: Sequence[str]) -> set[str]:
+        def select(tx: Transaction) -> set[str]:
+            return {sha256 for sha256 in sha256s if tx.rows(
+                "SELECT 1 FROM job_artifacts WHERE sha256 = ? LIMIT 1", [sha256]
+            )}
+
+        return await self._db.read(select)
+
+    async def node_with_token(self, token_hash: str) -> str | None:
+        rows = await self._db.read(
+            lambda tx: tx.rows("SELECT node_id FROM node_tokens WHERE token_hash = ?", [token_hash])
         )
+        return str(rows[0][0]) if rows else None
+
+    async def artifact_leased_to(self, sha256: str, node_id: str) -> bool:
+        rows = await self._db.read(lambda tx: tx.rows(
+            "SELECT 1 FROM job_artifacts JOIN jobs ON jobs.id = job_artifacts.job_id"
+            " WHERE job_artifacts.sha256 = ? AND jobs.node_id = ? AND jobs.status = ? LIMIT 1",
+            [sha256, node_id, JobStatus.PROCESSING.value],
+        ))
+        return bool(rows)
 
     # --- nodes -------------------------------------------------------------------------
 
