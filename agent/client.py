@@ -9,19 +9,31 @@ hierarchy whose classes say what the caller can do about them:
 * ``UnknownToMaster`` — 404, a normal answer: the master forgot the node or job;
 * ``StateConflict`` — 409, a normal answer: the job's state forbids the change (a lost lease);
 * ``NameInUse`` — a registration refused: another running agent holds the node name;
+* ``StorageFull`` — 507: the master's artefact store has no room for an upload;
 * ``RequestRejected`` — any other 4xx, with the master's message.
+
+Artefacts (files uploaded for jobs, and their outputs) move as streams: an
+upload asks how much of the file the master holds (``HEAD``) and sends only
+the rest (``PATCH`` from that offset), a download is written to a temporary
+file, its SHA-256 checked, then renamed into place.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import ipaddress
+import os
 import ssl
 import urllib.parse
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Sequence
 
 import attrs
 import httpx
+import trio
 
 from agent.config import API_KEY_ENV
 from agent.models import (
@@ -39,6 +51,7 @@ from agent.models import (
 )
 
 __all__ = [
+    "ArtifactCorrupt",
     "AuthError",
     "Forbidden",
     "JobPage",
@@ -48,6 +61,7 @@ __all__ = [
     "NameInUse",
     "RequestRejected",
     "StateConflict",
+    "StorageFull",
     "TLSVerifyError",
     "UnknownToMaster",
 ]
@@ -56,6 +70,36 @@ __all__ = [
 DEFAULT_TIMEOUT_S = 10.0
 # The most jobs a master puts on one page of GET /jobs.
 LARGEST_PAGE = 1000
+# Pieces of a file sent or written at a time.
+TRANSFER_CHUNK_BYTES = 256 * 1024
+# After an upload's last byte the master hashes the whole file before it answers: minutes for large ones.
+UPLOAD_ANSWER_TIMEOUT_S = 600.0
+# An upload told another offset (409) starts again from it this many times before giving up.
+UPLOAD_OFFSET_RETRIES = 3
+
+
+def file_sha256(path: Path, on_progress: Callable[[int], None] | None = None) -> str:
+    """The SHA-256 of a file in hex, read in pieces; ``on_progress`` gets the bytes read so far. Blocking."""
+    digest = hashlib.sha256()
+    done = 0
+    with path.open("rb") as source:
+        while chunk := source.read(1024 * 1024):
+            digest.update(chunk)
+            done += len(chunk)
+            if on_progress is not None:
+                on_progress(done)
+    return digest.hexdigest()
+
+
+async def _file_chunks(path: Path, start: int, on_progress: Callable[[int], None] | None) -> AsyncIterator[bytes]:
+    sent = start
+    async with await trio.open_file(path, "rb") as source:
+        await source.seek(start)
+        while chunk := await source.read(TRANSFER_CHUNK_BYTES):
+            yield chunk
+            sent += len(chunk)
+            if on_progress is not None:
+                on_progress(sent)
 
 
 @attrs.frozen
@@ -138,6 +182,14 @@ class NameInUse(MasterError):
 
 class RequestRejected(MasterError):
     """Another 4xx: the master says the request is wrong, and why."""
+
+
+class StorageFull(MasterError):
+    """507: the master's artefact store has no room for the upload (its quota, or its disk)."""
+
+
+class ArtifactCorrupt(MasterError):
+    """A downloaded artefact does not hash to its name; nothing was written."""
 
 
 def _error_text(response: httpx.Response) -> str:
@@ -245,8 +297,23 @@ class MasterClient:
         """One request; returns the decoded JSON body (None when empty)."""
         if timeout is not None:
             kwargs["timeout"] = timeout
-        try:
+        async with self._translated():
             response = await self._http.request(method, path, **kwargs)
+        self._check(response, method, path)
+        if not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            raise MasterUnavailable(
+                f"the master at {self.base_url} sent a body that is not JSON for {method} {path}"
+            ) from None
+
+    @contextlib.asynccontextmanager
+    async def _translated(self) -> AsyncIterator[None]:
+        """Transport failures of the requests in the block, as :class:`MasterError` classes."""
+        try:
+            yield
         except httpx.TransportError as exc:
             if (failed := _cert_verify_error(exc)) is not None:
                 names = None
@@ -264,11 +331,16 @@ class MasterClient:
             raise MasterUnavailable(
                 f"cannot reach the master at {self.base_url}: {exc!r}{hint}"
             ) from exc
+
+    def _check(self, response: httpx.Response, method: str, path: str) -> None:
+        """Raise the error class for a 4xx or 5xx answer (its body must have been read)."""
         status = response.status_code
         if status == 403:
             raise Forbidden(_auth_message(self.base_url, response))
         if status == 401:
             raise AuthError(_auth_message(self.base_url, response))
+        if status == 507:
+            raise StorageFull(f"the master at {self.base_url} has no room: {_error_text(response)}")
         if status >= 500:
             raise MasterUnavailable(
                 f"the master at {self.base_url} answered {status} to {method} {path}: {_error_text(response)}"
@@ -279,14 +351,6 @@ class MasterClient:
             raise StateConflict(f"{method} {path}: {_error_text(response)}")
         if status >= 400:
             raise RequestRejected(f"{method} {path} was rejected ({status}): {_error_text(response)}")
-        if not response.content:
-            return None
-        try:
-            return response.json()
-        except ValueError:
-            raise MasterUnavailable(
-                f"the master at {self.base_url} sent a body that is not JSON for {method} {path}"
-            ) from None
 
     # --- worker calls ---------------------------------------------------------
 
@@ -430,6 +494,131 @@ class MasterClient:
     async def undrain_node(self, ref: str) -> Node:
         """Extension: a drained node is given jobs again."""
         return Node.from_json(await self._call("POST", f"/nodes/{_segment(ref)}/undrain"))
+
+
+    async def delete_job(self, job_id: str) -> list[str]:
+        """Extension: forget a job that is not running; returns the artefacts deleted with it.
+
+        Raises:
+            StateConflict: the job is running; cancel it first.
+        """
+        body = await self._call("DELETE", f"/jobs/{_segment(job_id)}")
+        deleted = body.get("artifacts_deleted") if isinstance(body, dict) else None
+        return [str(sha256) for sha256 in deleted] if isinstance(deleted, list) else []
+
+    # --- artefacts (extension), for the CLI with the key and for agents as their node ----------
+
+    async def artifact_offset(self, sha256: str, *, as_node: bool = False) -> tuple[bool, int]:
+        """Whether the master holds the artefact complete, and how many of its bytes it holds."""
+        path = f"/artifacts/{sha256}"
+        kwargs = self._as_node() if as_node else {}
+        async with self._translated():
+            response = await self._http.head(path, **kwargs)
+        if response.status_code == 404:
+            return False, int(response.headers.get("upload-offset") or 0)
+        self._check(response, "HEAD", path)
+        return True, int(response.headers.get("content-length") or 0)
+
+    async def upload_artifact(
+        self,
+        path: Path,
+        sha256: str,
+        *,
+        as_node: bool = False,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Make sure the master holds ``path`` (whose SHA-256 is ``sha256``): send only what it lacks.
+
+        A file the master holds already sends nothing; one it holds part of
+        (an upload interrupted earlier) sends the rest. Repeating it is harmless.
+
+        Args:
+            as_node: speak with the node token (an agent delivering an output), not the API key.
+            on_progress: called with the bytes of the file the master has, as they grow.
+
+        Returns:
+            The bytes sent.
+
+        Raises:
+            StorageFull: the master's store has no room for it.
+            RequestRejected: the bytes did not hash to ``sha256`` on the master (422), among others.
+        """
+        size = path.stat().st_size
+        url = f"/artifacts/{sha256}"
+        kwargs = self._as_node() if as_node else {}
+        sent = 0
+        for _ in range(UPLOAD_OFFSET_RETRIES):
+            complete, offset = await self.artifact_offset(sha256, as_node=as_node)
+            if on_progress is not None:
+                on_progress(size if complete else offset)
+            if complete:
+                return sent
+            headers = {
+                **kwargs.get("headers", {}),
+                "Upload-Offset": str(offset),
+                "Upload-Length": str(size),
+                "Content-Length": str(size - offset),
+                "Content-Type": "application/offset+octet-stream",
+            }
+            async with self._translated():
+                response = await self._http.patch(
+                    url, content=_file_chunks(path, offset, on_progress), headers=headers,
+                    timeout=httpx.Timeout(self.timeout, read=UPLOAD_ANSWER_TIMEOUT_S),
+                )
+            sent += size - offset
+            if response.status_code == 409:
+                continue  # another offset: ask again and send from there
+            self._check(response, "PATCH", url)
+            if response.status_code in (200, 201):
+                return sent
+        raise MasterUnavailable(f"the upload of {path} to {self.base_url} kept being told another offset; try again")
+
+    async def download_artifact(
+        self,
+        sha256: str,
+        target: Path,
+        *,
+        as_node: bool = False,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> int:
+        """Write the artefact to ``target``, only once its SHA-256 is checked; returns its size.
+
+        The bytes go to a hidden file beside ``target`` renamed into place, so
+        ``target`` is never a partial or wrong file.
+
+        Args:
+            on_progress: called with the bytes received so far and the total.
+
+        Raises:
+            UnknownToMaster: the master does not hold it.
+            ArtifactCorrupt: the bytes received do not hash to ``sha256``.
+        """
+        url = f"/artifacts/{sha256}"
+        partial = target.with_name(f".{target.name}.{os.getpid()}.download")
+        digest = hashlib.sha256()
+        received = 0
+        try:
+            async with self._translated(), self._http.stream("GET", url, **(self._as_node() if as_node else {})) as got:
+                if got.status_code >= 400:
+                    await got.aread()
+                    self._check(got, "GET", url)
+                total = int(got.headers.get("content-length") or 0)
+                async with await trio.open_file(partial, "wb") as out:
+                    async for chunk in got.aiter_bytes(TRANSFER_CHUNK_BYTES):
+                        digest.update(chunk)
+                        await out.write(chunk)
+                        received += len(chunk)
+                        if on_progress is not None:
+                            on_progress(received, total)
+            if digest.hexdigest() != sha256:
+                raise ArtifactCorrupt(
+                    f"the {received} bytes downloaded from {self.base_url}{url} hash to {digest.hexdigest()}, "
+                    "not the name; nothing was written: download it again"
+                )
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+        return received
 
 
 def _segment(ref: str) -> str:
