@@ -130,7 +130,7 @@ class Agent:
             config.work_dir / "inputs", max_bytes=config.input_cache_mb * 1024 * 1024, guardian=guardian
         )
         inputs.remove_debris()
-        runner = JobRunner(settings=config, ffmpeg=ffmpeg, inputs=inputs, guardian=guardian)
+        runner = JobRunner(settings=config, ffmpeg=ffmpeg, inputs=inputs, guardian=guardian, master=client)
         log.info("Encoder: %s", ffmpeg)
         agent = cls(config=config, client=client, runner=runner, master_as_worker=master_as_worker)
         remove_stale_temporaries(agent.reporter.outbox.directory)

@@ -25,6 +25,7 @@ import trio
 
 from .engines.ffmpeg import FFmpegFailed, stderr_tail, test_input_argv
 from .guardian import Guardian
+from .lru import evict_least_recent
 from .processes import capture_child
 from .tempfiles import remove_stale_temporaries, temporary_for
 
@@ -132,19 +133,4 @@ class InputCache:
 
     def _evict(self) -> None:
         """Delete unheld clips, least recently used first, until the rest fit ``max_bytes``."""
-        clips = []
-        for path in self.directory.glob(_PATTERN):
-            with contextlib.suppress(FileNotFoundError):
-                stat = path.stat()
-                clips.append((stat.st_mtime, stat.st_size, path))
-        total = sum(size for _, size, _ in clips)
-        for _, size, path in sorted(clips):
-            if total <= self.max_bytes:
-                break
-            if path.name in self._readers:
-                continue
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-                log.info("evicted test input %s (%d bytes) to keep the cache under %d bytes", path.name, size,
-                         self.max_bytes)
-            total -= size
+        evict_least_recent(self.directory.glob(_PATTERN), self.max_bytes, self._readers, "test input")

@@ -33,9 +33,11 @@ from typing import Any, Callable, Sequence
 import attrs
 import trio
 
+from agent.client import MasterClient
 from agent.config import AgentConfig
 from agent.models import Engine, FailureReason, Job
-from agent.scenarios import EncodeSpec, JobRejected, build_spec
+from agent.scenarios import ARTIFACT_PREFIX, EncodeSpec, JobRejected, build_spec
+from agent.worker.artifacts import ArtifactCache, delivery_for
 from agent.worker.encoder import EncoderWatch, StopPolicy, run_encoder
 from agent.worker.engines.ffmpeg import ProbeFailed, encode_argv, probe_media
 from agent.worker.engines.gstreamer import GStreamer, encoder_element, find_gstreamer, pipeline_argv
@@ -151,6 +153,9 @@ class JobRunner:
             (see :meth:`detect_engines`).
         hardware: hardware encoders that passed the one-frame test at start.
         stop: how an encoder is stopped; quitting sets both waits to 0.
+        master: the master, spoken to as this node: it serves ``artifact:`` inputs and
+            takes outputs delivered to it. None (unit tests) fails such jobs.
+        artifacts: the cache of inputs downloaded from the master.
     """
 
     settings: AgentConfig
@@ -160,6 +165,13 @@ class JobRunner:
     gstreamer: GStreamer | None = None
     hardware: tuple[HardwareEncoder, ...] = ()
     stop: StopPolicy = attrs.field()
+    master: MasterClient | None = None
+    artifacts: ArtifactCache = attrs.field()
+
+    @artifacts.default
+    def _artifacts_in_work_dir(self) -> ArtifactCache:
+        # Uploaded inputs share the generated inputs' bound: both are inputs kept for reuse.
+        return ArtifactCache(self.settings.work_dir / "artifacts", self.settings.input_cache_mb * 1024 * 1024)
 
     @stop.default
     def _stop_from_settings(self) -> StopPolicy:
@@ -222,7 +234,8 @@ class JobRunner:
             raise JobRejected(
                 "input", "this worker does not generate test inputs (--generate-input=false); give an input"
             )
-        if spec.input and "://" not in spec.input and (problem := input_file_problem(spec.input)):
+        local = spec.input and "://" not in spec.input and not spec.input.startswith(ARTIFACT_PREFIX)
+        if local and (problem := input_file_problem(spec.input)):
             raise JobRejected("input", problem)
         return spec
 
@@ -303,6 +316,13 @@ class JobRunner:
             ) as path:
                 yield str(path)
             return
+        if spec.input.startswith(ARTIFACT_PREFIX):
+            if self.master is None:
+                raise DestinationUnavailable("this worker has no master to download artifacts from",
+                                             FailureReason.PLATFORM_ERROR)
+            async with self.artifacts.open_input(self.master, spec.input) as path:
+                yield str(path)
+            return
         if scheme:
             # rtmp and srt inputs: FFmpeg connects, but to the address checked here.
             allow = self.settings.allow_private_inputs
@@ -358,12 +378,19 @@ class JobRunner:
 
         input_bytes = _file_size(Path(input_path)) if "://" not in input_path else 0
         output_bytes = _file_size(output_path) if spec.output_mode == "file" else 0
+        succeeded = watch.returncode == 0 and not watch.stalled and not timer.cancelled_caught
+        try:
+            delivered = await self._deliver(spec, output_path) if succeeded else {}
+        except DestinationUnavailable as exc:
+            log.warning("Job %s: %s", job.id, exc)
+            metrics = self._metrics(spec, attempt, watch, elapsed, input_bytes, output_bytes, output_path)
+            return EncodeOutcome.failed(exc.reason, str(exc), logs=watch.stderr_tail, metrics=metrics)
         if not self.settings.persist_outputs:
             output_path.unlink(missing_ok=True)
             if not spec.output_dir:
                 with contextlib.suppress(OSError):
                     output_path.parent.rmdir()
-        metrics = self._metrics(spec, attempt, watch, elapsed, input_bytes, output_bytes, output_path)
+        metrics = self._metrics(spec, attempt, watch, elapsed, input_bytes, output_bytes, output_path) | delivered
         if fallbacks:
             metrics["fallback_from"] = ",".join(label for label, _ in fallbacks)
             metrics["fallback_error"] = "; ".join(error for _, error in fallbacks)
@@ -392,6 +419,11 @@ class JobRunner:
         except ProbeFailed as exc:
             log.debug("cannot measure %s for progress: %s", input_path, exc)
             return 0.0
+
+    async def _deliver(self, spec: EncodeSpec, output_path: Path) -> dict[str, Any]:
+        """Deliver the output where the job asked; the metrics that say where it went (none: kept here)."""
+        delivery = delivery_for(spec.deliver, self.master)
+        return await delivery.deliver(output_path) if delivery is not None else {}
 
     def _exit_error(self, attempt: Attempt, watch: EncoderWatch, input_path: str) -> str:
         """Why an attempt failed, in one line: a stall, the job's own fault, or FFmpeg's last word."""
