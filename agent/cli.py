@@ -28,10 +28,13 @@ import trio
 
 from agent import __version__
 from agent.config import API_KEY_ENV, AgentConfig, ClientTLS, ConfigError, MasterConfig, ServerTLS
+from agent.local_plan import DEFAULT_OUTPUT_DIR, GENERATED_DURATION_S, GENERATED_JOBS, MEDIA_EXTENSIONS
 from agent.settings import (
     CONFIG_FILE,
     CONNECTION,
     COUNT,
+    DIR,
+    DIRS,
     FILE,
     SECONDS,
     SWITCH,
@@ -104,9 +107,17 @@ _MASTER_TLS = (
 # it submits are not configuration.
 _LOCAL = (
     Setting(TEXT, "", "scenario of every job", name="scenario", default="720p30-h264"),
-    Setting(COUNT, "", "number of jobs", name="jobs", default=4),
+    Setting(attrs.evolve(DIRS, metavar="PATH"), "", "a media file, or a directory: each of its files ending in "
+            f"{' '.join(MEDIA_EXTENSIONS)} (directly in it); one job per file, read in place; repeatable",
+            name="input", default=attrs.Factory(list), shown="none: --jobs jobs on a generated clip"),
+    Setting(DIR, "", "where outputs go, created if needed; an input's output is named "
+            "<input stem>.<scenario>.<ext>", name="output_dir", default=None,
+            shown=f"./{DEFAULT_OUTPUT_DIR} with --input, else <work dir>/outputs/<job id>/"),
+    Setting(COUNT, "", "number of jobs on a generated test clip; not with --input", name="jobs", default=None,
+            shown=str(GENERATED_JOBS)),
     attrs.evolve(_AGENT["max_concurrent_jobs"], group="", default=2),
-    Setting(SECONDS, "", "seconds of video per job", name="duration", default=5.0),
+    Setting(SECONDS, "", "seconds of video per job", name="duration", default=None,
+            shown=f"{GENERATED_DURATION_S:g} on a generated clip, the whole input with --input"),
     Setting(PARAMETERS, "", "job parameter key=value, repeatable (--param preset=veryfast)", name="param",
             default=attrs.Factory(list)),
     _AGENT["work_dir"],
@@ -166,7 +177,8 @@ def local_parser() -> argparse.ArgumentParser:
     parser = SettingsParser(
         prog="python -m agent local",
         description="One machine, no set-up: an embedded master and one worker in one process. "
-        "Submits --jobs jobs, shows progress, prints a result table; exits 1 if any job failed.",
+        "Transcodes each --input file into --output-dir, or runs --jobs jobs on a generated test clip; "
+        "shows progress, prints a result table; exits 1 if any job failed.",
     )
     add_settings(parser, _LOCAL)
     return _add_version(parser)
@@ -194,6 +206,8 @@ def console_parser(prog: str) -> argparse.ArgumentParser:
     submit.add_argument("--priority", default="medium", choices=["high", "medium", "low"])
     submit.add_argument("--param", type=param, action="append", default=[], help="key=value, repeatable")
     submit.add_argument("--count", type=positive, default=1, help="how many identical jobs (default 1)")
+    submit.add_argument("--input", type=Path, metavar="FILE", help="a media file of yours: uploaded to the master "
+                        "(only what it lacks), encoded by any agent, its output delivered back for 'jobs download'")
     status = jobs.add_parser("status", help="show one job, or all", parents=[common])
     status.add_argument("job_id", nargs="?", help="id or sequence number")
     status.add_argument("--follow", action="store_true", help="keep showing until the job ends")
@@ -210,10 +224,17 @@ def console_parser(prog: str) -> argparse.ArgumentParser:
         ("resume", "put a paused job back in the queue"),
         ("retry", "queue a failed or canceled job again, with a fresh retry budget"),
         ("logs", "print the encoder log a job's last result carried"),
+        ("delete", "forget a job that is not running, and the uploaded files no other job uses"),
     ):
         jobs.add_parser(action, help=described, parents=[common]).add_argument(
             "job_id", help="id or sequence number"
         )
+
+    download = jobs.add_parser("download", help="write a job's delivered outputs to a directory, verified",
+                               parents=[common])
+    download.add_argument("job_id", help="id or sequence number")
+    download.add_argument("-o", "--output-dir", type=Path, default=Path("."), metavar="DIR",
+                          help="where to write them, created if needed (default: the current directory)")
 
     nodes = _add_version(roles.add_parser("nodes", help="list, drain and delete worker nodes")).add_subparsers(
         dest="command", required=True
@@ -318,6 +339,8 @@ def _run_local(argv: Sequence[str]) -> int:
         parameters=dict(args.param),
         work_dir=args.work_dir,
         ffmpeg=args.ffmpeg,
+        inputs=args.input,
+        output_dir=args.output_dir,
     )
     return trio.run(run_local, run)
 

@@ -3,6 +3,11 @@
 The master keeps its queue in memory and both talk over real HTTP on
 127.0.0.1, so this mode runs exactly the code a farm runs.
 
+With ``--input`` each media file is one job, read in place: the embedded
+worker is allowed the files' directories as its ``--input-dir`` and the
+output directory as its ``--output-dir``, so the worker's path rules are the
+ones a farm applies. Without it, ``--jobs`` jobs encode a generated test clip.
+
 Exit codes: 0 when every job completed, 1 when one did not, 2 when an option
 has a value no job could run with (checked before anything starts), and
 128 + the signal after Ctrl-C (130) or SIGTERM (143), which stop the run:
@@ -25,9 +30,10 @@ import trio
 from agent.client import MasterClient, StateConflict
 from agent.config import AgentConfig, MasterConfig
 from agent.console import format_table
+from agent.local_plan import LocalPlan, LocalRun, OptionRejected
 from agent.master.server import serve_master
-from agent.models import Job, JobRequest, JobStatus
-from agent.scenarios import PARAMETERS, EncodeSpec, JobRejected, build_spec
+from agent.models import Job, JobStatus
+from agent.scenarios import EncodeSpec
 from agent.worker.agent import Agent
 from agent.worker.jobrunner import bandwidth_mbps
 
@@ -40,59 +46,16 @@ RESULT_COLUMNS = ("seq", "status", "seconds", "fps", "speed", "in MB", "out MB",
 # An option no job could run with; the same code as argparse's usage errors.
 EXIT_BAD_OPTION = 2
 
-
-class OptionRejected(ValueError):
-    """An option of ``local`` has a value no job could run with; the message names the flag and the value."""
-
-
-@attrs.define
-class LocalRun:
-    scenario: str
-    jobs: int
-    max_concurrent_jobs: int
-    duration: float
-    work_dir: Path
-    parameters: dict[str, Any] = attrs.field(factory=dict)
-    ffmpeg: str = ""
-
-    @property
-    def request(self) -> JobRequest:
-        """What is submitted, once per job."""
-        return JobRequest.from_json(
-            {"scenario": self.scenario, "parameters": {"duration": self.duration, **self.parameters}}
-        )
-
-    def spec(self) -> EncodeSpec:
-        """Every job's encode spec, built as the worker will build it.
-
-        Raises:
-            OptionRejected: a value no job could run with; the message starts
-                with the flag and value to change (``--param bitrate=lots: ...``).
-        """
-        request = self.request
-        job = Job(id="local", scenario=request.scenario, parameters=request.parameters)
-        try:
-            # The worker checks every address an input URL resolves to; so may we skip the literal check.
-            return build_spec(job, allow_private_inputs=True)
-        except JobRejected as exc:
-            raise OptionRejected(f"{self._flag_for(exc.field)}: {exc}") from None
-
-    def _flag_for(self, field: str) -> str:
-        if field == "scenario":
-            return f"--scenario {self.scenario}"
-        key = field.split(".")[0]
-        if key == "duration" and key not in self.parameters:
-            return f"--duration {self.duration:g}"
-        if key not in self.parameters:  # "parameters": keys we do not know
-            key = next((each for each in self.parameters if each not in PARAMETERS), key)
-        return f"--param {key}={self.parameters.get(key, '')}"
+__all__ = ["EXIT_BAD_OPTION", "LocalRun", "OptionRejected", "run_local", "summary"]
 
 
 def _result_row(job: Job) -> list[Any]:
     m = job.metrics
-    # The header names the outputs directory; each file sits in <job id>/ there.
-    output = Path(m.get("output_file", "")).name
-    failure = ": ".join(filter(None, (job.failure_reason, job.error))) or "-"
+    # An input file's output is named for it, so its row gives the whole path. A generated
+    # clip's outputs sit in <job id>/ in the directory the header names.
+    given = job.parameters.get("input")
+    output = m.get("output_file", "") if given else Path(m.get("output_file", "")).name
+    failure = ": ".join(filter(None, (Path(given).name if given else "", job.failure_reason, job.error))) or "-"
     detail = output if job.status is JobStatus.COMPLETED else failure
     return [
         job.sequence_number, job.status.value, f"{m.get('duration', 0):.1f}", f"{m.get('fps', 0):.0f}",
@@ -188,7 +151,7 @@ async def run_local(run: LocalRun, out: TextIO = sys.stdout) -> int:
     that have not finished, stops their encoders, and prints the table.
     """
     try:
-        spec = run.spec()
+        plan = run.plan()
     except OptionRejected as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_OPTION
@@ -200,7 +163,7 @@ async def run_local(run: LocalRun, out: TextIO = sys.stdout) -> int:
             master_url = await nursery.start(serve_master, MasterConfig(host="127.0.0.1", port=0, db=""))
         if not interrupt.signum:
             async with MasterClient(master_url) as client:
-                jobs, makespan = await _run_jobs(run, spec, client, interrupt, out)
+                jobs, makespan = await _run_jobs(run, plan, client, interrupt, out)
             out.write(summary(jobs, makespan) + "\n")
         nursery.cancel_scope.cancel()
     if interrupt.signum:
@@ -210,8 +173,11 @@ async def run_local(run: LocalRun, out: TextIO = sys.stdout) -> int:
     return 0 if all(job.status is JobStatus.COMPLETED for job in jobs) else 1
 
 
-def _agent_config(run: LocalRun, master_url: str) -> AgentConfig:
+def _agent_config(run: LocalRun, plan: LocalPlan, master_url: str) -> AgentConfig:
     return AgentConfig(
+        # The inputs are read where they are, and the outputs written where the user said.
+        input_dirs=plan.input_dirs,
+        output_dir=plan.output_dir,
         master_url=master_url,
         max_concurrent_jobs=run.max_concurrent_jobs,
         poll_interval=LOCAL_POLL_INTERVAL_S,
@@ -224,22 +190,36 @@ def _agent_config(run: LocalRun, master_url: str) -> AgentConfig:
     )
 
 
+def _generating(agent: Agent, spec: EncodeSpec) -> Callable[[], bool]:
+    """Whether the generated clip the jobs wait for is still being made."""
+    if spec.input or spec.duration is None:
+        return lambda: False
+    clip = agent.runner.inputs.path_for(spec.width, spec.height, spec.fps, spec.duration)
+    return lambda: not clip.exists()
+
+
+def _announcement(run: LocalRun, plan: LocalPlan) -> str:
+    """The line that says what runs, how much of each input, and where the outputs go."""
+    jobs = len(plan.requests)
+    files = f"{jobs} file{'s' if jobs > 1 else ''}" if plan.input_dirs else str(jobs)
+    length = f"{plan.spec.duration:g}s each" if plan.spec.duration is not None else "whole input"
+    # Outputs of input files are named for them; a generated clip's go in a directory per job.
+    where = f"{plan.output_dir}/" if plan.input_dirs else f"{plan.output_dir or run.work_dir / 'outputs'}/<job id>/"
+    return f"Running {files} x {run.scenario} ({length}), {run.max_concurrent_jobs} at a time; outputs in {where}\n"
+
+
 async def _run_jobs(
-    run: LocalRun, spec: EncodeSpec, client: MasterClient, interrupt: _Interrupt, out: TextIO
+    run: LocalRun, plan: LocalPlan, client: MasterClient, interrupt: _Interrupt, out: TextIO
 ) -> tuple[list[Job], float]:
     """Submit, run and watch the jobs until all are final or a signal stops them; the jobs and the makespan."""
-    agent = Agent.from_config(_agent_config(run, client.base_url), client, master_as_worker=True)
-    clip = agent.runner.inputs.path_for(spec.width, spec.height, spec.fps, spec.duration)
-    display = _ProgressDisplay(out, lambda: not spec.input and not clip.exists())
+    agent = Agent.from_config(_agent_config(run, plan, client.base_url), client, master_as_worker=True)
+    display = _ProgressDisplay(out, _generating(agent, plan.spec))
     ids: list[str] = []
     started = time.monotonic()
     async with trio.open_nursery() as agent_nursery:  # the agent stops before its client closes
         with interrupt.guard():
-            ids = [(await client.submit_job(run.request)).id for _ in range(run.jobs)]
-            out.write(
-                f"Running {run.jobs} x {run.scenario} ({run.duration:g}s each), "
-                f"{run.max_concurrent_jobs} at a time; outputs in {run.work_dir / 'outputs'}/<job id>/\n"
-            )
+            ids = [(await client.submit_job(request)).id for request in plan.requests]
+            out.write(_announcement(run, plan))
             started = time.monotonic()
             await agent_nursery.start(agent.serve)
             await _watch(client, ids, started, display)

@@ -209,8 +209,11 @@ def test_connection_flags_work_before_and_after_the_subcommand() -> None:
 
 
 def test_local_reads_its_own_flags_and_adds_up_params() -> None:
-    """local's --jobs, --duration and repeated --param, with their defaults when not given."""
-    args = local_parser().parse_args(["--jobs", "2", "--duration", "1.5", "--param", "a=1", "--param", "b=2"])
+    """local's --jobs, --duration, repeated --param and --input; --jobs and --duration are None when not given."""
+    args = local_parser().parse_args(["--jobs", "2", "--duration", "1.5", "--param", "a=1", "--param", "b=2",
+                                      "--input", "a.mp4", "--input", "clips", "--output-dir", "out"])
     assert (args.jobs, args.duration, args.param) == (2, 1.5, [("a", "1"), ("b", "2")])
+    assert (args.input, args.output_dir) == ([Path("a.mp4"), Path("clips")], Path("out"))
     defaults = local_parser().parse_args([])
-    assert (defaults.scenario, defaults.jobs, defaults.max_concurrent_jobs, defaults.param) == ("720p30-h264", 4, 2, [])
+    assert (defaults.scenario, defaults.jobs, defaults.max_concurrent_jobs, defaults.param) == ("720p30-h264", None, 2, [])
+    assert (defaults.duration, defaults.input, defaults.output_dir) == (None, [], None)
