@@ -95,3 +95,24 @@ async def test_a_bad_parameter_fails_the_job_as_a_user_error(tmp_path: Path, bad
     """The runner reports the rejection; nothing is run."""
     result = await run(runner(tmp_path), **bad)
     assert result.failure_reason == FailureReason.USER_ERROR.value
+
+
+async def test_a_given_file_without_a_duration_is_encoded_whole_and_its_progress_counts_to_its_end(
+    tmp_path: Path,
+) -> None:
+    """No duration with an input file: no -t, an output as long as the input with its audio, progress up to 100%."""
+    media = tmp_path / "media"
+    media.mkdir()
+    clip = media / "clip.mp4"
+    await trio.run_process([
+        find_ffmpeg(), "-hide_banner", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc=size=160x90",
+        "-f", "lavfi", "-i", "sine", "-t", "3", "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", str(clip),
+    ])
+    seen: list[float] = []
+    job = Job(id="job-1", scenario="144p30-h264", parameters={"input": str(clip)})
+    with trio.fail_after(STEP_TIMEOUT_S):
+        result = await run_job(runner(tmp_path, input_dirs=[media]), job, lambda percent, _: seen.append(percent))
+    assert result.status is JobStatus.COMPLETED, result.error
+    info = await probe_media(find_ffmpeg(), result.metrics["output_file"])
+    assert info.duration == pytest.approx(3.0, abs=0.1) and info.audio_codec == "aac", info
+    assert seen and max(seen) == pytest.approx(100.0, abs=5), seen
