@@ -10,6 +10,13 @@ JSON shapes: a command about one job (``jobs status ID``, ``cancel``,
 ``jobs status`` with no ID, ``jobs submit``) print ``{"jobs": [...], "count":
 n}``; ``jobs logs`` prints ``{"job_id", "status", "failure_reason", "error",
 "logs"}``.
+
+Files: ``jobs submit --input FILE`` hashes the file, uploads to the master
+only what it does not hold yet (nothing for a file sent before, the rest of
+an interrupted upload) and submits jobs naming it; ``jobs download ID``
+writes the job's delivered outputs, each checked against its SHA-256;
+``jobs delete ID`` forgets a job and the files no other job names. Transfers
+show their progress on a terminal (:mod:`agent.transfers`).
 """
 
 from __future__ import annotations
@@ -19,12 +26,15 @@ import json
 import ssl
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 import trio
 
-from agent.client import AuthError, MasterClient, MasterError, TLSVerifyError
+from agent.client import AuthError, MasterClient, MasterError, TLSVerifyError, file_sha256
 from agent.models import Job, JobRequest, JobStatus, Node
+from agent.scenarios import ARTIFACT_PREFIX
+from agent.transfers import TransferProgress
 
 # How often `jobs status --follow` asks the master.
 FOLLOW_INTERVAL_S = 1.0
@@ -198,11 +208,67 @@ def _job_actions(client: MasterClient) -> dict[str, Callable[[str], Awaitable[Jo
     }
 
 
+class UsageError(Exception):
+    """A value on the command line cannot be used: one line, exit 2."""
+
+
+async def upload_input(client: MasterClient, path: Path) -> str:
+    """Put ``path`` on the master, sending only what it lacks; its ``artifact:`` name for the job."""
+    if not path.is_file():
+        raise UsageError(f"--input {path}: no such file; give the path of a media file to transcode")
+    size = path.stat().st_size
+    hashing = TransferProgress(f"hashing {path.name}", size)
+    sha256 = await trio.to_thread.run_sync(file_sha256, path, hashing.update)
+    hashing.finish()
+    sending = TransferProgress(f"uploading {path.name}", size)
+    sent = await client.upload_artifact(path, sha256, on_progress=sending.update)
+    sending.finish()
+    held = "already on the master, nothing sent" if not sent else f"{sent} bytes sent"
+    print(f"{path.name}: artifact {sha256} ({held})", file=sys.stderr)
+    return ARTIFACT_PREFIX + sha256
+
+
+def _delivered(job: Job) -> list[tuple[str, str]]:
+    """(file name, SHA-256) of each output the job delivered to the master."""
+    outputs = job.metrics.get("outputs")
+    if isinstance(outputs, list):
+        found = [(str(each.get("name", "")), str(each.get("sha256", ""))) for each in outputs if isinstance(each, dict)]
+    elif isinstance(sha := job.metrics.get("output_sha256"), str):
+        found = [(Path(str(job.metrics.get("output_file") or f"{job.id}.out")).name, sha)]
+    else:
+        found = []
+    # Only a bare name is written into DIR: a result cannot point the CLI at another directory.
+    return [(Path(name).name or f"{job.id}.{i}", sha) for i, (name, sha) in enumerate(found)]
+
+
+async def download_outputs(client: MasterClient, job_ref: str, directory: Path, out: TextIO) -> int:
+    """Write the job's delivered outputs into ``directory``, each verified; prints each path."""
+    job = await client.get_job(job_ref)
+    outputs = _delivered(job)
+    if not outputs:
+        why = "it has not completed" if job.status is not JobStatus.COMPLETED else (
+            "its output was kept on the worker that ran it (deliver=none)"
+        )
+        print(f"error: job {job.sequence_number} ({job.status.value}) has no output on the master: {why}",
+              file=sys.stderr)
+        return 1
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, sha256 in outputs:
+        target = directory / name
+        receiving = TransferProgress(f"downloading {name}", 0)
+        await client.download_artifact(sha256, target, on_progress=receiving.update)
+        receiving.finish()
+        out.write(f"{target}\n")
+    return 0
+
+
 async def run_command(client: MasterClient, args: argparse.Namespace, out: TextIO) -> int:
     if args.role == "nodes":
         return await _nodes_command(client, args, out)
     if args.command == "submit":
         request = submission(args)
+        if args.input is not None:
+            request.parameters["input"] = await upload_input(client, args.input)
         jobs = [await client.submit_job(request) for _ in range(args.count)]
         _show_jobs(jobs, args, out)
         return 0
@@ -214,6 +280,13 @@ async def run_command(client: MasterClient, args: argparse.Namespace, out: TextI
         return 0
     if args.command == "logs":
         await _show_logs(client, args, out)
+        return 0
+    if args.command == "download":
+        return await download_outputs(client, args.job_id, args.output_dir, out)
+    if args.command == "delete":
+        deleted = await client.delete_job(args.job_id)
+        files = f"{len(deleted)} file{'' if len(deleted) == 1 else 's'}"
+        out.write(f"job {args.job_id} deleted, and {files} no other job uses\n")
         return 0
     # status
     if args.job_id is None:
@@ -248,9 +321,9 @@ async def run_console(args: argparse.Namespace, verify: ssl.SSLContext | bool = 
     try:
         async with MasterClient(args.master, args.api_key, verify=verify) as client:
             return await run_command(client, args, sys.stdout)
-    except (AuthError, TLSVerifyError) as exc:
+    except (AuthError, TLSVerifyError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (MasterError, ValueError) as exc:
+    except (MasterError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
