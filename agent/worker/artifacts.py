@@ -113,12 +113,12 @@ class MasterDelivery:
 
     client: MasterClient
     attempts: int = DELIVERY_ATTEMPTS
+    backoff: Backoff = attrs.field(factory=lambda: Backoff(base=DELIVERY_BACKOFF_BASE_S, cap=DELIVERY_BACKOFF_CAP_S))
 
     async def deliver(self, path: Path) -> dict[str, Any]:
         """Upload ``path``; the result records ``output_sha256``, ``output_bytes`` and ``outputs``."""
         sha256 = await trio.to_thread.run_sync(file_sha256, path)
         size = path.stat().st_size
-        backoff = Backoff(base=DELIVERY_BACKOFF_BASE_S, cap=DELIVERY_BACKOFF_CAP_S)
         for attempt in range(1, self.attempts + 1):
             try:
                 sent = await self.client.upload_artifact(path, sha256, as_node=True)
@@ -128,7 +128,7 @@ class MasterDelivery:
                     raise DeliveryFailed(
                         f"could not deliver the output {path.name} to the master after {attempt} tries: {exc}"
                     ) from exc
-                delay = backoff.next()
+                delay = self.backoff.next()
                 log.warning("Delivering %s to the master failed (%s); retrying in %.1fs", path.name, exc, delay)
                 await trio.sleep(delay)
         log.info("Output %s delivered to the master as artifact %s (%d bytes sent)", path.name, sha256, sent)
