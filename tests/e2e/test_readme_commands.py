@@ -25,7 +25,9 @@ What does not run, and why (:data:`NOT_RUN`): the quickstart's ``$`` lines
 make a virtual environment and install Debian packages (CI's ``.ci/run`` runs
 them as written); the benchmarks take minutes (``tests/e2e/test_bench.py``
 runs them small); the Docker lines need a Docker engine
-(``tests/e2e/test_dockerfile.py`` checks what it can without one).
+(``tests/e2e/test_dockerfile.py`` checks what it can without one); the
+``local --input`` lines of "Your own files" name the reader's own files
+(``tests/e2e/test_local_files.py`` runs the same commands on clips it makes).
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ README = REPO / "README.rst"
 FFRTMP = Path(sys.executable).parent / "ffrtmp"
 RUN_TIMEOUT_S = 120.0
 # Lines of the README's literal blocks this test does not run; see the module docstring.
-NOT_RUN = re.compile(r"^(\$ |python -m bench\.|python bench/)")
+NOT_RUN = re.compile(r"^(\$ |python -m bench\.|python bench/|python -m agent local --input )")
 
 
 def readme_commands() -> list[str]:
@@ -160,7 +162,7 @@ def test_the_farm_commands_run_as_written(farm: Farm) -> None:
     run(submit)
     run(follow)
     assert json.loads(run(listing))["count"] == 2
-    [with_params] = [c for c in commands if "--param preset=fast" in c]
+    [with_params] = [c for c in commands if c.startswith("ffrtmp jobs submit") and "--param preset=fast" in c]
     run(with_params)
     for command in _expanded(job_verbs, ("pause", "resume", "cancel", "retry", "cancel")):
         run(command.replace(" ID", " 3"))
