@@ -26,8 +26,10 @@ make a virtual environment and install Debian packages (CI's ``.ci/run`` runs
 them as written); the benchmarks take minutes (``tests/e2e/test_bench.py``
 runs them small); the Docker lines need a Docker engine
 (``tests/e2e/test_dockerfile.py`` checks what it can without one); the
-``local --input`` lines of "Your own files" name the reader's own files
-(``tests/e2e/test_local_files.py`` runs the same commands on clips it makes).
+``local --input`` lines and the farm's ``jobs submit --input``,
+``download`` and ``delete`` lines of "Your own files" name the reader's own
+files (``tests/e2e/test_local_files.py`` and ``tests/e2e/test_master_files.py``
+run the same commands on clips they make).
 """
 
 from __future__ import annotations
@@ -56,7 +58,10 @@ README = REPO / "README.rst"
 FFRTMP = Path(sys.executable).parent / "ffrtmp"
 RUN_TIMEOUT_S = 120.0
 # Lines of the README's literal blocks this test does not run; see the module docstring.
-NOT_RUN = re.compile(r"^(\$ |python -m bench\.|python bench/|python -m agent local --input )")
+NOT_RUN = re.compile(
+    r"^(\$ |python -m bench\.|python bench/|python -m agent local --input |ffrtmp jobs submit .*--input "
+    r"|ffrtmp jobs (download|delete) )"
+)
 
 
 def readme_commands() -> list[str]:
