@@ -202,8 +202,14 @@ class AgentConfig:
         "HOST:PORT, IP or IP:PORT entries, comma separated or repeated, for just those", converter=as_allow_list,
     )
     allow_private_outputs: AllowList = setting(
-        attrs.Factory(AllowList), ALLOW_LIST, JOBS, "let a job's own rtmp_url reach such addresses, in the same "
-        "forms; the default URL on the --master host is always allowed", converter=as_allow_list,
+        attrs.Factory(AllowList), ALLOW_LIST, JOBS, "let a job's own rtmp_url and deliver=http(s) URL reach such "
+        "addresses, in the same forms; the default URL on the --master host is always allowed",
+        converter=as_allow_list,
+    )
+    # The operator's choice, trusted like the master's host: not checked against the allow-lists.
+    s3_endpoint: str = setting(
+        "", TEXT, JOBS, "endpoint URL of the S3-compatible store for s3:// inputs and deliver=s3:// "
+        "(MinIO, Ceph, ...); credentials come from the standard AWS chain", shown="AWS",
     )
 
     ffmpeg: str = setting(

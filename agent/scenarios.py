@@ -118,12 +118,16 @@ _STREAM_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.~=&?+-]{0,255}$")
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOST_NAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*$")
 _URL_SAFE = re.compile(r"^[A-Za-z0-9._~:/?#\[\]@!$&'()*+,=%-]{1,2048}$")
-_INPUT_SCHEMES = ("http", "https", "rtmp", "rtmps", "srt")
+_INPUT_SCHEMES = ("http", "https", "rtmp", "rtmps", "srt", "s3")
 # An input uploaded to the master: "artifact:<sha256 in hex>", downloaded by the worker that runs the job.
 ARTIFACT_PREFIX = "artifact:"
 _ARTIFACT = re.compile(r"^artifact:[0-9a-f]{64}$")
-# Where a job's output goes once encoded: uploaded to the master, or kept on the worker only.
+# Where a job's output goes once encoded: uploaded to the master, or kept on the worker only;
+# besides these words, an http(s) URL (PUT there) or s3://bucket/prefix (see agent/worker/delivery.py).
 DELIVERIES = ("master", "none")
+_DELIVERY_SCHEMES = ("http", "https", "s3")
+# S3 bucket names: 3 to 63 lower-case letters, digits, dots and hyphens, starting and ending alike.
+S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _RTMP_SCHEMES = ("rtmp", "rtmps")
 _LIVE_SCHEMES = ("rtmp", "rtmps", "srt")
 _TRUE = ("true", "yes", "1", "on")
@@ -481,8 +485,13 @@ def _default_duration(input_: str) -> float | None:
 
 
 def _deliver(value: Any, output_mode: OutputMode) -> str:
-    if value not in DELIVERIES:
-        raise JobRejected("deliver", f"must be one of {', '.join(DELIVERIES)}, got {_shown(value)}")
+    if isinstance(value, str) and "://" in value:
+        value = _url("deliver", value, _DELIVERY_SCHEMES)
+    elif value not in DELIVERIES:
+        raise JobRejected(
+            "deliver", f"must be one of {', '.join(DELIVERIES)}, an http(s) URL or s3://bucket/prefix, "
+            f"got {_shown(value)}"
+        )
     if value != "none" and output_mode != "file":
         raise JobRejected("deliver", f"deliver={value} needs output_mode=file: a stream leaves no file to deliver")
     return str(value)
@@ -588,6 +597,12 @@ def _url(field: str, value: Any, schemes: Sequence[str]) -> str:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme.lower() not in schemes:
         raise JobRejected(field, f"{_shown(value)} must be a URL with scheme {', '.join(schemes)}")
+    if parts.scheme.lower() == "s3":
+        # The "host" is a bucket; the worker connects to the store's endpoint, never to it.
+        if not S3_BUCKET.fullmatch(parts.netloc) or (field == "input" and not parts.path.strip("/")):
+            raise JobRejected(field, f"{_shown(value)} must be s3://<bucket>/<key>, the bucket named with "
+                              "3-63 lower-case letters, digits, dots or hyphens")
+        return url
     try:
         port = parts.port
     except ValueError:
@@ -639,7 +654,8 @@ def _input(value: Any, input_dirs: Sequence[Path], allow_private: bool = False) 
         return text
     if "://" in text:
         url = _url("input", text, _INPUT_SCHEMES)
-        kind = "" if allow_private else _non_public(urllib.parse.urlsplit(url).hostname or "")
+        parts = urllib.parse.urlsplit(url)
+        kind = "" if allow_private or parts.scheme == "s3" else _non_public(parts.hostname or "")
         if kind:
             raise JobRejected(
                 "input",

@@ -30,10 +30,12 @@ import trio
 
 from agent.client import MasterClient, MasterError, UnknownToMaster, file_sha256
 from agent.models import FailureReason
+from agent.s3 import client_for
 from agent.scenarios import ARTIFACT_PREFIX, JobRejected
 from agent.worker.backoff import Backoff
+from agent.worker.delivery import DeliveryFailed, HttpDelivery, S3Delivery, retrying
 from agent.worker.lru import evict_least_recent
-from agent.worker.netguard import DestinationUnavailable
+from agent.worker.netguard import AllowList, DestinationUnavailable
 
 __all__ = ["ArtifactCache", "DeliveryFailed", "MasterDelivery", "delivery_for"]
 
@@ -44,13 +46,6 @@ log = logging.getLogger(__name__)
 DELIVERY_ATTEMPTS = 6
 DELIVERY_BACKOFF_BASE_S = 2.0
 DELIVERY_BACKOFF_CAP_S = 30.0
-
-
-class DeliveryFailed(DestinationUnavailable):
-    """The output could not be delivered after every retry: ``platform_error``, so another attempt runs."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, FailureReason.PLATFORM_ERROR)
 
 
 @attrs.define
@@ -100,6 +95,10 @@ class ArtifactCache:
         return path
 
 
+def _backoff() -> Backoff:
+    return Backoff(base=DELIVERY_BACKOFF_BASE_S, cap=DELIVERY_BACKOFF_CAP_S)
+
+
 class Delivery(Protocol):
     """Puts a job's encoded file where the job asked; the metrics its result records."""
 
@@ -113,24 +112,21 @@ class MasterDelivery:
 
     client: MasterClient
     attempts: int = DELIVERY_ATTEMPTS
-    backoff: Backoff = attrs.field(factory=lambda: Backoff(base=DELIVERY_BACKOFF_BASE_S, cap=DELIVERY_BACKOFF_CAP_S))
+    backoff: Backoff = attrs.field(factory=_backoff)
 
     async def deliver(self, path: Path) -> dict[str, Any]:
         """Upload ``path``; the result records ``output_sha256``, ``output_bytes`` and ``outputs``."""
         sha256 = await trio.to_thread.run_sync(file_sha256, path)
         size = path.stat().st_size
-        for attempt in range(1, self.attempts + 1):
+
+        async def upload() -> int:
             try:
-                sent = await self.client.upload_artifact(path, sha256, as_node=True)
-                break
+                return await self.client.upload_artifact(path, sha256, as_node=True)
             except MasterError as exc:  # unreachable, 5xx, 507, a refused token: all worth another try
-                if attempt == self.attempts:
-                    raise DeliveryFailed(
-                        f"could not deliver the output {path.name} to the master after {attempt} tries: {exc}"
-                    ) from exc
-                delay = self.backoff.next()
-                log.warning("Delivering %s to the master failed (%s); retrying in %.1fs", path.name, exc, delay)
-                await trio.sleep(delay)
+                raise DestinationUnavailable(str(exc)) from exc
+
+        sent = await retrying(upload, what=f"the output {path.name} to the master", attempts=self.attempts,
+                              backoff=self.backoff)
         log.info("Output %s delivered to the master as artifact %s (%d bytes sent)", path.name, sha256, sent)
         return {
             "output_sha256": sha256,
@@ -139,12 +135,23 @@ class MasterDelivery:
         }
 
 
-def delivery_for(deliver: str, master: MasterClient | None) -> Delivery | None:
+def delivery_for(
+    deliver: str, master: MasterClient | None, *, allow: AllowList | None = None, s3_endpoint: str = "",
+    attempts: int = DELIVERY_ATTEMPTS, backoff: Backoff | None = None,
+) -> Delivery | None:
     """The delivery a job's ``deliver`` parameter names; None keeps the output on this worker only.
+
+    ``allow`` is ``--allow-private-outputs`` (for http(s) URLs), ``s3_endpoint``
+    is ``--s3-endpoint`` (for s3:// ones); ``attempts`` and ``backoff`` pace the retries.
 
     Raises:
         DeliveryFailed: the job asks for the master and this runner has none to deliver to.
     """
+    scheme = deliver.partition("://")[0].lower() if "://" in deliver else ""
+    if scheme in ("http", "https"):
+        return HttpDelivery(deliver, allow or AllowList(), attempts, backoff or _backoff())
+    if scheme == "s3":
+        return S3Delivery(deliver, client_for(s3_endpoint), attempts, backoff or _backoff())
     if deliver != "master":
         return None
     if master is None:

@@ -99,8 +99,11 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
     above it still uses that host for SNI and certificate checks.
     """
 
-    def __init__(self, allow: AllowList) -> None:
+    def __init__(self, allow: AllowList, *, field: str = "input", flag: str = ALLOW_FLAG) -> None:
         self._allow = allow
+        # The job parameter and the operator's flag a refusal names (outputs go through it too).
+        self._field = field
+        self._flag = flag
         self._inner = httpcore.TrioBackend()
 
     async def connect_tcp(
@@ -113,7 +116,7 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
     ) -> httpcore.AsyncNetworkStream:
         try:
             with trio.fail_after(math.inf if timeout is None else timeout):
-                address = await resolve_checked(host, port, self._allow, field="input", flag=ALLOW_FLAG)
+                address = await resolve_checked(host, port, self._allow, field=self._field, flag=self._flag)
         except trio.TooSlowError:
             raise httpcore.ConnectTimeout(f"resolving {host} took longer than {timeout:g}s") from None
         return await self._inner.connect_tcp(str(address), port, timeout, local_address, socket_options)
@@ -122,7 +125,7 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         self, path: str, timeout: float | None = None,
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        raise httpcore.ConnectError("job inputs are never read from unix sockets")
+        raise httpcore.ConnectError("jobs never reach unix sockets")
 
     async def sleep(self, seconds: float) -> None:
         await trio.sleep(seconds)

@@ -422,7 +422,9 @@ class JobRunner:
 
     async def _deliver(self, spec: EncodeSpec, output_path: Path) -> dict[str, Any]:
         """Deliver the output where the job asked; the metrics that say where it went (none: kept here)."""
-        delivery = delivery_for(spec.deliver, self.master)
+        delivery = delivery_for(
+            spec.deliver, self.master, allow=self.settings.allow_private_outputs, s3_endpoint=self.settings.s3_endpoint
+        )
         return await delivery.deliver(output_path) if delivery is not None else {}
 
     def _exit_error(self, attempt: Attempt, watch: EncoderWatch, input_path: str) -> str:

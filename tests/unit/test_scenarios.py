@@ -539,3 +539,17 @@ def test_an_uploaded_input_is_named_by_its_sha256_and_delivered_to_the_master_by
     assert spec_for("720p30-h264").deliver == "none"
     assert rejection(input="artifact:xyz").field == "input"
     assert "must be one of master, none" in str(rejection(deliver="ftp"))
+
+
+def test_outputs_may_be_delivered_to_an_http_url_or_an_s3_prefix_and_inputs_read_from_s3() -> None:
+    """deliver takes http(s) and s3:// URLs, input takes s3://bucket/key; a bad bucket or a bare bucket input is refused."""
+    assert spec_for("720p30-h264", deliver="https://dav.example/out/?sig=1").deliver == "https://dav.example/out/?sig=1"
+    assert spec_for("720p30-h264", deliver="s3://media-out/renders/").deliver == "s3://media-out/renders/"
+    spec = spec_for("720p30-h264", input="s3://media-in/clips/a.mp4")
+    assert (spec.input, spec.duration) == ("s3://media-in/clips/a.mp4", None)
+    assert rejection(deliver="s3://Bad_Bucket/x").field == "deliver"
+    assert rejection(deliver="ftp://host/x").field == "deliver"
+    assert "s3://<bucket>/<key>" in str(rejection(input="s3://media-in/"))
+    assert "deliver=https://dav.example/ needs output_mode=file" in str(
+        rejection(deliver="https://dav.example/", output_mode="rtmp")
+    )

@@ -1,0 +1,202 @@
+"""Outputs delivered outside the farm: an HTTP ``PUT`` to a URL, or an object in an S3 bucket.
+
+``deliver=https://…`` (or ``http://``) PUTs the encoded file to the URL, a
+presigned URL or a WebDAV server; a URL ending in ``/`` gets the output's file
+name appended. The body is streamed from disk, never held in memory. The
+connection goes through the same guarded network backend as job inputs
+(:class:`agent.worker.fetch.GuardedBackend`): the host is resolved, every
+address checked against ``--allow-private-outputs``, and the checked address
+connected to. Redirects are not followed: a PUT's body would have to be sent
+again to a place the job did not name.
+
+``deliver=s3://bucket/prefix/`` uploads to ``prefix`` + the output's file name
+(see :mod:`agent.s3` for the client, its credentials and endpoint).
+
+Whose fault a failure is decides its report. A 4xx answer (bar 408 and 429),
+a refused address or a missing bucket is the job's: ``user_error`` at once,
+since no retry changes the URL. Connection errors, 5xx answers and timeouts
+are retried with backoff within the job, then fail it as ``platform_error``
+so that another attempt runs. The encoded file stays on disk throughout.
+"""
+
+from __future__ import annotations
+
+import http
+import logging
+import urllib.parse
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+import httpcore
+import httpx
+import trio
+
+from agent.client import file_sha256
+from agent.models import FailureReason
+from agent.s3 import S3Client, S3Unavailable, parse_s3_url
+from agent.scenarios import JobRejected
+from agent.worker.backoff import Backoff
+from agent.worker.fetch import TIMEOUTS, GuardedBackend
+from agent.worker.netguard import AllowList, DestinationUnavailable
+
+__all__ = ["DeliveryFailed", "DeliveryRejected", "HttpDelivery", "S3Delivery", "retrying"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+OUTPUT_FLAG = "--allow-private-outputs"
+# Reads of the output file streamed into the request body.
+CHUNK_BYTES = 1024 * 1024
+# Client errors that say "later", not "wrong": the server is busy or was slow to read.
+_TRANSIENT_4XX = (408, 429)
+
+
+class DeliveryFailed(DestinationUnavailable):
+    """The output could not be delivered after every retry: ``platform_error``, so another attempt runs."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, FailureReason.PLATFORM_ERROR)
+
+
+class DeliveryRejected(JobRejected):
+    """The job's destination refuses the output and a retry would not change that: ``user_error``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("deliver", message)
+
+
+def shown_url(url: str) -> str:
+    """``url`` without its query and user part: a presigned URL's signature is a credential, kept out of logs."""
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+
+
+def destination(url: str, name: str) -> str:
+    """The place a file called ``name`` goes: ``url`` itself, or ``url`` + ``name`` when it ends in ``/``."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.path.endswith("/") or not parts.path:
+        path = (parts.path or "/") + urllib.parse.quote(name)
+        return urllib.parse.urlunsplit(parts._replace(path=path))
+    return url
+
+
+async def retrying(step: Callable[[], Awaitable[T]], *, what: str, attempts: int, backoff: Backoff) -> T:
+    """``await step()``, again after a backoff delay while it raises :class:`DestinationUnavailable`.
+
+    Raises:
+        DeliveryFailed: the last try failed too (``platform_error``), chained to its cause.
+        JobRejected: as raised by ``step``, at once.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return await step()
+        except DestinationUnavailable as exc:
+            if attempt == attempts:
+                raise DeliveryFailed(f"could not deliver {what} after {attempt} tries: {exc}") from exc
+            delay = backoff.next()
+            log.warning("Delivering %s failed (%s); retrying in %.1fs", what, exc, delay)
+            await trio.sleep(delay)
+    raise AssertionError("attempts must be 1 or more")
+
+
+async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
+    async with await trio.open_file(path, "rb") as body:
+        while chunk := await body.read(CHUNK_BYTES):
+            yield chunk
+
+
+def _status_phrase(status: int) -> str:
+    try:
+        return f"{status} {http.HTTPStatus(status).phrase}"
+    except ValueError:
+        return str(status)
+
+
+async def _metrics(path: Path, location: str) -> dict[str, Any]:
+    """What the result records of an output delivered to ``location`` (with no query: see :func:`shown_url`)."""
+    sha256 = await trio.to_thread.run_sync(file_sha256, path)
+    # "outputs" stays empty: it lists files on the master, which has none of this job's.
+    return {"output_sha256": sha256, "output_bytes": path.stat().st_size, "delivered_to": location, "outputs": []}
+
+
+@attrs.frozen
+class HttpDelivery:
+    """PUTs outputs to the job's http(s) URL through the worker's address check."""
+
+    url: str
+    allow: AllowList
+    attempts: int
+    backoff: Backoff
+
+    async def deliver(self, path: Path) -> dict[str, Any]:
+        """PUT ``path``; the result records its SHA-256, size and the URL it went to (without the query).
+
+        Raises:
+            DeliveryRejected, AddressRefused: the job's URL is wrong (``user_error``).
+            DeliveryFailed: the server stayed unreachable or failing through every retry.
+        """
+        url = destination(self.url, path.name)
+
+        async def put() -> None:
+            await self._put(url, path)
+
+        await retrying(put, what=f"{path.name} to {shown_url(url)}", attempts=self.attempts, backoff=self.backoff)
+        log.info("Output %s delivered to %s", path.name, shown_url(url))
+        return await _metrics(path, shown_url(url))
+
+    async def _put(self, url: str, path: Path) -> None:
+        backend = GuardedBackend(self.allow, field="deliver", flag=OUTPUT_FLAG)
+        headers = [(b"User-Agent", b"ffrtmp-agent"), (b"Content-Length", str(path.stat().st_size).encode())]
+        try:
+            async with httpcore.AsyncConnectionPool(
+                ssl_context=httpx.create_ssl_context(), network_backend=backend, retries=0
+            ) as pool:
+                response = await pool.request(
+                    "PUT", url, headers=headers, content=_file_chunks(path), extensions={"timeout": TIMEOUTS}
+                )
+        except (httpcore.NetworkError, httpcore.TimeoutException, httpcore.ProtocolError) as exc:
+            raise DestinationUnavailable(f"{shown_url(url)}: {exc or type(exc).__name__}") from exc
+        except httpcore.UnsupportedProtocol as exc:
+            raise DeliveryRejected(f"{shown_url(url)} is not an http(s) URL") from exc
+        status = response.status
+        if 200 <= status < 300:
+            return
+        if status >= 500 or status in _TRANSIENT_4XX:
+            raise DestinationUnavailable(f"{shown_url(url)} answered {_status_phrase(status)}")
+        raise DeliveryRejected(
+            f"{shown_url(url)} answered {_status_phrase(status)} to the PUT of the output; check that the URL "
+            "accepts uploads without a login (a presigned URL may have expired)"
+        )
+
+
+@attrs.frozen
+class S3Delivery:
+    """Uploads outputs to ``s3://bucket/prefix`` + the output's file name."""
+
+    url: str
+    s3: S3Client
+    attempts: int
+    backoff: Backoff
+
+    async def deliver(self, path: Path) -> dict[str, Any]:
+        """Upload ``path`` as one object; the result records its SHA-256, size and ``s3://`` location.
+
+        Raises:
+            DeliveryRejected: the bucket does not exist or refuses this worker's credentials (``user_error``).
+            DeliveryFailed: the store stayed unreachable or failing through every retry.
+        """
+        bucket, key = parse_s3_url(destination(self.url, path.name))
+        location = f"s3://{bucket}/{key}"
+
+        async def upload() -> None:
+            try:
+                await self.s3.upload_file(path, bucket, key)
+            except S3Unavailable as exc:
+                raise DestinationUnavailable(str(exc)) from exc
+
+        await retrying(upload, what=f"{path.name} to {location}", attempts=self.attempts, backoff=self.backoff)
+        log.info("Output %s delivered to %s", path.name, location)
+        return await _metrics(path, location)
