@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import attrs
 import trio
 
-__all__ = ["S3Client", "S3Refused", "S3Unavailable", "client_for", "parse_s3_url"]
+__all__ = ["S3Client", "S3NotInstalled", "S3Refused", "S3Unavailable", "client_for", "parse_s3_url"]
 
 T = TypeVar("T")
 
@@ -44,6 +44,10 @@ _REFUSED_CODES = frozenset(
 
 class S3Unavailable(Exception):
     """The store could not be used for now: unreachable, failing, or this process lacks boto3 or credentials."""
+
+
+class S3NotInstalled(S3Unavailable):
+    """boto3 is not installed here: this process lacks a capability, which another may have."""
 
 
 class S3Refused(Exception):
@@ -70,7 +74,7 @@ class S3Client:
                 import boto3
                 from botocore.config import Config
             except ImportError:
-                raise S3Unavailable(f"this process cannot reach S3: boto3 is not installed; {INSTALL_HINT}") from None
+                raise S3NotInstalled(f"this process cannot reach S3: boto3 is not installed; {INSTALL_HINT}") from None
             # Path-style addressing: a self-hosted endpoint has no DNS name per bucket.
             config = Config(s3={"addressing_style": "path"}) if self.endpoint else None
             self._client = boto3.client("s3", endpoint_url=self.endpoint or None, config=config)

@@ -35,7 +35,7 @@ import trio
 
 from agent.client import file_sha256
 from agent.models import FailureReason
-from agent.s3 import S3Client, S3Unavailable, parse_s3_url
+from agent.s3 import S3Client, S3NotInstalled, S3Refused, S3Unavailable, parse_s3_url
 from agent.scenarios import JobRejected
 from agent.worker.backoff import Backoff
 from agent.worker.fetch import TIMEOUTS, GuardedBackend
@@ -93,6 +93,8 @@ async def retrying(step: Callable[[], Awaitable[T]], *, what: str, attempts: int
     for attempt in range(1, attempts + 1):
         try:
             return await step()
+        except DeliveryFailed:
+            raise  # final already: nothing a retry here would change
         except DestinationUnavailable as exc:
             if attempt == attempts:
                 raise DeliveryFailed(f"could not deliver {what} after {attempt} tries: {exc}") from exc
@@ -194,6 +196,10 @@ class S3Delivery:
         async def upload() -> None:
             try:
                 await self.s3.upload_file(path, bucket, key)
+            except S3Refused as exc:
+                raise DeliveryRejected(f"{exc}; check the bucket and this worker's credentials") from exc
+            except S3NotInstalled as exc:
+                raise DeliveryFailed(str(exc)) from exc  # no retry installs it; another worker may have it
             except S3Unavailable as exc:
                 raise DestinationUnavailable(str(exc)) from exc
 

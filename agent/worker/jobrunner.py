@@ -36,6 +36,7 @@ import trio
 from agent.client import MasterClient
 from agent.config import AgentConfig
 from agent.models import Engine, FailureReason, Job
+from agent.s3 import client_for
 from agent.scenarios import ARTIFACT_PREFIX, EncodeSpec, JobRejected, build_spec
 from agent.worker.artifacts import ArtifactCache, delivery_for
 from agent.worker.encoder import EncoderWatch, StopPolicy, run_encoder
@@ -49,6 +50,7 @@ from agent.worker.inputs import InputCache, InputGenerationFailed
 from agent.worker.lifecycle import EncodeOutcome
 from agent.worker.netguard import DestinationUnavailable, checked_url
 from agent.worker.progress import ProgressSnapshot, percent
+from agent.worker.s3input import open_s3_input
 
 log = logging.getLogger(__name__)
 
@@ -314,6 +316,10 @@ class JobRunner:
                 spec.input, self.work_dir, allow=self.settings.allow_private_inputs, max_bytes=max(room, 0),
                 deadline=spec.timeout_sec or self.job_timeout,
             ) as path:
+                yield str(path)
+            return
+        if scheme == "s3":
+            async with open_s3_input(spec.input, self.work_dir, client_for(self.settings.s3_endpoint)) as path:
                 yield str(path)
             return
         if spec.input.startswith(ARTIFACT_PREFIX):
