@@ -12,9 +12,11 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 import attrs
 
+from agent.scenarios import S3_BUCKET
 from agent.settings import (
     ALLOW_LIST,
     CONCURRENCY,
@@ -43,6 +45,7 @@ from agent.settings import (
     TLS,
     URL,
     ConfigError,
+    Kind,
     choice,
     nested,
     parse_days,
@@ -50,6 +53,30 @@ from agent.settings import (
     setting,
 )
 from agent.worker.netguard import AllowList, as_allow_list
+
+
+def _parse_s3_location(text: str) -> str:
+    """``s3://bucket/prefix``, the bucket named as S3 allows; "" for none."""
+    bucket = text.removeprefix("s3://").partition("/")[0]
+    if text and (not text.startswith("s3://") or not S3_BUCKET.fullmatch(bucket)):
+        reason = "is not an S3 location; write s3://bucket/prefix (a bucket of 3-63 lower-case letters, digits, - .)"
+        raise ConfigError(f"{text!r} {reason}", reason)
+    return text
+
+
+S3_LOCATION = Kind(_parse_s3_location, "URL")
+
+
+def s3_endpoint_setting(group: str, used_for: str) -> Any:
+    """``--s3-endpoint``, declared once for the agent and the master.
+
+    The endpoint is the operator's choice, trusted like the master's host: it
+    is not checked against the private-address allow-lists.
+    """
+    return setting(
+        "", TEXT, group, f"endpoint URL of the S3-compatible store for {used_for} (MinIO, Ceph, ...); "
+        "credentials come from the standard AWS chain", shown="AWS",
+    )
 
 __all__ = [
     "AgentConfig",
@@ -206,11 +233,7 @@ class AgentConfig:
         "addresses, in the same forms; the default URL on the --master host is always allowed",
         converter=as_allow_list,
     )
-    # The operator's choice, trusted like the master's host: not checked against the allow-lists.
-    s3_endpoint: str = setting(
-        "", TEXT, JOBS, "endpoint URL of the S3-compatible store for s3:// inputs and deliver=s3:// "
-        "(MinIO, Ceph, ...); credentials come from the standard AWS chain", shown="AWS",
-    )
+    s3_endpoint: str = s3_endpoint_setting(JOBS, "s3:// inputs and deliver=s3://")
 
     ffmpeg: str = setting(
         "", PROGRAM, ENGINES, "encoder binary", shown="ffmpeg on PATH, else the imageio-ffmpeg wheel's"
@@ -254,6 +277,12 @@ class MasterConfig:
         "", TEXT, LISTENING, "directory of uploaded inputs and delivered outputs",
         shown="<db>.artifacts beside --db; ./ffrtmp-artifacts with --db-dsn; a temporary one with --db ''",
     )
+    artifacts: str = setting(
+        "", S3_LOCATION, LISTENING, "s3://bucket/prefix: keep artifacts in an S3 bucket instead, so that "
+        "several masters on one PostgreSQL serve the same files (needs the [s3] extra); uploads in progress "
+        "are staged in --artifacts-dir", shown="none: the directory",
+    )
+    s3_endpoint: str = s3_endpoint_setting(LISTENING, "--artifacts s3://")
     # Bound of that directory: an upload past it is answered 507.
     artifacts_max_gb: float = setting(
         0.0, GIGABYTES, LISTENING, "most the artifact store may hold, in GiB; an upload past it is refused "

@@ -51,7 +51,14 @@ class S3NotInstalled(S3Unavailable):
 
 
 class S3Refused(Exception):
-    """The store refused the request: no such bucket or key, or access denied. A retry would not help."""
+    """The store refused the request: no such bucket or key, or access denied. A retry would not help.
+
+    ``code`` is S3's error code (``NoSuchKey``, ``AccessDenied``, ``404`` for a HEAD).
+    """
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:
@@ -119,7 +126,8 @@ def _mapped(what: str, exc: BaseException) -> Exception:
     if isinstance(cause, ClientError):
         code = str(cause.response.get("Error", {}).get("Code", ""))
         if code in _REFUSED_CODES:
-            return S3Refused(f"{what}: {code} ({cause.response.get('Error', {}).get('Message', '') or 'refused'})")
+            message = cause.response.get("Error", {}).get("Message", "") or "refused"
+            return S3Refused(f"{what}: {code} ({message})", code)
         return S3Unavailable(f"{what}: {code or exc}")
     if isinstance(exc, NoCredentialsError):
         return S3Unavailable(

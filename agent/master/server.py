@@ -17,12 +17,14 @@ import trio
 
 from ..config import ConfigError, MasterConfig
 from ..models import AgentEvent, utcnow
+from ..s3 import S3Unavailable
 from ..tls import configure_server, prepare_server
 from .app import create_app
 from .artifacts import ArtifactStore, open_artifacts
 from .bodylimits import BodyLimits
 from .events import EventHub
 from .metrics import MasterMetrics
+from .s3store import S3Artifacts
 from .scheduler import OFFLINE_AFTER_BEATS
 from .store import Store, StoreError, open_store
 
@@ -55,7 +57,7 @@ async def keep_house(
     beat (the agent's own ``timeout`` result had that long to arrive) is failed
     on the master and its node told to stop it. With ``--cleanup-retention``,
     artefacts no job names are deleted once :data:`UNNAMED_ARTIFACT_GRACE_S`
-    old (an upload waits that long for the job that names it). A database error skips one
+    old (an upload waits that long for the job that names it). A database (or S3 store) error skips one
     round, so a database restart does not take the master down. Timed-out and
     deleted jobs are counted in ``metrics``. Runs until cancelled.
     """
@@ -63,7 +65,7 @@ async def keep_house(
         await trio.sleep(config.heartbeat_interval / 2)
         try:
             await _sweep(store, hub, config, metrics, artifacts)
-        except StoreError as exc:
+        except (StoreError, S3Unavailable) as exc:
             log.warning("Housekeeping skipped: %s", exc)
 
 
@@ -142,7 +144,11 @@ async def serve_master(
     if config.tls is not None:
         prepare_server(config.tls)
         configure_server(http, config.tls)
-    with open_artifacts(config) as artifacts:
+    with open_artifacts(config) as directory:
+        artifacts: ArtifactStore = directory
+        if config.artifacts:  # the bucket keeps the files; the directory stages uploads in progress
+            artifacts = S3Artifacts.over(config.artifacts, config.s3_endpoint, directory)
+            await artifacts.check()
         await _serve(config, http, artifacts, task_status)
 
 
