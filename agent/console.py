@@ -246,9 +246,13 @@ async def download_outputs(client: MasterClient, job_ref: str, directory: Path, 
     job = await client.get_job(job_ref)
     outputs = _delivered(job)
     if not outputs:
-        why = "it has not completed" if job.status is not JobStatus.COMPLETED else (
-            "its output was kept on the worker that ran it (deliver=none)"
-        )
+        delivered_to = job.metrics.get("delivered_to")
+        if job.status is not JobStatus.COMPLETED:
+            why = "it has not completed"
+        elif delivered_to:
+            why = f"its output was delivered to {delivered_to}"
+        else:
+            why = "its output was kept on the worker that ran it (deliver=none)"
         print(f"error: job {job.sequence_number} ({job.status.value}) has no output on the master: {why}",
               file=sys.stderr)
         return 1
