@@ -29,7 +29,9 @@ runs them small); the Docker lines need a Docker engine
 ``local --input`` lines and the farm's ``jobs submit --input``,
 ``download`` and ``delete`` lines of "Your own files" name the reader's own
 files (``tests/e2e/test_local_files.py`` and ``tests/e2e/test_master_files.py``
-run the same commands on clips they make).
+run the same commands on clips they make); the ``s3://`` example needs a
+bucket (``tests/integration/test_s3_jobs.py`` runs such jobs against moto's
+S3 server).
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ RUN_TIMEOUT_S = 120.0
 # Lines of the README's literal blocks this test does not run; see the module docstring.
 NOT_RUN = re.compile(
     r"^(\$ |python -m bench\.|python bench/|python -m agent local --input |ffrtmp jobs submit .*--input "
-    r"|ffrtmp jobs (download|delete) )"
+    r"|ffrtmp jobs (download|delete) |ffrtmp jobs submit .*s3://)"
 )
 
 
