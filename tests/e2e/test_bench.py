@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import bandwidth_scaling, dispatch
+from bench import bandwidth_scaling, dispatch, farm_sim
 from tests.support import REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -44,7 +44,7 @@ def committed_results() -> dict[str, str]:
     return {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in (REPO / "bench/results").iterdir()}
 
 
-@pytest.mark.parametrize("script", ["bandwidth_scaling", "dispatch"])
+@pytest.mark.parametrize("script", ["bandwidth_scaling", "dispatch", "farm_sim"])
 def test_each_script_runs_as_a_file_and_as_a_module(script: str, tmp_path: Path) -> None:
     """--help from another directory as a file, and from the checkout as a module: usage, exit 0."""
     as_file = run([str(REPO / "bench" / f"{script}.py"), "--help"], cwd=tmp_path)
@@ -115,3 +115,31 @@ def test_dispatch_writes_utilisation_latency_and_go_loop_rows_to_a_fresh_directo
     markdown = (out / "dispatch.md").read_text()
     assert "## Slot utilisation" in markdown and "## Dispatch latency" in markdown
     assert "A missed goal makes the exit code 1 only with --check." in markdown
+
+
+def test_farm_sim_ramps_a_few_simulated_agents_and_writes_every_output(tmp_path: Path) -> None:
+    """Two steps of two and three agents against a real master: JSON, CSV, markdown and PNG are written and parse."""
+    stdout = run_script(
+        "bench.farm_sim", "--agents", "2,3", "--slots", "2", "--job-seconds", "0.5", "--progress-interval", "0.2",
+        "--window", "1", "--out", str(tmp_path), "--name", "farm",
+    )
+    data = json.loads((tmp_path / "farm.json").read_text())
+    assert data["machine"]["cores"] >= 1 and data["settings"]["postgres"] is False
+    assert [step["agents"] for step in data["steps"]] in ([2], [2, 3])  # the ramp stops at a step over the bar
+    for step in data["steps"]:
+        assert step["claims"] > 0 and step["master_cpu_percent"] >= 0 and step["master_connections"] > 0
+        assert {"GET /jobs/next", "POST /results", "POST /jobs/{ref}/progress"} <= set(step["requests_per_s"])
+        assert "GET /metrics" not in step["requests_per_s"]
+    assert set(data["bars"]) == {"largest_farm_held"}
+    rows = read_csv(tmp_path / "farm.csv")
+    assert rows[0] == list(farm_sim.COLUMNS) and len(rows) == 1 + len(data["steps"])
+    markdown = (tmp_path / "farm.md").read_text()
+    assert "Command: `python -m bench.farm_sim --agents 2,3" in markdown and "(farm.png)" in markdown
+    assert markdown.strip() in stdout
+    assert (tmp_path / "farm.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_farm_sim_refuses_two_masters_without_postgres() -> None:
+    """Two masters share a queue only through PostgreSQL: a usage error naming --postgres, exit 2."""
+    result = run(["-m", "bench.farm_sim", "--masters", "2"])
+    assert result.returncode == 2 and "needs --postgres DSN" in result.stderr, result.stderr

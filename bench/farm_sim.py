@@ -1,0 +1,576 @@
+"""A simulated farm against a real master: the largest farm it serves at p99 claim latency under 100 ms.
+
+Usage (from the repository root; needs the ``[bench]`` extra, ``pip install '.[bench]'``)::
+
+    python -m bench.farm_sim                                  # a short ramp, about 2 minutes
+    python -m bench.farm_sim --agents 50,100,200,500,1000 --slots 4 --job-seconds 30
+    python -m bench.farm_sim --postgres postgresql://user@host/db --masters 2
+    python bench/farm_sim.py --help
+
+The master is real: ``python -m agent master`` as a process of its own, on a
+fresh SQLite file, or (``--postgres``) one or more masters sharing a
+PostgreSQL database, the simulated agents split evenly between them. The
+agents are simulated, all in this one trio process, and speak the real
+protocol through :class:`agent.client.MasterClient`, like the agent does:
+register (node token), heartbeat listing the jobs they hold, long-poll claim
+(``GET /jobs/next?wait=N``) per free slot, progress every
+``--progress-interval`` while a stub job runs (a ``trio.sleep``, no process),
+then the result. A submitter keeps the queue fed, so a claim never waits
+for work and its time is the master's.
+
+Each simulated agent has a client of its own (its own connection pool), as
+each real agent does: the master then sees as many connections as a real farm
+would open, and each client carries its node's token. One TLS context is
+shared, since creating one per client costs tens of milliseconds.
+
+The ramp grows one farm: each step adds agents, lets their staggered slots
+reach a steady rate for one job length, then measures for ``--window``
+seconds: requests/s by route (the master's ``/metrics`` histogram counts,
+before and after), claim latency p50/p99 (measured by the agents, claims that
+returned a job), master CPU, memory and open connections (psutil). The ramp
+stops after the first step whose p99 is over the bar. The simulator shares
+the machine's cores with the master, so its own CPU is reported beside it.
+
+Writes ``<name>.json``, ``.csv`` (one row per step), ``.md`` and ``.png`` into
+``--out``, by default a new ``bench-results/<name>-<date>-<time>/``. A missed
+goal exits 1 only with ``--check``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import logging
+import math
+import random
+import resource
+import shutil
+import ssl
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file too: import this checkout
+
+import attrs
+import httpx
+import psutil  # type: ignore[import-untyped]
+import trio
+from prometheus_client.parser import text_string_to_metric_families
+
+from agent.client import MasterClient, MasterError, StateConflict
+from agent.models import HeartbeatReport, Job, JobProgress, JobRequest, JobResult, JobStatus, NodeRegistration
+from agent.worker.lifecycle import PROGRESS_INTERVAL_S
+from bench._report import (
+    GOALS_NOTE,
+    fresh_out_dir,
+    goal,
+    goal_line,
+    goals_exit_code,
+    machine,
+    markdown_table,
+    median,
+    percentile,
+    write_outputs,
+)
+from tests.support import Processes, RunningProcess, start_master
+
+# Every job is the same small one: the simulated agent ignores what it asks for.
+REQUEST = JobRequest.from_json({"scenario": "144p30-h264", "parameters": {"duration": 1}})
+# The long-poll a free slot asks for; a fed queue answers long before it ends.
+LONG_POLL_S = 5
+# A failed call (503 from the master's body limit, a timeout) is tried again after this, as an agent backs off.
+RETRY_AFTER_S = 1.0
+# Registrations sent at once while a step adds agents: a burst of hundreds would meet the body limit.
+REGISTRATIONS_AT_ONCE = 32
+# Tasks submitting jobs; a few, so the queue keeps up with a large farm on a slow master.
+SUBMITTERS = 4
+# Pending jobs kept beyond this share of the farm's slots (and at least the minimum).
+BACKLOG_PER_SLOT, BACKLOG_MIN = 0.5, 32
+# How often the master's memory and connections are read during a window.
+SAMPLE_EVERY_S = 1.0
+BAR_P99_S = 0.100
+BAR_AGENTS = 1000
+HISTOGRAM = "ffrtmp_master_request_seconds"
+# The bench's own scrapes of /metrics are no part of the farm's load.
+OWN_ROUTE = "GET /metrics"
+
+COLUMNS = ("agents", "slots", "claims/s", "claim p50 ms", "claim p99 ms", "empty claims", "failed calls",
+           "requests/s", "master CPU %", "master RSS MiB", "connections", "simulator CPU %", "p99 held")
+
+
+@attrs.define
+class Tally:
+    """What the simulated agents saw; latencies and counts only while a window is open."""
+
+    claimed_total: int = 0
+    window_open: bool = False
+    claim_latencies_s: list[float] = attrs.field(factory=list)
+    empty_claims: int = 0
+    completed: int = 0
+    failures: collections.Counter[str] = attrs.field(factory=collections.Counter)
+
+    def open_window(self) -> None:
+        self.window_open = True
+        self.claim_latencies_s, self.empty_claims, self.completed = [], 0, 0
+        self.failures = collections.Counter()
+
+    def claimed(self, seconds: float) -> None:
+        self.claimed_total += 1
+        if self.window_open:
+            self.claim_latencies_s.append(seconds)
+
+    def empty(self) -> None:
+        self.empty_claims += self.window_open
+
+    def done(self) -> None:
+        self.completed += self.window_open
+
+    def failed(self, call: str, error: MasterError) -> None:
+        if self.window_open:
+            self.failures[f"{call}: {type(error).__name__}"] += 1
+
+
+@attrs.define
+class SimAgent:
+    """One simulated agent: a heartbeat and ``slots`` claim loops over one client of its own."""
+
+    client: MasterClient
+    slots: int
+    job_s: float
+    progress_s: float
+    heartbeat_s: float
+    tally: Tally
+    active: set[str] = attrs.field(factory=set)
+
+    async def serve(self) -> None:
+        """Beat and work until cancelled; the client is closed on the way out."""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._beat)
+                for _ in range(self.slots):
+                    nursery.start_soon(self._slot)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.client.aclose()
+
+    async def _beat(self) -> None:
+        await trio.sleep(random.uniform(0, self.heartbeat_s))
+        while True:
+            report = HeartbeatReport(active_job_ids=sorted(self.active), max_concurrent_jobs=self.slots)
+            try:
+                await self.client.heartbeat(self.client.node_id, report)
+            except MasterError as exc:
+                self.tally.failed("heartbeat", exc)
+            await trio.sleep(self.heartbeat_s)
+
+    async def _slot(self) -> None:
+        # Staggered over one job length, so a step's load arrives at its steady rate, not as one burst.
+        await trio.sleep(random.uniform(0, self.job_s))
+        while True:
+            asked = trio.current_time()
+            try:
+                job = await self.client.claim_next(self.client.node_id, wait=LONG_POLL_S)
+            except MasterError as exc:
+                self.tally.failed("claim", exc)
+                await trio.sleep(RETRY_AFTER_S)
+                continue
+            if job is None:
+                self.tally.empty()
+                continue
+            self.tally.claimed(trio.current_time() - asked)
+            self.active.add(job.id)
+            try:
+                await self._run(job)
+            except StateConflict as exc:  # the lease was lost: the master gave the job to another node
+                self.tally.failed("job", exc)
+            except MasterError as exc:
+                self.tally.failed("job", exc)
+                await trio.sleep(RETRY_AFTER_S)
+            finally:
+                self.active.discard(job.id)
+
+    async def _run(self, job: Job) -> None:
+        """The stub job: progress every ``progress_s`` until ``job_s`` has passed, then the result."""
+        node_id = self.client.node_id
+        end = trio.current_time() + self.job_s
+        while self.progress_s > 0 and (left := end - trio.current_time()) > self.progress_s:
+            await trio.sleep(self.progress_s)
+            done = 100 * (1 - (left - self.progress_s) / self.job_s)
+            await self.client.send_progress(job.id, JobProgress(node_id=node_id, progress=done, fps=30.0, speed=1.0))
+        await trio.sleep_until(end)
+        await self.client.send_result(JobResult(job_id=job.id, node_id=node_id, status=JobStatus.COMPLETED,
+                                                progress=100.0))
+        self.tally.done()
+
+
+@attrs.frozen
+class MasterReading:
+    """A master's request counts by route (``"GET /jobs/next"``) and histogram sums, and its CPU seconds."""
+
+    counts: dict[str, float]
+    sums: dict[str, float]
+    cpu_s: float
+
+
+@attrs.define
+class SimMaster:
+    running: RunningProcess
+    url: str
+    operator: MasterClient
+    http: httpx.AsyncClient
+
+    @property
+    def process(self) -> psutil.Process:
+        return psutil.Process(self.running.process.pid)
+
+    async def read(self) -> MasterReading:
+        text = (await self.http.get("/metrics")).text
+        counts: dict[str, float] = {}
+        sums: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            if family.name != HISTOGRAM:
+                continue
+            for sample in family.samples:
+                route = f"{sample.labels.get('method')} {sample.labels.get('route')}"
+                if route == OWN_ROUTE:
+                    continue
+                if sample.name == f"{HISTOGRAM}_count":
+                    counts[route] = sample.value
+                elif sample.name == f"{HISTOGRAM}_sum":
+                    sums[route] = sample.value
+        times = self.process.cpu_times()
+        return MasterReading(counts, sums, times.user + times.system)
+
+    def sample(self) -> tuple[int, int]:
+        """Resident memory in bytes and established TCP connections."""
+        process = self.process
+        connections = process.net_connections(kind="tcp")
+        return process.memory_info().rss, sum(conn.status == psutil.CONN_ESTABLISHED for conn in connections)
+
+    def check_alive(self) -> None:
+        code = self.running.process.returncode
+        if code is not None:
+            tail = "\n".join(self.running.lines[-20:])
+            raise SystemExit(f"error: the master at {self.url} exited with {code}; its log ends:\n{tail}")
+
+
+@attrs.define
+class Farm:
+    """The masters, the simulated agents added so far, and the submitter keeping the queue fed."""
+
+    args: argparse.Namespace
+    masters: list[SimMaster]
+    nursery: trio.Nursery
+    tls: ssl.SSLContext
+    tally: Tally = attrs.field(factory=Tally)
+    agents: int = 0
+    submitted: int = 0
+
+    async def grow(self, total: int) -> None:
+        """Register agents up to ``total`` and start them; registrations go a few at a time."""
+        limiter = trio.CapacityLimiter(REGISTRATIONS_AT_ONCE)
+        async with trio.open_nursery() as registering:
+            for index in range(self.agents, total):
+                registering.start_soon(self._add, index, limiter)
+        self.agents = total
+
+    async def _add(self, index: int, limiter: trio.CapacityLimiter) -> None:
+        master = self.masters[index % len(self.masters)]
+        client = MasterClient(master.url, verify=self.tls)
+        async with limiter:
+            while True:
+                try:
+                    await client.register(NodeRegistration(address=f"sim-{index:05d}", cpu_threads=self.args.slots))
+                    break
+                except MasterError as exc:
+                    self.tally.failed("register", exc)
+                    await trio.sleep(RETRY_AFTER_S)
+        agent = SimAgent(client, self.args.slots, self.args.job_seconds, self.args.progress_interval,
+                         self.args.heartbeat_interval, self.tally)
+        self.nursery.start_soon(agent.serve)
+
+    def backlog_target(self) -> int:
+        slots: int = self.agents * self.args.slots
+        return max(BACKLOG_MIN, math.ceil(BACKLOG_PER_SLOT * slots))
+
+    async def submit(self, index: int) -> None:
+        """Keep the queue ``backlog_target`` jobs ahead of the claims, until cancelled."""
+        operator = self.masters[index % len(self.masters)].operator
+        while True:
+            if self.submitted - self.tally.claimed_total >= self.backlog_target():
+                await trio.sleep(0.02)
+                continue
+            self.submitted += 1
+            try:
+                await operator.submit_job(REQUEST)
+            except MasterError as exc:
+                self.submitted -= 1
+                self.tally.failed("submit", exc)
+                await trio.sleep(RETRY_AFTER_S)
+
+    async def measure(self, agents: int) -> dict[str, Any]:
+        """Grow to ``agents``, let them settle for one job length, then measure one window."""
+        await self.grow(agents)
+        await trio.sleep(self.args.job_seconds)
+        myself = psutil.Process()
+        before = [await master.read() for master in self.masters]
+        own_before = sum(myself.cpu_times()[:2])
+        self.tally.open_window()
+        peaks = [0, 0]
+        started = trio.current_time()
+        with trio.move_on_after(self.args.window):
+            while True:
+                for master in self.masters:
+                    master.check_alive()
+                samples = [master.sample() for master in self.masters]
+                peaks = [max(peaks[0], sum(s[0] for s in samples)), max(peaks[1], sum(s[1] for s in samples))]
+                await trio.sleep(SAMPLE_EVERY_S)
+        self.tally.window_open = False
+        seconds = trio.current_time() - started
+        own_cpu = sum(myself.cpu_times()[:2]) - own_before
+        after = [await master.read() for master in self.masters]
+        return _step(self, agents, seconds, before, after, own_cpu, peaks)
+
+
+def _step(farm: Farm, agents: int, seconds: float, before: Sequence[MasterReading],
+          after: Sequence[MasterReading], own_cpu_s: float, peaks: list[int]) -> dict[str, Any]:
+    counts: collections.defaultdict[str, float] = collections.defaultdict(float)
+    sums: collections.defaultdict[str, float] = collections.defaultdict(float)
+    for old, new in zip(before, after, strict=True):
+        for route, count in new.counts.items():
+            counts[route] += count - old.counts.get(route, 0.0)
+            sums[route] += new.sums.get(route, 0.0) - old.sums.get(route, 0.0)
+    tally = farm.tally
+    latencies = tally.claim_latencies_s
+    p99 = percentile(latencies, 99)
+    return {
+        "agents": agents, "slots": farm.args.slots, "window_s": seconds,
+        "claims": len(latencies), "claims_per_s": len(latencies) / seconds, "results": tally.completed,
+        "claim_p50_s": median(latencies), "claim_p99_s": p99, "claim_max_s": max(latencies, default=math.nan),
+        "empty_claims": tally.empty_claims, "failed_calls": dict(tally.failures),
+        "requests_per_s": {route: count / seconds for route, count in sorted(counts.items()) if count},
+        "master_ms_per_request": {route: 1000 * sums[route] / count for route, count in counts.items() if count},
+        "master_cpu_percent": 100 * sum(n.cpu_s - o.cpu_s for o, n in zip(before, after, strict=True)) / seconds,
+        "master_rss_bytes": peaks[0], "master_connections": peaks[1],
+        "simulator_cpu_percent": 100 * own_cpu_s / seconds,
+        "held": bool(latencies) and p99 < BAR_P99_S,
+    }
+
+
+async def _open_master(procs: Processes, work: Path, index: int, args: argparse.Namespace) -> SimMaster:
+    home = work / f"master-{index}"
+    home.mkdir()
+    store = ["--db-dsn", args.postgres] if args.postgres else []
+    running, url = await start_master(procs, home, *store, "--artifacts-dir", str(home / "artifacts"),
+                                      "--heartbeat-interval", f"{args.heartbeat_interval:g}s")
+    return SimMaster(running, url, MasterClient(url), httpx.AsyncClient(base_url=url, timeout=30))
+
+
+async def simulate(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+    steps: list[dict[str, Any]] = []
+    async with trio.open_nursery() as nursery:
+        procs = Processes(nursery)
+        masters: list[SimMaster] = []
+        try:
+            for index in range(args.masters):
+                masters.append(await _open_master(procs, work, index, args))
+            farm = Farm(args, masters, nursery, ssl.create_default_context())
+            for index in range(SUBMITTERS):
+                nursery.start_soon(farm.submit, index)
+            for agents in args.agents:
+                step = await farm.measure(agents)
+                steps.append(step)
+                _say(f"{agents} agents x {args.slots}: {step['claims_per_s']:.1f} claims/s, claim p50 "
+                     f"{1000 * step['claim_p50_s']:.1f} ms p99 {1000 * step['claim_p99_s']:.1f} ms, master CPU "
+                     f"{step['master_cpu_percent']:.0f}%, {sum(step['requests_per_s'].values()):.0f} requests/s")
+                if not step["held"]:
+                    _say(f"p99 claim latency not under {1000 * BAR_P99_S:g} ms at {agents} agents: the ramp stops")
+                    break
+            nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                for master in masters:
+                    await master.operator.aclose()
+                    await master.http.aclose()
+            await procs.stop_all()
+    return steps
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def largest_held(steps: Sequence[dict[str, Any]]) -> int:
+    """Agents at the last step of the unbroken run of held steps from the start; 0 if the first failed."""
+    held = 0
+    for step in steps:
+        if not step["held"]:
+            break
+        held = step["agents"]
+    return held
+
+
+def rows(steps: Sequence[dict[str, Any]]) -> list[list[Any]]:
+    return [[
+        step["agents"], step["slots"], step["claims_per_s"], 1000 * step["claim_p50_s"], 1000 * step["claim_p99_s"],
+        step["empty_claims"], sum(step["failed_calls"].values()), sum(step["requests_per_s"].values()),
+        step["master_cpu_percent"], step["master_rss_bytes"] / 2**20, step["master_connections"],
+        step["simulator_cpu_percent"], "yes" if step["held"] else "no",
+    ] for step in steps]
+
+
+def route_rows(steps: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    routes = sorted({route for step in steps for route in step["requests_per_s"]})
+    return ["agents", *routes], [[step["agents"], *(step["requests_per_s"].get(r, 0.0) for r in routes)]
+                                 for step in steps]
+
+
+def markdown(steps: Sequence[dict[str, Any]], bars: dict[str, Any], settings: dict[str, Any],
+             host: dict[str, Any], name: str) -> str:
+    store = f"PostgreSQL, {settings['masters']} masters" if settings["postgres"] else "SQLite, 1 master"
+    route_columns, per_route = route_rows(steps)
+    lines = [
+        f"# Simulated farm: {settings['slots']} slots per agent, {settings['job_seconds']:g} s stub jobs, {store}",
+        "",
+        f"{host['cores']} cores ({host['cpu_model']}), Python {host['python']}; progress every "
+        f"{settings['progress_interval']:g} s, heartbeat every {settings['heartbeat_interval']:g} s, long-poll "
+        f"claims (wait={LONG_POLL_S}); {settings['window']:g} s window per step after one job length of settling. "
+        "The simulator shares the cores with the master(s).",
+        f"Command: `{host['command']}`",
+        "",
+        f"Largest farm with p99 claim latency under {1000 * BAR_P99_S:g} ms: {largest_held(steps)} agents "
+        f"x {settings['slots']} slots.",
+        "",
+        markdown_table(COLUMNS, rows(steps)),
+        "",
+        "## Requests/s by route (the master's own counts)",
+        "",
+        markdown_table(route_columns, per_route),
+        "",
+        f"![claim latency and requests by farm size]({name}.png)",
+        "",
+        GOALS_NOTE,
+        "",
+    ]
+    lines += [goal_line(goal_name, result) for goal_name, result in bars.items()]
+    return "\n".join(lines)
+
+
+def plot(steps: Sequence[dict[str, Any]], path: Path) -> None:
+    """Claim latency p50/p99 against farm size with the bar, and requests/s by route."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    agents = [step["agents"] for step in steps]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    left.plot(agents, [1000 * step["claim_p50_s"] for step in steps], "o-", label="p50")
+    left.plot(agents, [1000 * step["claim_p99_s"] for step in steps], "s-", label="p99")
+    left.axhline(1000 * BAR_P99_S, color="grey", linestyle=":", label=f"bar {1000 * BAR_P99_S:g} ms")
+    left.set_yscale("log")
+    left.set_title("claim latency (ms)")
+    route_columns, per_route = route_rows(steps)
+    for column, route in enumerate(route_columns[1:], start=1):
+        right.plot(agents, [row[column] for row in per_route], "o-", label=route)
+    right.set_title("requests/s by route")
+    right.set_ylim(bottom=0)
+    for axes in (left, right):
+        axes.set_xlabel("simulated agents")
+        axes.grid(alpha=0.3)
+        axes.legend(loc="upper left", fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1 or values != sorted(set(values)):
+        raise argparse.ArgumentTypeError(f"{text!r}: give growing whole numbers of 1 or more separated by commas")
+    return values
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds above 0")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench.farm_sim", description=__doc__.split("\n")[0])
+    parser.add_argument("--agents", type=_ints, default=[10, 25, 50, 100],
+                        help="farm sizes of the ramp, growing (default 10,25,50,100: about 2 minutes)")
+    parser.add_argument("--slots", type=int, default=4, help="job slots per simulated agent (default 4)")
+    parser.add_argument("--job-seconds", type=_positive, default=10.0,
+                        help="length of each stub job; also the settling time of each step (default 10)")
+    parser.add_argument("--progress-interval", type=float, default=PROGRESS_INTERVAL_S,
+                        help=f"seconds between progress reports of a running job, as the agent sends them "
+                        f"(default {PROGRESS_INTERVAL_S:g}; 0 sends none)")
+    parser.add_argument("--heartbeat-interval", type=_positive, default=30.0,
+                        help="seconds between heartbeats, also given to the master (default 30, the agent's)")
+    parser.add_argument("--window", type=_positive, default=10.0, help="seconds measured per step (default 10)")
+    parser.add_argument("--postgres", metavar="DSN", default="",
+                        help="run the master(s) on this PostgreSQL database instead of SQLite (a throw-away one: "
+                        "the run fills its queue)")
+    parser.add_argument("--masters", type=int, default=1,
+                        help="masters sharing --postgres, agents split between them (default 1)")
+    parser.add_argument("--out", type=Path, help="output directory (default: a new bench-results/<name>-<date>-<time>/; "
+                        "the committed results are in bench/results/)")
+    parser.add_argument("--name", default="farm_sim", help="output file name stem (default farm_sim)")
+    parser.add_argument("--check", action="store_true", help="exit 1 when a goal is missed (default: report it, exit 0)")
+    return parser
+
+
+def _raise_open_file_limit() -> None:
+    """Each simulated agent holds a few connections: the usual soft limit of 1024 would end a large farm."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    cli = parser()
+    args = cli.parse_args(argv)
+    if args.masters < 1 or args.slots < 1:
+        cli.error("--masters and --slots must be 1 or more")
+    if args.masters > 1 and not args.postgres:
+        cli.error(f"--masters {args.masters} needs --postgres DSN: masters share one queue only through PostgreSQL")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _raise_open_file_limit()
+    work = Path(tempfile.mkdtemp(prefix="ffrtmp-farm-sim-"))
+    try:
+        steps = trio.run(simulate, args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    held = largest_held(steps)
+    bars = {"largest_farm_held": goal(
+        held, BAR_AGENTS, f"agents x {args.slots} slots served at p99 claim latency under {1000 * BAR_P99_S:g} ms "
+        f"({'PostgreSQL' if args.postgres else 'SQLite'}, {args.masters} master(s)); the ramp went to "
+        f"{steps[-1]['agents'] if steps else 0}",
+    )}
+    settings = {key: value for key, value in vars(args).items() if key not in ("out", "check")}
+    settings["postgres"] = bool(args.postgres)  # a DSN may carry a password: say only whether one was used
+    host = machine()
+    text = markdown(steps, bars, settings, host, args.name)
+    out = fresh_out_dir(args.name, args.out)
+    write_outputs(out, args.name, {"machine": host, "settings": settings, "largest_farm_held": held, "bars": bars,
+                                   "steps": steps}, COLUMNS, rows(steps), text)
+    plot(steps, out / f"{args.name}.png")
+    print(text)
+    print(f"wrote {out}/{args.name}.{{json,csv,md,png}}", file=sys.stderr)
+    return goals_exit_code(bars, check=args.check)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
