@@ -46,6 +46,7 @@ import random
 import resource
 import shutil
 import ssl
+import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -75,7 +76,7 @@ from bench._report import (
     percentile,
     write_outputs,
 )
-from tests.support import Processes, RunningProcess, start_master
+from tests.support import REPO, Processes, RunningProcess, start_master
 
 # Every job is the same small one: the simulated agent ignores what it asks for.
 REQUEST = JobRequest.from_json({"scenario": "144p30-h264", "parameters": {"duration": 1}})
@@ -399,6 +400,18 @@ async def simulate(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]
     return steps
 
 
+def revision() -> str:
+    """The commit the master runs, and whether its code has uncommitted changes: the figures depend on both."""
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD")
+    if not commit:
+        return "unknown (not a git checkout)"
+    return f"{commit} with uncommitted changes in agent/" if git("status", "--porcelain", "agent") else commit
+
+
 def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
@@ -439,7 +452,7 @@ def markdown(steps: Sequence[dict[str, Any]], bars: dict[str, Any], settings: di
         f"{settings['progress_interval']:g} s, heartbeat every {settings['heartbeat_interval']:g} s, long-poll "
         f"claims (wait={LONG_POLL_S}); {settings['window']:g} s window per step after one job length of settling. "
         "The simulator shares the cores with the master(s).",
-        f"Command: `{host['command']}`",
+        f"Command: `{host['command']}`, master at commit {settings['revision']}.",
         "",
         f"Largest farm with p99 claim latency under {1000 * BAR_P99_S:g} ms: {largest_held(steps)} agents "
         f"x {settings['slots']} slots.",
@@ -561,6 +574,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )}
     settings = {key: value for key, value in vars(args).items() if key not in ("out", "check")}
     settings["postgres"] = bool(args.postgres)  # a DSN may carry a password: say only whether one was used
+    settings["revision"] = revision()
     host = machine()
     text = markdown(steps, bars, settings, host, args.name)
     out = fresh_out_dir(args.name, args.out)

@@ -134,7 +134,8 @@ def test_farm_sim_ramps_a_few_simulated_agents_and_writes_every_output(tmp_path:
     rows = read_csv(tmp_path / "farm.csv")
     assert rows[0] == list(farm_sim.COLUMNS) and len(rows) == 1 + len(data["steps"])
     markdown = (tmp_path / "farm.md").read_text()
-    assert "Command: `python -m bench.farm_sim --agents 2,3" in markdown and "(farm.png)" in markdown
+    assert "Command: `python -m bench.farm_sim --agents 2,3" in markdown and "master at commit " in markdown
+    assert "(farm.png)" in markdown
     assert markdown.strip() in stdout
     assert (tmp_path / "farm.png").read_bytes().startswith(PNG_SIGNATURE)
 
