@@ -54,6 +54,7 @@ from .events import EventHub
 from .jsonbody import BodyRejected, JSONResponse, parse_body
 from .metrics import MasterMetrics
 from .paging import JobQuery, QueryRejected, cursor_after
+from .progress import ProgressBook
 from .store import NotFound, Store, StoreError
 from .tokens import hash_token, new_token
 from .validation import JobRejected, validate_request
@@ -89,6 +90,7 @@ def create_app(
     hub: EventHub,
     metrics: MasterMetrics | None = None,
     artifacts: ArtifactStore | None = None,
+    progress: ProgressBook | None = None,
 ) -> Starlette:
     """The master's API over ``store``.
 
@@ -103,11 +105,16 @@ def create_app(
         artifacts: where uploaded inputs and delivered outputs are kept
             (:mod:`.artifacts`); None serves no ``/artifacts`` routes, and jobs
             naming an artefact are refused.
+        progress: where running jobs' progress waits to be written, shared
+            with :func:`~agent.master.progress.serve_progress_flush`, which
+            writes it. None: a book of the app's own, written only before a
+            route hands jobs back.
 
     Returns:
         An ASGI app for hypercorn on Trio; :func:`~agent.master.server.serve_master` serves it.
     """
-    api = _Api(store, config, hub, metrics or MasterMetrics(), artifacts)
+    metrics = metrics or MasterMetrics()
+    api = _Api(store, config, hub, metrics, artifacts, progress or ProgressBook(store, metrics))
     timed = api.metrics.timed
     # Who may call a route: anyone (OPEN), a holder of the API key (OPERATOR: the CLI,
     # and registration), or the node the request speaks for, with its token (NODE;
@@ -294,9 +301,11 @@ class _Api:
         config: MasterConfig,
         hub: EventHub,
         metrics: MasterMetrics,
-        artifacts: ArtifactStore | None = None,
+        artifacts: ArtifactStore | None,
+        progress: ProgressBook,
     ) -> None:
         self._store = store
+        self._progress = progress
         self._artifacts = artifacts
         self._config = config
         self._hub = hub
@@ -307,8 +316,10 @@ class _Api:
         """The jobs, each pending one saying why no live node takes it (``scheduler.waiting_reason``).
 
         Worked out on every read from the nodes as they are now, so it is never stale;
-        the nodes are read only when a job is pending.
+        the nodes are read only when a job is pending. Running jobs show the
+        progress this master holds and has yet to write.
         """
+        jobs = [self._progress.merged(job) for job in jobs]
         if not any(job.status is JobStatus.PENDING for job in jobs):
             return jobs
         nodes = await self._store.list_nodes()
@@ -336,6 +347,7 @@ class _Api:
         node restarted; one that does not may only take a name nobody live holds.
         """
         registration = _parse(NodeRegistration, await _read_json(request))
+        await self._progress.flush()  # rare; the node's earlier runs' jobs are judged by their progress
         token = new_token()
         registered = await self._store.register_node(
             registration,
@@ -357,11 +369,22 @@ class _Api:
         await self.guard.check_node(request, node_id)
         data = await _read_json(request, allow_empty=True)
         report = None if data is None else _parse(HeartbeatReport, data)
+        if report is not None:
+            await self._write_progress_of_unreported(node_id, report.active_job_ids)
         reply, lost = await self._store.heartbeat(node_id, report, self._config.heartbeat_interval)
         _log_handed_back(lost)
         if reply.cancel_job_ids:
             log.info("Telling node %s to stop jobs %s", node_id, reply.cancel_job_ids)
         return JSONResponse(reply.to_json())
+
+    async def _write_progress_of_unreported(self, node_id: str, running: list[str]) -> None:
+        """Write the held progress of the node's jobs it no longer lists, before they may be handed back.
+
+        A job that reported progress costs a retry when handed back; one that did not goes back
+        free. Usually nothing is held for such a job (its result dropped it), and nothing is written.
+        """
+        listed = set(running)
+        await self._progress.flush(lambda held: held.report.node_id == node_id and held.job_id not in listed)
 
     async def list_nodes(self, request: Request) -> Response:
         nodes = await self._store.list_nodes()
@@ -373,6 +396,7 @@ class _Api:
         return JSONResponse(node.to_json())
 
     async def delete_node(self, request: Request) -> Response:
+        await self._progress.flush()
         node = await self._store.delete_node(request.path_params["ref"])
         log.info("Node %s (%s) deleted; its jobs went back to the queue", node.address, node.id)
         return JSONResponse({"status": "deleted", "node_id": node.id, "address": node.address})
@@ -402,6 +426,7 @@ class _Api:
         """
         node_id = request.path_params["node_id"]
         await self.guard.check_node(request, node_id)
+        await self._write_progress_of_unreported(node_id, [])
         handed_back = await self._store.deregister_node(node_id)
         _log_handed_back(handed_back)
         log.info("Node %s deregistered: offline until it registers again", node_id)
@@ -587,10 +612,13 @@ class _Api:
         return JSONResponse({"job": job.to_json() if job is not None else None})
 
     async def job_progress(self, request: Request) -> Response:
+        """Keep a running job's progress in memory (:mod:`.progress`); the lease is checked with a read.
+
+        409 when the job is not leased to the node, as when it was written at once.
+        """
         report = _parse(JobProgress, await _read_json(request))
         await self.guard.check_node(request, report.node_id)
-        change = partial(scheduler.record_progress, report=report)
-        await self._store.change_job(request.path_params["ref"], change)
+        self._progress.record(await self._store.get_job(request.path_params["ref"]), report)
         return JSONResponse({"status": "ok"})
 
     def changer(
@@ -624,6 +652,7 @@ class _Api:
         except scheduler.Conflict:
             self.metrics.results.labels("rejected").inc()
             raise
+        self._progress.forget(result.job_id)  # the result carries the attempt's last progress
         if outcome.changed:
             label = (
                 outcome.ack.status if outcome.ack.status == "retrying" else outcome.job.status.value

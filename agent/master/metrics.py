@@ -64,6 +64,16 @@ class MasterMetrics:
             "Finished jobs deleted after the retention period.",
             registry=registry,
         )
+        self.progress_updates = prometheus_client.Counter(
+            "ffrtmp_master_progress_updates",
+            "Progress reports accepted (POST /jobs/{id}/progress); kept in memory, not written one by one.",
+            registry=registry,
+        )
+        self.progress_writes = prometheus_client.Counter(
+            "ffrtmp_master_progress_writes",
+            "Write transactions that stored the progress of running jobs, each for all the jobs it changed.",
+            registry=registry,
+        )
         self.artifact_bytes_received = prometheus_client.Counter(
             "ffrtmp_master_artifact_bytes_received",
             "Bytes of artifact uploads written to the store (a resumed upload counts only what it sent).",

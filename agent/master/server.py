@@ -24,6 +24,7 @@ from .artifacts import ArtifactStore, open_artifacts
 from .bodylimits import BodyLimits
 from .events import EventHub
 from .metrics import MasterMetrics
+from .progress import FLUSH_INTERVAL_S, ProgressBook, flush_on_exit, serve_progress_flush
 from .s3store import S3Artifacts
 from .scheduler import OFFLINE_AFTER_BEATS
 from .store import Store, StoreError, open_store
@@ -118,8 +119,9 @@ async def serve_master(
     ``config.db``; ``""`` in memory), serves the app with hypercorn (HTTPS
     with ``config.tls``, requiring client certificates when it names a client
     CA), pushes wake-ups to connected agents and keeps house
-    (:func:`keep_house`). The store is closed on the way out, also when
-    cancelled.
+    (:func:`keep_house`). Running jobs' progress is kept in memory and written
+    every few seconds (:mod:`.progress`), and once more on the way out, before
+    the store is closed, also when cancelled.
 
     Args:
         config: the master's settings; ``port=0`` picks a free port.
@@ -158,13 +160,20 @@ async def _serve(
     async with open_store(config.db, dsn=config.db_dsn) as store:
         hub = EventHub()
         metrics = MasterMetrics()
-        app = BodyLimits(create_app(store, config, hub, metrics, artifacts), timeout=config.body_timeout)
-        async with trio.open_nursery() as nursery:
-            asgi = cast("ASGIFramework", app)  # an ASGI app; Starlette's annotations differ from hypercorn's
-            urls: list[str] = await nursery.start(partial(hypercorn.trio.serve, asgi, http))
-            await nursery.start(hub.serve_wake_ups, store)
-            nursery.start_soon(keep_house, store, hub, config, metrics, artifacts)
-            task_status.started(urls[0])
+        progress = ProgressBook(store, metrics)
+        app = BodyLimits(create_app(store, config, hub, metrics, artifacts, progress), timeout=config.body_timeout)
+        try:
+            async with trio.open_nursery() as nursery:
+                asgi = cast("ASGIFramework", app)  # an ASGI app; Starlette's annotations differ from hypercorn's
+                urls: list[str] = await nursery.start(partial(hypercorn.trio.serve, asgi, http))
+                await nursery.start(hub.serve_wake_ups, store)
+                nursery.start_soon(keep_house, store, hub, config, metrics, artifacts)
+                # At least twice per heartbeat interval, so a node gone silent (three
+                # beats) has its jobs' progress stored before they are handed back.
+                nursery.start_soon(serve_progress_flush, progress, min(FLUSH_INTERVAL_S, config.heartbeat_interval / 2))
+                task_status.started(urls[0])
+        finally:
+            await flush_on_exit(progress)
 
 
 async def _main(config: MasterConfig) -> None:

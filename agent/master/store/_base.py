@@ -22,6 +22,7 @@ if TYPE_CHECKING:
         NodeRegistration,
         Queue,
     )
+    from ..progress import LeasedProgress
     from ..scheduler import ResultOutcome
 
 __all__ = ["NotFound", "Registered", "Store", "StoreCounts", "StoreError"]
@@ -102,6 +103,12 @@ class Store(Protocol):
         """Apply one scheduler rule (cancel, pause, progress ...) to a job atomically.
 
         Returns the job before and after, so the caller can tell the node that held it.
+        """
+
+    async def save_progress(self, updates: Sequence[LeasedProgress]) -> int:
+        """Store the progress of running jobs, all in one transaction; how many jobs it changed.
+
+        A report whose lease has ended (a result, a cancel or a hand-back came first) is dropped.
         """
 
     async def expire_overdue_jobs(

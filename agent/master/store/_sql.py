@@ -21,7 +21,7 @@ import datetime as dt
 import json
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
 
 import attrs
 import trio
@@ -43,6 +43,9 @@ from .. import scheduler
 from ..artifacts import is_sha256
 from ..tokens import token_matches
 from ._base import NotFound, Registered, StoreCounts
+
+if TYPE_CHECKING:
+    from ..progress import LeasedProgress
 
 __all__ = ["Database", "Dialect", "SqlStore", "Transaction"]
 
@@ -460,6 +463,26 @@ class SqlStore:
         if after.status is JobStatus.PENDING:
             self.ring()
         return before, after
+
+    async def save_progress(self, updates: Sequence[LeasedProgress]) -> int:
+        by_id = {update.job_id: update for update in updates}
+
+        def apply(tx: Transaction) -> int:
+            # Locked in one statement in sequence order, the order a node's hand-back locks them in.
+            rows = tx.rows(
+                f"SELECT body FROM jobs WHERE id IN ({_placeholders(len(by_id))})"
+                f" ORDER BY sequence_number{self._sql.lock}",
+                list(by_id),
+            )
+            changed = 0
+            for job in _jobs(rows):
+                after = by_id[job.id].applied(job)
+                if after != job:
+                    self._save_job(tx, after)
+                    changed += 1
+            return changed
+
+        return await self._db.write(apply) if by_id else 0
 
     async def expire_overdue_jobs(
         self, default_timeout: float | None, grace: float
