@@ -451,7 +451,10 @@ def markdown(steps: Sequence[dict[str, Any]], bars: dict[str, Any], settings: di
         f"{host['cores']} cores ({host['cpu_model']}), Python {host['python']}; progress every "
         f"{settings['progress_interval']:g} s, heartbeat every {settings['heartbeat_interval']:g} s, long-poll "
         f"claims (wait={LONG_POLL_S}); {settings['window']:g} s window per step after one job length of settling. "
-        "The simulator shares the cores with the master(s).",
+        "The simulator shares the cores with the master(s)"
+        + (", and so does PostgreSQL, whose CPU is not in the masters' figure." if settings["postgres"] else ".")
+        + " Empty claims mean the submitter fell behind and the queue ran dry: claims then waited for work too, "
+        "so their latency is no longer the master's alone.",
         f"Command: `{host['command']}`, master at commit {settings['revision']}.",
         "",
         f"Largest farm with p99 claim latency under {1000 * BAR_P99_S:g} ms: {largest_held(steps)} agents "
