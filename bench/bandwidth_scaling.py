@@ -262,6 +262,7 @@ async def measure(args: argparse.Namespace, work: Path) -> list[Run]:
     ffmpeg = find_ffmpeg()
     workload = Workload(args.scenario, args.jobs, args.duration, args.realtime)
     spec = workload.spec("warm-up")
+    assert spec.duration is not None, "jobs on a generated input always have a duration"
     agent_dir = work / "agent"
     # The agent finds this clip in its cache, so no run pays for generating it.
     clip = await InputCache(agent_dir / "inputs").get(ffmpeg, spec.width, spec.height, spec.fps, spec.duration)

@@ -186,6 +186,7 @@ class DispatchBench:
         """A fresh work dir holding the one input clip the jobs name, so no run generates it."""
         directory = self.work / f"agent-{self._runs}"
         spec = build_spec(Job.from_json({"id": "clip", "status": "pending", **REQUEST.to_json()}))
+        assert spec.duration is not None, "jobs on a generated input always have a duration"
         clip = InputCache(directory / "inputs").path_for(spec.width, spec.height, spec.fps, spec.duration)
         clip.parent.mkdir(parents=True, exist_ok=True)
         clip.write_bytes(b"stub input")
