@@ -1,4 +1,5 @@
-"""Benchmarks a user runs on their own machine: ``python -m bench.bandwidth_scaling``, ``python -m bench.dispatch``.
+"""Benchmarks a user runs on their own machine: ``python -m bench.bandwidth_scaling``,
+``python -m bench.dispatch``, ``python -m bench.farm_sim``.
 
 Layout: ``_farm`` starts the real master (in the bench process) and real
 agents (as processes) and reads their CPU time; ``_report`` writes JSON, CSV
