@@ -121,34 +121,29 @@ def format_duration(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
-def parse_gigabytes(text: str) -> float:
-    """A size in gigabytes (GiB), fractions allowed (``0.5``); zero or more.
+def _amount(text: str, unit: str, example: str) -> float:
+    """A number of ``unit``, fractions allowed; zero or more.
 
     Raises:
         ConfigError: the text is not a number, or is negative.
     """
     try:
-        size = float(text)
+        amount = float(text)
     except ValueError:
-        raise _invalid(text, "is not a number of gigabytes; write for example 100 or 0.5") from None
-    if not size >= 0:
-        raise _invalid(text, "must be zero or more gigabytes")
-    return size
+        raise _invalid(text, f"is not a number of {unit}; write for example {example}") from None
+    if not amount >= 0:
+        raise _invalid(text, f"must be zero or more {unit}")
+    return amount
+
+
+def parse_gigabytes(text: str) -> float:
+    """A size in gigabytes (GiB), fractions allowed (``0.5``); zero or more."""
+    return _amount(text, "gigabytes", "100 or 0.5")
 
 
 def parse_days(text: str) -> float:
-    """A number of days, fractions allowed (``0.5`` is twelve hours); zero or more.
-
-    Raises:
-        ConfigError: the text is not a number, or is negative.
-    """
-    try:
-        days = float(text)
-    except ValueError:
-        raise _invalid(text, "is not a number of days; write for example 7 or 0.5") from None
-    if not days >= 0:
-        raise _invalid(text, "must be zero or more days")
-    return days
+    """A number of days, fractions allowed (``0.5`` is twelve hours); zero or more."""
+    return _amount(text, "days", "7 or 0.5")
 
 
 def parse_bool(text: str) -> bool:
