@@ -220,6 +220,31 @@ async def run_job(
     return action.result
 
 
+@attrs.frozen
+class Answer:
+    """What a finished command said: its exit code, stdout and stderr."""
+
+    code: int
+    out: str
+    err: str
+
+
+async def run_command(*args: str, cwd: Path = REPO) -> Answer:
+    """``python -m agent ARGS`` from ``cwd`` to its end, as a user runs it, with this checkout's code.
+
+    The environment drops the API key and ``FFRTMP_*`` variables of the developer's shell;
+    an expected failure never prints a traceback, so none may appear.
+    """
+    env = {key: value for key, value in os.environ.items() if key != API_KEY_ENV and not key.startswith("FFRTMP_")}
+    done = await trio.run_process(
+        [sys.executable, "-m", "agent", *args],
+        capture_stdout=True, capture_stderr=True, check=False, cwd=cwd, env=env | {"PYTHONPATH": str(REPO)},
+    )
+    answer = Answer(done.returncode, done.stdout.decode(), done.stderr.decode())
+    assert "Traceback" not in answer.err + answer.out, answer.err
+    return answer
+
+
 async def wait_for_jobs(client: MasterClient, ids: Sequence[str], timeout: float) -> list[Job]:
     """Poll the master until every job is final; fails with their states if they are not in time."""
     wanted = set(ids)

@@ -7,17 +7,13 @@ user would, from the test's own directory, and reads what it wrote.
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
-import attrs
 import pytest
 import trio
 
-from agent.config import API_KEY_ENV
 from agent.worker.engines.ffmpeg import decodes_cleanly, probe_media
-from tests.support import REPO
+from tests.support import Answer, run_command
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -25,23 +21,9 @@ SCENARIO = "144p30-h264"
 CLIP_SECONDS = 2.0
 
 
-@attrs.frozen
-class Answer:
-    code: int
-    out: str
-    err: str
-
-
 async def local(cwd: Path, *args: str) -> Answer:
-    """``python -m agent local ARGS`` run from ``cwd`` to its end, with this checkout's code; never a traceback."""
-    env = {key: value for key, value in os.environ.items() if key != API_KEY_ENV and not key.startswith("FFRTMP_")}
-    done = await trio.run_process(
-        [sys.executable, "-m", "agent", "local", "--work-dir", str(cwd / "work"), *args],
-        capture_stdout=True, capture_stderr=True, check=False, cwd=cwd, env=env | {"PYTHONPATH": str(REPO)},
-    )
-    answer = Answer(done.returncode, done.stdout.decode(), done.stderr.decode())
-    assert "Traceback" not in answer.err + answer.out, answer.err
-    return answer
+    """``python -m agent local ARGS`` run from ``cwd`` to its end, with its own work dir."""
+    return await run_command("local", "--work-dir", str(cwd / "work"), *args, cwd=cwd)
 
 
 async def make_clip(ffmpeg: str, path: Path) -> Path:

@@ -16,37 +16,22 @@ import subprocess
 import sys
 from pathlib import Path
 
-import attrs
 import httpx
 import pytest
 import trio
 
 from agent.client import MasterClient
 from agent.config import API_KEY_ENV
-from tests.support import REPO, Processes, start_agent, start_master, wait_for_jobs
+from tests.support import REPO, Answer, Processes, run_command, start_agent, start_master, wait_for_jobs
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 
 KEY = "files-key"
 
 
-@attrs.frozen
-class Answer:
-    code: int
-    out: str
-    err: str
-
-
 async def ffrtmp(url: str, *args: str) -> Answer:
     """``python -m agent ARGS --master URL --api-key KEY``, with stderr a pipe (so no progress is drawn)."""
-    env = {key: value for key, value in os.environ.items() if key != API_KEY_ENV}
-    done = await trio.run_process(
-        [sys.executable, "-m", "agent", *args, "--master", url, "--api-key", KEY],
-        capture_stdout=True, capture_stderr=True, check=False, cwd=REPO, env=env,
-    )
-    answer = Answer(done.returncode, done.stdout.decode(), done.stderr.decode())
-    assert "Traceback" not in answer.err, answer.err
-    return answer
+    return await run_command(*args, "--master", url, "--api-key", KEY)
 
 
 async def make_clip(ffmpeg: str, path: Path, seconds: float = 2.0) -> Path:

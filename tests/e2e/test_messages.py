@@ -8,25 +8,22 @@ code, the line a user reads, and that no traceback reached them.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
-import sys
 from pathlib import Path
 
-import attrs
 import pytest
 import trio
 
 from agent.client import MasterClient
-from agent.config import API_KEY_ENV
 from agent.models import JobRequest, JobStatus
 from agent.worker.engines.ffmpeg import probe_media
 from tests.support import (
-    REPO,
+    Answer,
     Processes,
     RunningProcess,
     processes_mentioning,
+    run_command,
     start_agent,
     start_master,
     start_process,
@@ -36,23 +33,7 @@ from tests.support import (
 pytestmark = pytest.mark.timeout(120)
 
 
-@attrs.frozen
-class Answer:
-    code: int
-    out: str
-    err: str
-
-
-async def run(*args: str) -> Answer:
-    """``python -m agent ARGS`` to its end, as a user runs it; never a traceback."""
-    env = {key: value for key, value in os.environ.items() if key != API_KEY_ENV}
-    done = await trio.run_process(
-        [sys.executable, "-m", "agent", *args],
-        capture_stdout=True, capture_stderr=True, check=False, cwd=REPO, env=env,
-    )
-    answer = Answer(done.returncode, done.stdout.decode(), done.stderr.decode())
-    assert "Traceback" not in answer.err + answer.out, answer.err
-    return answer
+run = run_command
 
 
 def usage_error(answer: Answer) -> str:

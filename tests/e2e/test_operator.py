@@ -9,40 +9,22 @@ and the one line a user reads.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import sys
 from pathlib import Path
 
-import attrs
 import pytest
 import trio
 
 from agent.client import MasterClient
-from agent.config import API_KEY_ENV
 from agent.models import Job, JobRequest, JobStatus, Node
-from tests.support import REPO, Processes, start_agent, start_master, wait_for_jobs
+from tests.support import Answer, Processes, run_command, start_agent, start_master, wait_for_jobs
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 
-@attrs.frozen
-class Answer:
-    code: int
-    out: str
-    err: str
-
-
 async def ffrtmp(url: str, *args: str) -> Answer:
     """``python -m agent ARGS --master URL``, as a user runs the operator commands."""
-    env = {key: value for key, value in os.environ.items() if key != API_KEY_ENV}
-    done = await trio.run_process(
-        [sys.executable, "-m", "agent", *args, "--master", url],
-        capture_stdout=True, capture_stderr=True, check=False, cwd=REPO, env=env,
-    )
-    answer = Answer(done.returncode, done.stdout.decode(), done.stderr.decode())
-    assert "Traceback" not in answer.err, answer.err
-    return answer
+    return await run_command(*args, "--master", url)
 
 
 def one_error_line(answer: Answer) -> str:
