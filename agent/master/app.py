@@ -46,9 +46,19 @@ from ..models import (
     log_tail,
     utcnow,
 )
+from ..package import BadManifest, delivered_manifest
 from ..scenarios import ARTIFACT_PREFIX
 from . import scheduler
-from .artifacts import ArtifactStore, Busy, DigestMismatch, InvalidUpload, OffsetMismatch, StoreFull, is_sha256
+from .artifacts import (
+    ArtifactStore,
+    Busy,
+    DigestMismatch,
+    InvalidUpload,
+    OffsetMismatch,
+    StoreFull,
+    is_sha256,
+    package_files,
+)
 from .auth import Forbidden, Guard
 from .events import EventHub
 from .jsonbody import BodyRejected, JSONResponse, parse_body
@@ -639,6 +649,18 @@ class _Api:
 
         return change
 
+    async def _package_files(self, result: JobResult) -> list[str]:
+        """The files of the package a completed result delivered here, to be linked to its job (none: [])."""
+        manifest = delivered_manifest(result.metrics) if result.status is JobStatus.COMPLETED else ""
+        if not manifest:
+            return []
+        try:
+            if self._artifacts is None:
+                raise BadManifest("this master keeps no artifacts, so it holds no package manifest")
+            return await package_files(self._artifacts, manifest)
+        except BadManifest as exc:
+            raise HTTPException(400, f"the result of job {result.job_id} names a package: {exc}") from None
+
     async def record_result(self, request: Request) -> Response:
         result = _parse(JobResult, await _read_json(request))
         result.logs = log_tail(result.logs)  # the end says why it failed; the rest would only weigh on listings
@@ -648,7 +670,7 @@ class _Api:
                 400, f"status must be completed, failed or canceled, not {result.status.value!r}"
             )
         try:
-            outcome = await self._store.record_result(result)
+            outcome = await self._store.record_result(result, await self._package_files(result))
         except scheduler.Conflict:
             self.metrics.results.labels("rejected").inc()
             raise

@@ -12,7 +12,9 @@ the hash is its name, and is discarded otherwise.
 keeps them in one directory (``complete/<sha256>`` and ``partial/<sha256>``).
 Another backend (an S3 bucket shared by several masters) implements the same
 methods. Which job refers to which artefact is the job store's business
-(``job_artifacts``); this module only keeps bytes.
+(``job_artifacts``); this module only keeps bytes, and reads a package's
+manifest (:func:`package_files`) so that the files it names can be linked to
+the job whose output it is.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from typing import TYPE_CHECKING, Protocol
 import attrs
 import trio
 
+from ..package import MAX_MANIFEST_BYTES, BadManifest, Manifest
+
 if TYPE_CHECKING:
     from ..config import MasterConfig
 
@@ -44,6 +48,7 @@ __all__ = [
     "StoreFull",
     "is_sha256",
     "open_artifacts",
+    "package_files",
 ]
 
 # Pieces read from disk per send of a download: large enough for few system calls, small in memory.
@@ -244,6 +249,21 @@ class DirectoryArtifacts:
                 if is_sha256(path.name) and path.stat().st_mtime < cutoff:
                     found.add(path.name)
         return sorted(found - self._uploading)
+
+
+async def package_files(store: ArtifactStore, sha256: str) -> list[str]:
+    """The SHA-256 of every file the package manifest ``sha256`` names.
+
+    Raises:
+        BadManifest: the store does not hold the manifest, it is too large, or it is no manifest.
+    """
+    size = await store.size(sha256)
+    if size is None:
+        raise BadManifest(f"the package manifest {sha256} is not on this master; deliver the package again")
+    if size > MAX_MANIFEST_BYTES:
+        raise BadManifest(f"the package manifest {sha256} has {size} bytes, more than the {MAX_MANIFEST_BYTES} allowed")
+    body = b"".join([chunk async for chunk in store.read(sha256)])
+    return sorted({file.sha256 for file in Manifest.from_bytes(body).files})
 
 
 def _sha256_of(path: Path) -> str:

@@ -11,6 +11,10 @@ uploaded inputs) uploads the encoded file after the encode, through the same
 resumable protocol: a retry sends only what the master lacks, and a repeat is
 a no-op. Failures are retried with backoff within the job, then fail it as
 ``platform_error`` (retried elsewhere); the file stays on disk throughout.
+A package (a directory, see :mod:`agent.package`) goes file by file, each an
+artefact of its own (so a file the master holds already costs one ``HEAD``),
+and its manifest last; the manifest is the job's output, and the master links
+every file it names to the job when the result arrives.
 
 :class:`Delivery` is the seam for other destinations: one method that puts a
 file somewhere and says what the result should record.
@@ -33,7 +37,7 @@ from agent.models import FailureReason
 from agent.s3 import client_for
 from agent.scenarios import ARTIFACT_PREFIX, JobRejected
 from agent.worker.backoff import Backoff
-from agent.worker.delivery import DeliveryFailed, HttpDelivery, S3Delivery, retrying
+from agent.worker.delivery import DeliveryFailed, HttpDelivery, S3Delivery, package_metrics, read_package, retrying
 from agent.worker.lru import evict_least_recent
 from agent.worker.netguard import AllowList, DestinationUnavailable
 
@@ -100,10 +104,11 @@ def _backoff() -> Backoff:
 
 
 class Delivery(Protocol):
-    """Puts a job's encoded file where the job asked; the metrics its result records."""
+    """Puts a job's encoded file, or its package directory, where the job asked; the metrics its result records."""
 
     async def deliver(self, path: Path) -> dict[str, Any]:
-        """Deliver ``path``; raises :class:`DeliveryFailed` once retries are spent."""
+        """Deliver ``path`` (a file, or a directory: a package); raises :class:`DeliveryFailed` once retries
+        are spent, :class:`DeliveryRejected` when the destination refuses it for good."""
 
 
 @attrs.frozen
@@ -115,9 +120,45 @@ class MasterDelivery:
     backoff: Backoff = attrs.field(factory=_backoff)
 
     async def deliver(self, path: Path) -> dict[str, Any]:
-        """Upload ``path``; the result records ``output_sha256``, ``output_bytes`` and ``outputs``."""
+        """Upload ``path``; the result records ``output_sha256``, ``output_bytes`` and ``outputs``.
+
+        For a package directory, every file and then its manifest (written
+        beside the directory while it is sent); ``outputs`` names the manifest
+        with ``"package": kind``, and :func:`agent.worker.delivery.package_metrics` adds the rest.
+        """
+        if path.is_dir():
+            return await self._deliver_package(path)
         sha256 = await trio.to_thread.run_sync(file_sha256, path)
         size = path.stat().st_size
+        sent = await self._upload(path, sha256, path.name)
+        log.info("Output %s delivered to the master as artifact %s (%d bytes sent)", path.name, sha256, sent)
+        return {
+            "output_sha256": sha256,
+            "output_bytes": size,
+            "outputs": [{"name": path.name, "sha256": sha256, "bytes": size}],
+        }
+
+    async def _deliver_package(self, directory: Path) -> dict[str, Any]:
+        manifest = await read_package(directory)
+        sent = 0
+        for file in manifest.upload_order():
+            sent += await self._upload(directory / file.path, file.sha256, f"{directory.name}/{file.path}")
+        body = manifest.to_bytes()
+        sha256 = manifest.sha256()
+        written = directory.with_name(f".{directory.name}.manifest.json")
+        written.write_bytes(body)
+        try:
+            sent += await self._upload(written, sha256, f"the manifest of {directory.name}")
+        finally:
+            written.unlink(missing_ok=True)
+        log.info("Package %s (%d files) delivered to the master as artifact %s (%d bytes sent)",
+                 directory.name, len(manifest.files), sha256, sent)
+        return package_metrics(manifest) | {
+            "outputs": [{"name": directory.name, "sha256": sha256, "bytes": len(body), "package": manifest.kind}],
+        }
+
+    async def _upload(self, path: Path, sha256: str, what: str) -> int:
+        """Make sure the master holds ``path``, retried; returns the bytes sent."""
 
         async def upload() -> int:
             try:
@@ -125,14 +166,7 @@ class MasterDelivery:
             except MasterError as exc:  # unreachable, 5xx, 507, a refused token: all worth another try
                 raise DestinationUnavailable(str(exc)) from exc
 
-        sent = await retrying(upload, what=f"the output {path.name} to the master", attempts=self.attempts,
-                              backoff=self.backoff)
-        log.info("Output %s delivered to the master as artifact %s (%d bytes sent)", path.name, sha256, sent)
-        return {
-            "output_sha256": sha256,
-            "output_bytes": size,
-            "outputs": [{"name": path.name, "sha256": sha256, "bytes": size}],
-        }
+        return await retrying(upload, what=f"{what} to the master", attempts=self.attempts, backoff=self.backoff)
 
 
 def delivery_for(

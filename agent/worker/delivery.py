@@ -12,6 +12,14 @@ again to a place the job did not name.
 ``deliver=s3://bucket/prefix/`` uploads to ``prefix`` + the output's file name
 (see :mod:`agent.s3` for the client, its credentials and endpoint).
 
+A job whose output is a package (a directory: an HLS or DASH ladder, see
+:mod:`agent.package`) has every file delivered under the package's root:
+``prefix`` + the directory's name + ``/`` + the file's relative path when the
+destination ends in ``/``, else the destination itself is the root. Media
+files go first, playlists after them and the entry (master playlist, MPD)
+last, so a reader never finds a playlist naming a file not there yet. Each
+file is retried on its own, as one output is.
+
 Whose fault a failure is decides its report. A 4xx answer (bar 408 and 429),
 a refused address or a missing bucket is the job's: ``user_error`` at once,
 since no retry changes the URL. Connection errors, 5xx answers and timeouts
@@ -35,13 +43,16 @@ import trio
 
 from agent.client import file_sha256
 from agent.models import FailureReason
+from agent.package import BadManifest, Manifest
 from agent.s3 import S3Client, S3NotInstalled, S3Refused, S3Unavailable, parse_s3_url
 from agent.scenarios import JobRejected
 from agent.worker.backoff import Backoff
 from agent.worker.fetch import TIMEOUTS, GuardedBackend
 from agent.worker.netguard import AllowList, DestinationUnavailable
 
-__all__ = ["DeliveryFailed", "DeliveryRejected", "HttpDelivery", "S3Delivery", "retrying"]
+__all__ = [
+    "DeliveryFailed", "DeliveryRejected", "HttpDelivery", "S3Delivery", "package_metrics", "read_package", "retrying",
+]
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +92,38 @@ def destination(url: str, name: str) -> str:
         path = (parts.path or "/") + urllib.parse.quote(name)
         return urllib.parse.urlunsplit(parts._replace(path=path))
     return url
+
+
+def package_root(url: str, name: str) -> str:
+    """Where a package called ``name`` goes: ``url`` + ``name/`` when ``url`` ends in ``/``, else ``url/``."""
+    parts = urllib.parse.urlsplit(url)
+    path = parts.path or "/"
+    path = path + urllib.parse.quote(name) + "/" if path.endswith("/") else path + "/"
+    return urllib.parse.urlunsplit(parts._replace(path=path))
+
+
+async def read_package(directory: Path) -> Manifest:
+    """The manifest of the package in ``directory``, every file hashed (in a thread).
+
+    Raises:
+        DeliveryFailed: the directory is empty or holds a link: the packager's fault, not the job's.
+    """
+    try:
+        return await trio.to_thread.run_sync(Manifest.from_directory, directory)
+    except BadManifest as exc:
+        raise DeliveryFailed(str(exc)) from None
+
+
+def package_metrics(manifest: Manifest) -> dict[str, Any]:
+    """What the result records of any package: its manifest's SHA-256 is the job's ``output_sha256``."""
+    return {
+        "output_kind": "package",
+        "package_kind": manifest.kind,
+        "package_entry": manifest.entry,
+        "package_files": len(manifest.files),
+        "output_sha256": manifest.sha256(),
+        "output_bytes": manifest.total_bytes,
+    }
 
 
 async def retrying(step: Callable[[], Awaitable[T]], *, what: str, attempts: int, backoff: Backoff) -> T:
@@ -134,31 +177,43 @@ class HttpDelivery:
     backoff: Backoff
 
     async def deliver(self, path: Path) -> dict[str, Any]:
-        """PUT ``path``; the result records its SHA-256, size and the URL it went to (without the query).
+        """PUT ``path``, a file or a package directory (each of its files, in order).
+
+        The result records the SHA-256 (of the file, or of the package's
+        manifest), the bytes and the URL it went to, without the query.
 
         Raises:
             DeliveryRejected, AddressRefused: the job's URL is wrong (``user_error``).
             DeliveryFailed: the server stayed unreachable or failing through every retry.
         """
-        url = destination(self.url, path.name)
-
-        async def put() -> None:
-            await self._put(url, path)
-
-        await retrying(put, what=f"{path.name} to {shown_url(url)}", attempts=self.attempts, backoff=self.backoff)
+        backend = GuardedBackend(self.allow, field="deliver", flag=OUTPUT_FLAG)
+        async with httpcore.AsyncConnectionPool(
+            ssl_context=httpx.create_ssl_context(), network_backend=backend, retries=0
+        ) as pool:
+            if path.is_dir():
+                manifest = await read_package(path)
+                root = package_root(self.url, path.name)
+                for file in manifest.upload_order():
+                    await self._put_retrying(pool, destination(root, file.path), path / file.path)
+                log.info("Package %s (%d files) delivered to %s", path.name, len(manifest.files), shown_url(root))
+                return package_metrics(manifest) | {"delivered_to": shown_url(root), "outputs": []}
+            url = destination(self.url, path.name)
+            await self._put_retrying(pool, url, path)
         log.info("Output %s delivered to %s", path.name, shown_url(url))
         return await _metrics(path, shown_url(url))
 
-    async def _put(self, url: str, path: Path) -> None:
-        backend = GuardedBackend(self.allow, field="deliver", flag=OUTPUT_FLAG)
+    async def _put_retrying(self, pool: httpcore.AsyncConnectionPool, url: str, path: Path) -> None:
+        async def put() -> None:
+            await self._put(pool, url, path)
+
+        await retrying(put, what=f"{path.name} to {shown_url(url)}", attempts=self.attempts, backoff=self.backoff)
+
+    async def _put(self, pool: httpcore.AsyncConnectionPool, url: str, path: Path) -> None:
         headers = [(b"User-Agent", b"ffrtmp-agent"), (b"Content-Length", str(path.stat().st_size).encode())]
         try:
-            async with httpcore.AsyncConnectionPool(
-                ssl_context=httpx.create_ssl_context(), network_backend=backend, retries=0
-            ) as pool:
-                response = await pool.request(
-                    "PUT", url, headers=headers, content=_file_chunks(path), extensions={"timeout": TIMEOUTS}
-                )
+            response = await pool.request(
+                "PUT", url, headers=headers, content=_file_chunks(path), extensions={"timeout": TIMEOUTS}
+            )
         except (httpcore.NetworkError, httpcore.TimeoutException, httpcore.ProtocolError) as exc:
             raise DestinationUnavailable(f"{shown_url(url)}: {exc or type(exc).__name__}") from exc
         except httpcore.UnsupportedProtocol as exc:
@@ -168,6 +223,11 @@ class HttpDelivery:
             return
         if status >= 500 or status in _TRANSIENT_4XX:
             raise DestinationUnavailable(f"{shown_url(url)} answered {_status_phrase(status)}")
+        if status == 409:  # WebDAV: the parent collection is missing
+            raise DeliveryRejected(
+                f"{shown_url(url)} answered {_status_phrase(status)} to the PUT of the output: the server has no "
+                "directory for it; let it create one on PUT (nginx: create_full_put_path on) or create it first"
+            )
         raise DeliveryRejected(
             f"{shown_url(url)} answered {_status_phrase(status)} to the PUT of the output; check that the URL "
             "accepts uploads without a login (a presigned URL may have expired)"
@@ -184,13 +244,30 @@ class S3Delivery:
     backoff: Backoff
 
     async def deliver(self, path: Path) -> dict[str, Any]:
-        """Upload ``path`` as one object; the result records its SHA-256, size and ``s3://`` location.
+        """Upload ``path`` as one object, or a package directory as one object per file, in order.
+
+        The result records the SHA-256 (of the file, or of the package's
+        manifest), the bytes and the ``s3://`` location (the package's root).
 
         Raises:
             DeliveryRejected: the bucket does not exist or refuses this worker's credentials (``user_error``).
             DeliveryFailed: the store stayed unreachable or failing through every retry.
         """
-        bucket, key = parse_s3_url(destination(self.url, path.name))
+        if path.is_dir():
+            manifest = await read_package(path)
+            root = package_root(self.url, path.name)
+            for file in manifest.upload_order():
+                await self._upload(path / file.path, destination(root, file.path))
+            bucket, key = parse_s3_url(root)
+            log.info("Package %s (%d files) delivered to s3://%s/%s", path.name, len(manifest.files), bucket, key)
+            return package_metrics(manifest) | {"delivered_to": f"s3://{bucket}/{key}", "outputs": []}
+        location = await self._upload(path, destination(self.url, path.name))
+        log.info("Output %s delivered to %s", path.name, location)
+        return await _metrics(path, location)
+
+    async def _upload(self, path: Path, url: str) -> str:
+        """Upload one file to ``url`` (``s3://bucket/key``), retried; returns the location."""
+        bucket, key = parse_s3_url(url)
         location = f"s3://{bucket}/{key}"
 
         async def upload() -> None:
@@ -204,5 +281,4 @@ class S3Delivery:
                 raise DestinationUnavailable(str(exc)) from exc
 
         await retrying(upload, what=f"{path.name} to {location}", attempts=self.attempts, backoff=self.backoff)
-        log.info("Output %s delivered to %s", path.name, location)
-        return await _metrics(path, location)
+        return location

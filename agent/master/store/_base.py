@@ -97,7 +97,9 @@ class Store(Protocol):
     async def claim(self, node_id: str) -> Job | None:
         """Lease the first job in dispatch order this node can run, or ``None``."""
 
-    async def record_result(self, result: JobResult) -> ResultOutcome: ...
+    async def record_result(self, result: JobResult, package_files: Sequence[str] = ()) -> ResultOutcome:
+        """Apply a node's result; ``package_files`` (the files its package's manifest names) are linked to
+        the job with its other artefacts when the result is taken."""
 
     async def change_job(self, ref: str, change: Callable[[Job], Job]) -> tuple[Job, Job]:
         """Apply one scheduler rule (cancel, pause, progress ...) to a job atomically.

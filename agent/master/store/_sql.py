@@ -310,9 +310,9 @@ class SqlStore:
             self._announce(tx)
         return returned
 
-    def _refer(self, tx: Transaction, job: Job) -> None:
-        """Record the artefacts the job names, so they are kept while it is."""
-        for sha256 in artifact_refs(job):
+    def _refer(self, tx: Transaction, job: Job, package_files: Sequence[str] = ()) -> None:
+        """Record the artefacts the job names (and the files of its package), so they are kept while it is."""
+        for sha256 in sorted(artifact_refs(job) | {ref for ref in package_files if is_sha256(ref)}):
             tx.run("INSERT INTO job_artifacts (job_id, sha256) VALUES (?, ?) ON CONFLICT DO NOTHING", [job.id, sha256])
 
     def _forget_refs(self, tx: Transaction, job_ids: Sequence[str]) -> list[str]:
@@ -429,7 +429,7 @@ class SqlStore:
 
         return await self._db.write(take)
 
-    async def record_result(self, result: JobResult) -> scheduler.ResultOutcome:
+    async def record_result(self, result: JobResult, package_files: Sequence[str] = ()) -> scheduler.ResultOutcome:
         now = utcnow()
 
         def apply(tx: Transaction) -> scheduler.ResultOutcome:
@@ -438,7 +438,7 @@ class SqlStore:
             outcome = scheduler.decide_result(job, result, now)
             if outcome.changed:
                 self._save_job(tx, outcome.job)
-                self._refer(tx, outcome.job)
+                self._refer(tx, outcome.job, package_files)
                 if outcome.job.status is JobStatus.PENDING:
                     self._announce(tx)
             self._release(tx, holder if job.node_id == result.node_id else None, job, outcome.job)
