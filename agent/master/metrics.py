@@ -22,6 +22,9 @@ from .store import StoreCounts
 __all__ = ["MasterMetrics"]
 
 NODE_STATUSES = ("available", "busy", "draining", "offline")
+CLAIM_OUTCOMES = ("leased", "empty", "unknown_node")
+# What a result did to its job: its final status, another try, or nothing (rejected: not its lease).
+RESULT_OUTCOMES = (*(status.value for status in JobStatus if status.is_final), "retrying", "rejected")
 # From a claim on an idle SQLite store (1 ms) to a loaded database (seconds);
 # a long-poll's time includes the wait it asked for, up to 30 s.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -86,6 +89,11 @@ class MasterMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        # Outcomes read 0 until they happen, so that rates and alert rules on them have a series.
+        for outcome in CLAIM_OUTCOMES:
+            self.claims.labels(outcome)
+        for outcome in RESULT_OUTCOMES:
+            self.results.labels(outcome)
 
     def timed(
         self, method: str, route: str, endpoint: Callable[[Request], Awaitable[Response]]

@@ -164,6 +164,8 @@ class Agent:
             app = create_status_app(self.state, self.metrics)
             if self.runner.guardian is not None:
                 await nursery.start(self.runner.guardian.serve)
+                if self.runner.guardian.pid is not None:  # the agent's own, not an encoder, in /metrics
+                    self.metrics.usage.helper_pids.add(self.runner.guardian.pid)
             await self._detect_engines()  # probes start only once the guardian can kill them
             urls = await nursery.start(serve_status, app, self.config.metrics_host, self.config.metrics_port)
             port = urllib.parse.urlsplit(urls[0]).port or self.config.metrics_port

@@ -99,6 +99,11 @@ class Guardian:
             self._pid = process.pid
             task_status.started()
 
+    @property
+    def pid(self) -> int | None:
+        """The guardian process, once :meth:`serve` has started it."""
+        return self._pid
+
     def child_env(self) -> dict[str, str]:
         """The mark a child's environment carries so that the guardian finds it even if never watched."""
         return {MARKER: str(self._pid)} if self._pid is not None else {}

@@ -43,7 +43,7 @@ from agent.worker.lifecycle import (
     StopReason,
     StopRequested,
 )
-from agent.worker.metrics import AgentMetrics
+from agent.worker.metrics import AgentMetrics, EncoderTally
 from agent.worker.progress import ProgressSnapshot
 
 __all__ = ["EncodeRunner", "JobTasks", "ProgressCalls", "ResultSink", "RunningJob"]
@@ -85,10 +85,15 @@ class RunningJob:
     life: JobLife
     stop_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     started_monotonic: float = attrs.field(factory=time.monotonic)
+    tally: EncoderTally = attrs.field()
     report: Report | None = None
     _nursery: trio.Nursery | None = None
     _progress_due: trio.Event = attrs.field(factory=trio.Event)
     _pending_progress: JobProgress | None = None
+
+    @tally.default
+    def _tally_from_claim(self) -> EncoderTally:
+        return EncoderTally(claimed_at=self.started_monotonic)
 
     @property
     def job(self) -> Job:
@@ -138,6 +143,7 @@ class JobTasks:
 
     def __attrs_post_init__(self) -> None:
         self._idle.set()
+        self.metrics.follow_jobs(lambda: [running.tally for running in self.running.values()])
 
     @property
     def job_ended(self) -> trio.Event:
@@ -209,6 +215,7 @@ class JobTasks:
 
     async def _encode(self, running: RunningJob, spec: EncodeSpec) -> None:
         def on_progress(percent: float, snapshot: ProgressSnapshot) -> None:
+            self.metrics.encoder_progressed(running.tally, snapshot, time.monotonic())
             self._apply(running, running.life.handle(Progressed(percent, snapshot, trio.current_time())))
 
         outcome = await self.runner.run(running.job, spec, on_progress, running.stop_scope)
@@ -261,10 +268,7 @@ class JobTasks:
             self.breaker.job_finished(trio.current_time(), result)
         self._ended.set()
         self._ended = trio.Event()
-        self.metrics.jobs_finished.labels(result.status.value, result.failure_reason).inc()
-        self.metrics.job_duration.observe(time.monotonic() - running.started_monotonic)
-        self.metrics.input_bytes.inc(result.metrics.get("input_file_bytes", 0))
-        self.metrics.output_bytes.inc(result.metrics.get("output_file_bytes", 0))
+        self.metrics.job_finished(running.tally, result, time.monotonic() - running.started_monotonic)
 
 
 def _said(reason: StopReason) -> str:
