@@ -51,6 +51,15 @@ print("frame=5\\nout_time_us=200000\\nprogress=continue", flush=True)
 time.sleep(3600)
 """
 
+_PROGRESS = """\
+for block in range(1, BLOCKS + 1):
+    time.sleep(0.2)
+    print(f"frame={block * 5}\\nfps=25.0\\ntotal_size={block * 1000}\\nout_time_us={block * 200000}", flush=True)
+    print("progress=continue", flush=True)
+open(output, "wb").write(b"encoded")
+print("progress=end", flush=True)
+"""
+
 
 @attrs.frozen
 class EncoderStub:
@@ -90,6 +99,11 @@ def failing(directory: Path) -> EncoderStub:
 def hanging(directory: Path) -> EncoderStub:
     """Never finishes on its own: for cancels and timeouts."""
     return _write(directory, "hanging", _HANG)
+
+
+def progressing(directory: Path, seconds: float) -> EncoderStub:
+    """Reports progress five times a second for ``seconds`` (5 frames, 1000 bytes and 0.2 s of output each, 25 fps), then succeeds."""
+    return _write(directory, "progressing", _PROGRESS.replace("BLOCKS", str(max(1, round(seconds * 5)))))
 
 
 def stalling(directory: Path) -> EncoderStub:
