@@ -67,6 +67,7 @@ from .paging import JobQuery, QueryRejected, cursor_after
 from .progress import ProgressBook
 from .store import NotFound, Store, StoreError
 from .tokens import hash_token, new_token
+from .ui import Dashboard
 from .validation import JobRejected, validate_request
 
 __all__ = ["MAX_BODY_BYTES", "MAX_LONG_POLL_S", "create_app"]
@@ -168,8 +169,12 @@ def create_app(
         for method, path, access, endpoint in http_routes
     ]
     routes.append(WebSocketRoute("/nodes/{node_id}/events", api.events))
+    # The web dashboard at / and /ui/...: a client of these routes in the same process (agent/master/ui).
+    dashboard = Dashboard(store, config, artifacts=artifacts is not None)
+    routes += dashboard.routes()
     return Starlette(
         routes=routes,
+        middleware=dashboard.middleware(),
         exception_handlers={
             HTTPException: _http_error,
             NotFound: partial(_error_response, 404),
