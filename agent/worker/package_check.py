@@ -345,6 +345,11 @@ def read_hls(package: Path, audio: bool) -> Reading:
             reading.problems.append(
                 f"{where} names no audio group of the master playlist (AUDIO={group!r}); it would play silent"
             )
+        elif group is not None and "CODECS" in attributes and not any(
+                codec.strip().startswith(_AUDIO_CODECS) for codec in attributes["CODECS"].split(",")):
+            reading.problems.append(
+                f"{where} plays audio group {group!r} but its CODECS lists no audio codec; players may refuse it"
+            )
         path = _locate(package, master.name, package, uri)
         if isinstance(path, str):
             reading.problems.append(path)
