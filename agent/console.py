@@ -14,7 +14,9 @@ n}``; ``jobs logs`` prints ``{"job_id", "status", "failure_reason", "error",
 Files: ``jobs submit --input FILE`` hashes the file, uploads to the master
 only what it does not hold yet (nothing for a file sent before, the rest of
 an interrupted upload) and submits jobs naming it; ``jobs download ID``
-writes the job's delivered outputs, each checked against its SHA-256;
+writes the job's delivered outputs, each checked against its SHA-256 (a
+package, :mod:`agent.package`, as a directory of its files, skipping those
+already there whole);
 ``jobs delete ID`` forgets a job and the files no other job names. Transfers
 show their progress on a terminal (:mod:`agent.transfers`).
 """
@@ -33,6 +35,7 @@ import trio
 
 from agent.client import AuthError, MasterClient, MasterError, TLSVerifyError, file_sha256
 from agent.models import Job, JobRequest, JobStatus, Node
+from agent.package import Manifest, PackageFile, delivered_manifest, safe_relative
 from agent.scenarios import ARTIFACT_PREFIX
 from agent.transfers import TransferProgress
 
@@ -238,7 +241,51 @@ def _delivered(job: Job) -> list[tuple[str, str]]:
     else:
         found = []
     # Only a bare name is written into DIR: a result cannot point the CLI at another directory.
-    return [(Path(name).name or f"{job.id}.{i}", sha) for i, (name, sha) in enumerate(found)]
+    named = [(Path(name).name, sha) for name, sha in found]
+    return [(name if name not in ("", "..") else f"{job.id}.{i}", sha) for i, (name, sha) in enumerate(named)]
+
+
+async def _holds(target: Path, file: PackageFile) -> bool:
+    """Whether ``target`` is already this file, whole: a download run again skips it."""
+    if not target.is_file() or target.stat().st_size != file.bytes:
+        return False
+    return await trio.to_thread.run_sync(file_sha256, target) == file.sha256
+
+
+async def download_package(client: MasterClient, sha256: str, root: Path) -> tuple[Manifest, int]:
+    """Write the package whose manifest is ``sha256`` into the directory ``root``; the manifest, files written.
+
+    Every path of the manifest is checked before anything is written; each
+    file is renamed into place only once its SHA-256 matches, and one that is
+    already there whole is not downloaded again, so an interrupted download
+    run again fetches only what is missing.
+
+    Raises:
+        BadManifest: the manifest names a path that would leave ``root`` (or is no manifest).
+        MasterError: as :meth:`MasterClient.download_artifact`.
+    """
+    kept = root.with_name(f".{root.name}.manifest.json")
+    try:
+        await client.download_artifact(sha256, kept)
+        manifest = Manifest.from_bytes(kept.read_bytes())
+    finally:
+        kept.unlink(missing_ok=True)
+    targets = [(root.joinpath(*safe_relative(file.path).parts), file) for file in manifest.files]
+    receiving = TransferProgress(f"downloading {root.name}", manifest.total_bytes)
+    done = written = 0
+
+    def show(got: int, _total: int) -> None:
+        receiving.update(done + got)
+
+    for target, file in targets:
+        if not await _holds(target, file):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            await client.download_artifact(file.sha256, target, on_progress=show)
+            written += 1
+        done += file.bytes
+        receiving.update(done)
+    receiving.finish()
+    return manifest, written
 
 
 async def download_outputs(client: MasterClient, job_ref: str, directory: Path, out: TextIO) -> int:
@@ -257,8 +304,15 @@ async def download_outputs(client: MasterClient, job_ref: str, directory: Path, 
               file=sys.stderr)
         return 1
     directory.mkdir(parents=True, exist_ok=True)
+    package = delivered_manifest(job.metrics)
     for name, sha256 in outputs:
         target = directory / name
+        if sha256 == package:
+            manifest, written = await download_package(client, sha256, target)
+            print(f"{name}: {len(manifest.files)} files, {written} downloaded, {len(manifest.files) - written} "
+                  "already there; each checked against its SHA-256", file=sys.stderr)
+            out.write(f"{target / manifest.entry if manifest.entry else target}\n")
+            continue
         receiving = TransferProgress(f"downloading {name}", 0)
         await client.download_artifact(sha256, target, on_progress=receiving.update)
         receiving.finish()
