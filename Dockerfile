@@ -11,7 +11,9 @@ RUN useradd --create-home --uid 10001 ffrtmp
 WORKDIR /opt/ffrtmp-agent
 COPY pyproject.toml README.rst ./
 COPY agent ./agent
-RUN pip install --no-cache-dir . && rm -rf /opt/ffrtmp-agent/agent
+# With the PostgreSQL driver, the same image also runs masters that share a database
+# (python -m agent master --db-dsn ...; deploy/compose.yaml does).
+RUN pip install --no-cache-dir ".[postgres]" && rm -rf /opt/ffrtmp-agent/agent
 
 USER ffrtmp
 # The work dir holds inputs, outputs, results still to be delivered (outbox/) and the
