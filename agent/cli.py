@@ -122,6 +122,7 @@ _LOCAL = (
             default=attrs.Factory(list)),
     _AGENT["work_dir"],
     _AGENT["ffmpeg"],
+    _AGENT["ladder_mode"],
     # The progress line and the result table are the output; logs only for trouble.
     attrs.evolve(_AGENT["log_level"], default="warning"),
 )
@@ -341,6 +342,7 @@ def _run_local(argv: Sequence[str]) -> int:
         ffmpeg=args.ffmpeg,
         inputs=args.input,
         output_dir=args.output_dir,
+        ladder_mode=args.ladder_mode,
     )
     return trio.run(run_local, run)
 

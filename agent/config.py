@@ -16,6 +16,7 @@ from typing import Any
 
 import attrs
 
+from agent.ladder import LADDER_MODES
 from agent.scenarios import S3_BUCKET
 from agent.settings import (
     ALLOW_LIST,
@@ -132,6 +133,7 @@ class ServerTLS:
 
 
 LOG_LEVEL = choice("debug", "info", "warning", "error")
+LADDER_MODE = choice(*LADDER_MODES)
 
 
 @attrs.define
@@ -240,6 +242,12 @@ class AgentConfig:
     )
     # gst-launch-1.0 to run GStreamer jobs with; "" looks it up on PATH.
     gst_launch: str = setting("", PROGRAM, ENGINES, "gst-launch-1.0 binary for GStreamer jobs", shown="the one on PATH")
+    # How a ladder job's rungs run (agent/ladder.py choose_mode): one FFmpeg process that decodes once, or one
+    # process per rung; auto picks single, which was faster where we measured.
+    ladder_mode: str = setting(
+        "auto", LADDER_MODE, ENGINES, "how a ladder job runs its rungs: single (one FFmpeg process, one decode, "
+        "split to N encoders), split (one process per rung, at once, in the job's slot) or auto"
+    )
 
     shutdown_grace: float = setting(30.0, DURATION, SHUTDOWN, "time running jobs get to finish after SIGTERM")
     # Extra seconds the encoder gets after the graceful stop, before SIGKILL.

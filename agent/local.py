@@ -187,6 +187,7 @@ def _agent_config(run: LocalRun, plan: LocalPlan, master_url: str) -> AgentConfi
         ffmpeg=run.ffmpeg,
         # The embedded master is on this host by design.
         allow_master_as_worker=True,
+        ladder_mode=run.ladder_mode,
     )
 
 
@@ -205,7 +206,9 @@ def _announcement(run: LocalRun, plan: LocalPlan) -> str:
     length = f"{plan.spec.duration:g}s each" if plan.spec.duration is not None else "whole input"
     # Outputs of input files are named for them; a generated clip's go in a directory per job.
     where = f"{plan.output_dir}/" if plan.input_dirs else f"{plan.output_dir or run.work_dir / 'outputs'}/<job id>/"
-    return f"Running {files} x {run.scenario} ({length}), {run.max_concurrent_jobs} at a time; outputs in {where}\n"
+    ladder = plan.spec.ladder
+    what = run.scenario if ladder is None else f"ladder {','.join(r.text for r in ladder.rungs)} ({ladder.package})"
+    return f"Running {files} x {what} ({length}), {run.max_concurrent_jobs} at a time; outputs in {where}\n"
 
 
 async def _run_jobs(

@@ -71,6 +71,7 @@ class LocalRun:
     ffmpeg: str = ""
     inputs: list[Path] = attrs.field(factory=list)
     output_dir: Path | None = None
+    ladder_mode: str = "auto"
 
     def plan(self) -> LocalPlan:
         """Check every option and make each job's request, built as the worker will build it.
@@ -124,8 +125,10 @@ class LocalRun:
         spec = self._checked(request, parameters, input_dirs, output_dir, file)
         if "output" in parameters:
             return request
+        # A ladder's output is a package directory: <stem>.ladder.hls
+        label, extension = ("ladder", f".{spec.ladder.package}") if spec.ladder else (self.scenario, spec.extension)
         request = self._request(parameters, duration=self.duration, input=str(file),
-                                output=str(output_dir / output_name(file, self.scenario, spec.extension)))
+                                output=str(output_dir / output_name(file, label, extension)))
         self._checked(request, parameters, input_dirs, output_dir, file)
         return request
 

@@ -20,12 +20,15 @@ import socket
 import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
 from .hardware import HARDWARE_VENDORS
 from .models import Job
+
+if TYPE_CHECKING:
+    from .ladder import Ladder
 
 __all__ = [
     "CODECS",
@@ -52,6 +55,7 @@ class JobRejected(ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"invalid {field}: {message}")
         self.field = field
+        self.reason = message
 
 
 # Codec name in scenarios and parameters -> the FFmpeg encoder that makes it.
@@ -228,6 +232,9 @@ class EncodeSpec:
     output_dir: str = ""
     # "master": the output is uploaded to the master's artefact store; "none": it stays on the worker.
     deliver: str = "none"
+    # An adaptive-bitrate ladder: the output is a package directory of its rungs (agent/ladder.py). The
+    # fields above then describe the generated test source; the rungs say what is encoded.
+    ladder: Ladder | None = None
 
     @property
     def bitrate_kbps(self) -> int:
@@ -261,8 +268,8 @@ def default_bitrate(width: int, height: int, fps: float, codec: str) -> str:
 # Every key a job's parameters may hold; any other is refused, so a typo
 # (presett=fast) fails at submit instead of running silently with the default.
 PARAMETERS = (
-    "bitrate", "codec", "deliver", "duration", "fps", "hardware", "input", "output", "output_mode", "preset",
-    "realtime", "resolution", "resource_limits", "rtmp_url", "stream_key",
+    "bitrate", "codec", "deliver", "duration", "fps", "hardware", "input", "ladder", "output", "output_mode",
+    "package", "preset", "realtime", "resolution", "resource_limits", "rtmp_url", "stream_key",
 )
 
 
@@ -343,6 +350,8 @@ def build_spec(
         "master" if input_.startswith(ARTIFACT_PREFIX) and output_mode == "file" else "none"
     )
 
+    ladder = _ladder(params, input_) if given("ladder") or given("package") else None
+
     safe_id = re.sub(r"[^A-Za-z0-9_.-]", "_", job.id).lstrip(".-")[:100] or "job"
     if output_mode == "rtmp":
         if not rtmp_url:
@@ -351,7 +360,7 @@ def build_spec(
             rtmp_url = f"{rtmp_url.rstrip('/')}/{stream_key}"
     else:
         rtmp_url = ""
-    default_name = f"{safe_id}.{_container(codec, output_mode)}"
+    default_name = f"{safe_id}.{ladder.package if ladder else _container(codec, output_mode)}"
     if output_dir is None:
         out_dir, output_name = "", _output(params["output"]) if given("output") else default_name
     else:
@@ -377,6 +386,7 @@ def build_spec(
         realtime=realtime,
         output_dir=out_dir,
         deliver=deliver,
+        ladder=ladder,
     )
 
 
@@ -495,6 +505,15 @@ def _deliver(value: Any, output_mode: OutputMode) -> str:
     if value != "none" and output_mode != "file":
         raise JobRejected("deliver", f"deliver={value} needs output_mode=file: a stream leaves no file to deliver")
     return str(value)
+
+
+def _ladder(params: dict[str, Any], input_: str) -> Ladder:
+    # Imported here: agent.ladder builds on this module's validators.
+    from .ladder import Ladder
+
+    if input_.partition("://")[0].lower() in _LIVE_SCHEMES:
+        raise JobRejected("ladder", f"a ladder needs a file input, not the stream {_shown(input_)}")
+    return Ladder.from_params(params)
 
 
 def _timeout(value: Any) -> float | None:

@@ -77,7 +77,10 @@ def estimated_bytes(spec: EncodeSpec) -> int:
     """
     seconds = spec.duration or 0.0
     output = 0.0
-    if spec.output_mode == "file":
+    if spec.ladder is not None:
+        # Every rung is staged, then copied into the package: twice the ladder's bitrate until the stage goes.
+        output = 2 * (spec.ladder.total_kbps + AUDIO_KBPS) * 1000 / 8 * seconds * OUTPUT_MARGIN
+    elif spec.output_mode == "file":
         output = (spec.bitrate_kbps + AUDIO_KBPS) * 1000 / 8 * seconds * OUTPUT_MARGIN
     generated = 0.0 if spec.input else spec.width * spec.height * spec.fps * seconds * GENERATED_BYTES_PER_PIXEL
     return int(output + generated)
@@ -267,6 +270,8 @@ class JobRunner:
         try:
             spec = attrs.evolve(spec, rtmp_url=await self._output_url(job, spec))
             async with self._open_input(spec) as input_path:
+                if spec.ladder is not None:
+                    return await self._encode_ladder(job, spec, input_path, on_progress)
                 return await self._encode(job, spec, input_path, on_progress)
         except InputGenerationFailed as exc:
             return EncodeOutcome.failed(FailureReason.PLATFORM_ERROR, str(exc))
@@ -413,6 +418,21 @@ class JobRunner:
             return EncodeOutcome.failed(reason, self._exit_error(attempt, watch, input_path), **common)
         return EncodeOutcome(**common)
 
+    async def _encode_ladder(
+        self, job: Job, spec: EncodeSpec, input_path: str, on_progress: Callable[[float, ProgressSnapshot], None]
+    ) -> EncodeOutcome:
+        """A ladder job: its rungs packaged into the directory its output names (see agent/worker/ladder.py)."""
+        # Imported here: the ladder runner builds on this module's helpers.
+        from agent.worker.ladder import LadderRunner
+
+        runner = LadderRunner(
+            ffmpeg=self.ffmpeg, mode=self.settings.ladder_mode, stop=self.stop, guardian=self.guardian,
+            stall_timeout=self.settings.stall_timeout, stage_root=self.work_dir / "ladders",
+            deliver=lambda package: self._deliver(spec, package), persist_outputs=self.settings.persist_outputs,
+        )
+        return await runner.run(job, spec, input_path, self._output_path(job, spec), on_progress,
+                                spec.timeout_sec or self.job_timeout)
+
     async def _input_length(self, input_path: str) -> float:
         """Seconds of a whole input, which progress is counted against; 0 (progress unknown) for a stream.
 
@@ -438,9 +458,9 @@ class JobRunner:
         if watch.stalled:
             return (
                 f"{attempt.label} made no progress for {self.settings.stall_timeout:g}s and was stopped "
-                f"(--stall-timeout); last output: {_last_line(watch.stderr_tail)}"
+                f"(--stall-timeout); last output: {last_line(watch.stderr_tail)}"
             )
-        detail = job_fault(watch.stderr_tail, input_path) or _last_line(watch.stderr_tail)
+        detail = job_fault(watch.stderr_tail, input_path) or last_line(watch.stderr_tail)
         return f"{attempt.label} exited with code {watch.returncode}: {detail}"
 
     def _output_path(self, job: Job, spec: EncodeSpec) -> Path:
@@ -495,6 +515,7 @@ class JobRunner:
         return metrics
 
 
-def _last_line(text: str) -> str:
+def last_line(text: str) -> str:
+    """The last non-empty line of an encoder's stderr tail: usually why it failed."""
     lines = [line for line in text.splitlines() if line.strip()]
     return lines[-1] if lines else "no error output"

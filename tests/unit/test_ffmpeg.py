@@ -248,7 +248,7 @@ def test_ffmpeg_failures_carry_the_reason_in_the_message() -> None:
 def test_the_public_names_are_pinned() -> None:
     """Adding or dropping an export is a deliberate change."""
     assert sorted(ff.__all__) == [
-        "EncoderNotFound", "FFmpegFailed", "MediaInfo", "ProbeFailed", "decodes_cleanly", "encode_argv",
-        "find_ffmpeg", "parse_media_info", "probe_media", "stderr_tail", "test_input_argv",
+        "EncoderNotFound", "FFmpegFailed", "MediaInfo", "ProbeFailed", "codec_flags", "decodes_cleanly",
+        "encode_argv", "find_ffmpeg", "num", "parse_media_info", "probe_media", "stderr_tail", "test_input_argv",
     ]
     assert all(hasattr(ff, name) for name in ff.__all__)

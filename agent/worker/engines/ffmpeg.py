@@ -31,10 +31,12 @@ __all__ = [
     "EncoderNotFound",
     "FFmpegFailed",
     "MediaInfo",
+    "codec_flags",
     "ProbeFailed",
     "decodes_cleanly",
     "encode_argv",
     "find_ffmpeg",
+    "num",
     "parse_media_info",
     "probe_media",
     "stderr_tail",
@@ -106,7 +108,7 @@ def find_ffmpeg(override: str = "") -> str:
         ) from exc
 
 
-def _num(value: float) -> str:
+def num(value: float) -> str:
     """A number as FFmpeg reads it: ``30`` not ``30.0``, ``29.97`` as is."""
     return f"{value:.6g}"
 
@@ -148,10 +150,10 @@ def encode_argv(
         argv += ["-protocol_whitelist", LOCAL_PROTOCOLS]
     audio_map = ["-map", "0:a:0?"] if spec.input else []
     # No -t for a whole input: FFmpeg stops at its end.
-    length = ["-t", _num(spec.duration)] if spec.duration is not None else []
+    length = ["-t", num(spec.duration)] if spec.duration is not None else []
     argv += ["-i", input_path, "-map", "0:v:0", *audio_map, *length]
     upload = hardware.upload if hardware is not None else ""
-    filters = [f"fps={_num(spec.fps)}", f"scale={spec.width}:{spec.height}"] + ([upload] if upload else [])
+    filters = [f"fps={num(spec.fps)}", f"scale={spec.width}:{spec.height}"] + ([upload] if upload else [])
     argv += ["-vf", ",".join(filters)]
     argv += [
         "-c:v", hardware.name if hardware is not None else spec.encoder,
@@ -161,7 +163,7 @@ def encode_argv(
         "-bufsize", f"{2 * spec.bitrate_kbps}k",
         "-g", str(keyint),
     ]
-    argv += _codec_flags(spec, software=hardware is None)
+    argv += codec_flags(spec, software=hardware is None)
     if not upload:
         # Uploaded frames are already in the device's format; converting them back would fail.
         argv += ["-pix_fmt", "yuv420p"]
@@ -170,7 +172,13 @@ def encode_argv(
     return argv
 
 
-def _codec_flags(spec: EncodeSpec, *, software: bool) -> list[str]:
+def codec_flags(spec: EncodeSpec, *, software: bool, fixed_gop: bool = False) -> list[str]:
+    """The encoder's own options for ``spec``: preset or speed, quiet logs, the hvc1 tag.
+
+    ``fixed_gop`` turns off the keyframes encoders add at scene cuts (and
+    x265's open GOPs), so that keyframes fall only where ``-g`` and
+    ``-force_key_frames`` put them: the same instants in every rung of a ladder.
+    """
     # Apple's players only accept H.265 in MP4 tagged hvc1, whatever made it.
     tag = ["-tag:v", "hvc1"] if spec.codec == "h265" and spec.container == "mp4" else []
     if not software:
@@ -182,7 +190,9 @@ def _codec_flags(spec: EncodeSpec, *, software: bool) -> list[str]:
     flags = ["-preset", spec.preset]
     if spec.codec == "h265":
         # x265 logs every frame type at info level; keep stderr for real problems.
-        flags += ["-x265-params", "log-level=error"]
+        flags += ["-x265-params", "log-level=error" + (":scenecut=0:open-gop=0" if fixed_gop else "")]
+    elif fixed_gop:
+        flags += ["-sc_threshold", "0"]
     return flags + tag
 
 
@@ -192,9 +202,9 @@ def test_input_argv(ffmpeg: str, width: int, height: int, fps: float, duration: 
     Encoded with ultrafast x264 at near-transparent quality (crf 18): quick to
     make, and what the real encode reads is the picture, not our artefacts.
     """
-    source = TEST_SOURCE.format(width=width, height=height, fps=_num(fps))
+    source = TEST_SOURCE.format(width=width, height=height, fps=num(fps))
     return [
-        ffmpeg, "-hide_banner", "-nostdin", "-y", "-f", "lavfi", "-i", source, "-t", _num(duration),
+        ffmpeg, "-hide_banner", "-nostdin", "-y", "-f", "lavfi", "-i", source, "-t", num(duration),
         "-c:v", "libx264", "-preset", "ultrafast", "-crf", "18", "-pix_fmt", "yuv420p",
         "-f", "mp4", output,
     ]

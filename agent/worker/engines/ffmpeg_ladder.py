@@ -1,0 +1,287 @@
+"""FFmpeg command lines of a ladder job: encode the rungs, then package them.
+
+A ladder runs in two stages, whatever the mode:
+
+1. **Encode.** Each rung is encoded to a video-only MP4 in a staging
+   directory, and the input's audio once to ``audio.m4a``. In ``single``
+   mode one FFmpeg process decodes the input once, splits the picture with
+   ``-filter_complex split=N`` and feeds N encoders; in ``split`` mode each
+   rung is a process of its own that decodes the input itself (the first
+   one also encodes the audio). Both write the same staged files, with the
+   same encoder options, so the package does not depend on the mode.
+2. **Package.** One stream-copy FFmpeg run reads the staged files and
+   writes the package: HLS (fMP4 segments, a media playlist per rung and one
+   for the audio, a master playlist), DASH (one MPD), or one MP4 per rung
+   with the audio muxed in. Copying is cheap, and keeping packaging out of
+   the encoders is what lets N independent processes make one package.
+
+Every rung has a keyframe every :data:`~agent.ladder.SEGMENT_S` seconds and
+none elsewhere, so the packager cuts every rung at the same instants.
+
+FFmpeg's HLS master playlist leaves out ``FRAME-RATE`` and counts only the
+video in ``BANDWIDTH``; :func:`finish_master_playlist` adds both from the
+segments as written. Plain code apart from reading and writing those files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import attrs
+
+from ...ladder import SEGMENT_S, Ladder, LadderMode, Rung
+from ...scenarios import EncodeSpec
+from .ffmpeg import LOCAL_PROTOCOLS, codec_flags, num
+
+__all__ = [
+    "AUDIO_NAME",
+    "HLS_MASTER",
+    "DASH_MANIFEST",
+    "LadderPlan",
+    "finish_master_playlist",
+    "ladder_plan",
+    "rewrite_master_playlist",
+]
+
+# The staged audio, and the audio rendition's directory in an HLS package.
+AUDIO_NAME = "audio"
+HLS_MASTER = "master.m3u8"
+HLS_MEDIA = "index.m3u8"
+DASH_MANIFEST = "manifest.mpd"
+# One AAC track for every rung: what every HLS and DASH player decodes.
+AUDIO_ARGS = ("-c:a", "aac", "-b:a", "128k")
+
+
+@attrs.frozen
+class LadderPlan:
+    """The FFmpeg runs of one ladder job, in order: ``encodes`` (together), then ``package``.
+
+    ``encodes`` holds one argv in ``single`` mode and one per rung in
+    ``split`` mode; ``encode_rungs[i]`` names the rungs ``encodes[i]``
+    makes, for messages. ``package`` runs with the package directory as its
+    working directory (FFmpeg's HLS muxer reads ``%`` in paths as patterns,
+    so the package's own paths stay relative).
+    """
+
+    mode: LadderMode
+    encodes: list[list[str]]
+    encode_rungs: list[tuple[Rung, ...]]
+    package: list[str]
+
+
+def ladder_plan(
+    ffmpeg: str, spec: EncodeSpec, input_path: str, *, stage_dir: Path, mode: LadderMode, audio: bool
+) -> LadderPlan:
+    """The command lines that turn ``input_path`` into ``spec``'s ladder package.
+
+    Args:
+        ffmpeg: the binary (``find_ffmpeg``).
+        spec: a validated job with a ladder (``spec.ladder`` is not None).
+        input_path: a local file (read with :data:`LOCAL_PROTOCOLS` only) or a URL.
+        stage_dir: where the encodes write ``<rung.name>.mp4`` and ``audio.m4a``;
+            the packager reads them from there.
+        mode: ``single`` (one process, one decode) or ``split`` (a process per rung).
+        audio: the input has an audio stream, which is then encoded once and
+            shared by every rung.
+
+    Example::
+
+        plan = ladder_plan(ffmpeg, spec, "/in/clip.mp4", stage_dir=stage, mode="single", audio=True)
+        # run plan.encodes together, then plan.package in the package directory
+    """
+    ladder = spec.ladder
+    assert ladder is not None, "ladder_plan needs a spec with a ladder"
+    audio_out = _audio_output(stage_dir) if audio else []
+    if mode == "single":
+        labels = [f"[v{rung.index}]" for rung in ladder.rungs]
+        graph = f"[0:v:0]split={len(labels)}" + "".join(f"[s{rung.index}]" for rung in ladder.rungs) + ";" + ";".join(
+            f"[s{rung.index}]{_picture(ladder, rung)}{label}" for rung, label in zip(ladder.rungs, labels)
+        )
+        argv = [*_input(ffmpeg, spec, input_path), "-filter_complex", graph]
+        for rung, label in zip(ladder.rungs, labels):
+            argv += ["-map", label, *_video_output(spec, ladder, rung, stage_dir)]
+        return LadderPlan(mode, [argv + audio_out], [ladder.rungs], _package_argv(ffmpeg, ladder, stage_dir, audio))
+    encodes = [
+        [*_input(ffmpeg, spec, input_path), "-map", "0:v:0", "-vf", _picture(ladder, rung),
+         *_video_output(spec, ladder, rung, stage_dir), *(audio_out if rung is ladder.rungs[0] else [])]
+        for rung in ladder.rungs
+    ]
+    package = _package_argv(ffmpeg, ladder, stage_dir, audio)
+    return LadderPlan(mode, encodes, [(rung,) for rung in ladder.rungs], package)
+
+
+def staged_video(stage_dir: Path, rung: Rung) -> Path:
+    return stage_dir / f"{rung.name}.mp4"
+
+
+def _input(ffmpeg: str, spec: EncodeSpec, input_path: str) -> list[str]:
+    """The common head: progress on stdout, the input and how much of it (an input option: it bounds every output)."""
+    argv = [ffmpeg, "-hide_banner", "-y", "-progress", "pipe:1", "-nostats"]
+    if spec.realtime:
+        argv.append("-re")
+    if "://" not in input_path:
+        argv += ["-protocol_whitelist", LOCAL_PROTOCOLS]
+    if spec.duration is not None:
+        argv += ["-t", num(spec.duration)]
+    return argv + ["-i", input_path]
+
+
+def _picture(ladder: Ladder, rung: Rung) -> str:
+    """Frame rate, size and one display aspect ratio for every rung.
+
+    The largest rung's shape is every rung's: a 426x240 rung is then shown
+    at 16:9 like 1920x1080 (its pixels 640:639), as DASH's muxer requires of
+    an adaptation set, rather than at the 71:40 of its square pixels.
+    """
+    top = max(ladder.rungs, key=lambda each: each.width * each.height)
+    return f"fps={num(rung.fps)},scale={rung.width}:{rung.height},setdar={top.width}/{top.height}"
+
+
+def _video_output(spec: EncodeSpec, ladder: Ladder, rung: Rung, stage_dir: Path) -> list[str]:
+    rung_spec = attrs.evolve(
+        spec, width=rung.width, height=rung.height, fps=rung.fps, codec=rung.codec, encoder=rung.encoder,
+        bitrate=rung.bitrate, preset=ladder.preset, ladder=None,
+    )
+    keyint = str(rung.keyframe_interval)
+    return [
+        "-c:v", rung.encoder,
+        "-b:v", rung.bitrate,
+        "-maxrate", rung.bitrate,
+        "-bufsize", f"{2 * rung.bitrate_kbps}k",
+        # A keyframe at every segment boundary and nowhere else, the same instants in every rung.
+        "-g", keyint,
+        "-keyint_min", keyint,
+        "-force_key_frames", f"expr:gte(t,n_forced*{num(SEGMENT_S)})",
+        *codec_flags(rung_spec, software=True, fixed_gop=True),
+        "-pix_fmt", "yuv420p",
+        "-an", "-f", "mp4", str(staged_video(stage_dir, rung)),
+    ]
+
+
+def _audio_output(stage_dir: Path) -> list[str]:
+    return ["-map", "0:a:0", "-vn", *AUDIO_ARGS, "-f", "mp4", str(stage_dir / f"{AUDIO_NAME}.m4a")]
+
+
+def _package_argv(ffmpeg: str, ladder: Ladder, stage_dir: Path, audio: bool) -> list[str]:
+    """One stream copy from the staged files into the package (the working directory)."""
+    sources = [staged_video(stage_dir, rung) for rung in ladder.rungs]
+    if audio:
+        sources.append(stage_dir / f"{AUDIO_NAME}.m4a")
+    argv = [ffmpeg, "-hide_banner", "-y", "-progress", "pipe:1", "-nostats", "-protocol_whitelist", "file"]
+    for source in sources:
+        argv += ["-i", str(source)]
+    videos = [arg for i in range(len(ladder.rungs)) for arg in ("-map", f"{i}:v:0")]
+    audio_map = ["-map", f"{len(ladder.rungs)}:a:0"] if audio else []
+    if ladder.package == "files":
+        for i, rung in enumerate(ladder.rungs):
+            # faststart: a player can start before the whole file has arrived.
+            argv += ["-map", f"{i}:v:0", *audio_map, "-c", "copy", "-movflags", "+faststart",
+                     "-f", "mp4", f"{rung.name}.mp4"]
+        return argv
+    argv += [*videos, *audio_map, "-c", "copy"]
+    if ladder.package == "dash":
+        sets = "id=0,streams=v" + (" id=1,streams=a" if audio else "")
+        return argv + [
+            "-f", "dash", "-seg_duration", num(SEGMENT_S), "-use_template", "1", "-use_timeline", "1",
+            "-dash_segment_type", "mp4", "-adaptation_sets", sets,
+            "-init_seg_name", "init-$RepresentationID$.m4s",
+            "-media_seg_name", "chunk-$RepresentationID$-$Number%05d$.m4s",
+            DASH_MANIFEST,
+        ]
+    group = ",agroup:audio" if audio else ""
+    streams = [f"v:{i},name:{rung.name}{group}" for i, rung in enumerate(ladder.rungs)]
+    if audio:
+        streams.append(f"a:0,name:{AUDIO_NAME}{group},default:yes")
+    return argv + [
+        "-f", "hls", "-hls_time", num(SEGMENT_S), "-hls_playlist_type", "vod",
+        "-hls_segment_type", "fmp4", "-hls_flags", "independent_segments",
+        "-hls_fmp4_init_filename", "init.mp4", "-hls_segment_filename", "%v/seg_%05d.m4s",
+        "-master_pl_name", HLS_MASTER, "-var_stream_map", " ".join(streams),
+        f"%v/{HLS_MEDIA}",
+    ]
+
+
+# --- the HLS master playlist ---------------------------------------------------------------
+
+
+@attrs.frozen
+class Rates:
+    """Bits per second of one media playlist: its busiest segment, and all of it."""
+
+    peak: int
+    average: int
+
+    def __add__(self, other: Rates) -> Rates:
+        return Rates(self.peak + other.peak, self.average + other.average)
+
+
+def media_rates(playlist: Path) -> Rates:
+    """Measure a media playlist's segments as written (their sizes over their ``#EXTINF`` durations)."""
+    peak = 0.0
+    total_bytes = 0
+    total_s = 0.0
+    seconds = 0.0
+    for line in playlist.read_text().splitlines():
+        if line.startswith("#EXTINF:"):
+            seconds = float(line.removeprefix("#EXTINF:").split(",")[0])
+        elif line and not line.startswith("#"):
+            size = (playlist.parent / line).stat().st_size
+            total_bytes += size
+            total_s += seconds
+            if seconds > 0:
+                peak = max(peak, size * 8 / seconds)
+    average = total_bytes * 8 / total_s if total_s else 0.0
+    return Rates(round(peak), round(average))
+
+
+def rewrite_master_playlist(text: str, rates: dict[str, Rates], fps: dict[str, float], audio: Rates | None) -> str:
+    """FFmpeg's master playlist with each variant's measured rates (plus its audio's) and its ``FRAME-RATE``.
+
+    ``rates`` and ``fps`` are keyed by the variant's URI as the playlist
+    names it (``1-1080p30/index.m3u8``); other lines are kept as they are.
+    """
+    lines = text.splitlines()
+    out: list[str] = []
+    for i, line in enumerate(lines):
+        uri = lines[i + 1].strip() if i + 1 < len(lines) else ""
+        if line.startswith("#EXT-X-STREAM-INF:") and uri in rates:
+            total = rates[uri] + audio if audio is not None else rates[uri]
+            attributes = _attributes(line.removeprefix("#EXT-X-STREAM-INF:"))
+            attributes["BANDWIDTH"] = str(total.peak)
+            attributes["AVERAGE-BANDWIDTH"] = str(total.average)
+            attributes["FRAME-RATE"] = f"{fps[uri]:.3f}"
+            line = "#EXT-X-STREAM-INF:" + ",".join(f"{key}={value}" for key, value in attributes.items())
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def _attributes(text: str) -> dict[str, str]:
+    """``KEY=value`` pairs in order, commas inside quoted values kept (``CODECS="avc1.64001f,mp4a.40.2"``)."""
+    attributes: dict[str, str] = {}
+    key, value, quoted = "", "", False
+    reading_key = True
+    for char in text + ",":
+        if reading_key:
+            if char == "=":
+                reading_key = False
+            else:
+                key += char
+        elif char == '"':
+            quoted = not quoted
+            value += char
+        elif char == "," and not quoted:
+            attributes[key.strip()] = value
+            key, value, reading_key = "", "", True
+        else:
+            value += char
+    return attributes
+
+
+def finish_master_playlist(package_dir: Path, rungs: Sequence[Rung], audio: bool) -> None:
+    """Rewrite ``master.m3u8`` in ``package_dir`` with measured rates and frame rates (blocking; small files)."""
+    master = package_dir / HLS_MASTER
+    rates = {f"{rung.name}/{HLS_MEDIA}": media_rates(package_dir / rung.name / HLS_MEDIA) for rung in rungs}
+    fps = {f"{rung.name}/{HLS_MEDIA}": rung.fps for rung in rungs}
+    audio_rates = media_rates(package_dir / AUDIO_NAME / HLS_MEDIA) if audio else None
+    master.write_text(rewrite_master_playlist(master.read_text(), rates, fps, audio_rates))
