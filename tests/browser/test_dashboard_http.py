@@ -1,0 +1,200 @@
+"""The dashboard over plain HTTP, no browser: login, cookies, CSRF, and pages that need no JavaScript.
+
+Network rules: one real master process per module (127.0.0.1, port 0, an API
+key), driven with httpx; the TLS test starts its own, with a generated certificate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.cookies import SimpleCookie
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from agent.config import MasterConfig
+from agent.master.server import serve_master
+from tests.browser.farm import running, start_master
+
+KEY = "dashboard-test-key-0123456789"
+_CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+@pytest.fixture(scope="module")
+def master_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    master, url = start_master(tmp_path_factory.mktemp("master"), "--api-key", KEY)
+    with running(master):
+        yield url
+
+
+@pytest.fixture
+def api(master_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=master_url, headers={"Authorization": f"Bearer {KEY}"}) as client:
+        yield client
+
+
+def csrf_of(page: httpx.Response) -> str:
+    match = _CSRF.search(page.text)
+    assert match, page.text
+    return match.group(1)
+
+
+@contextmanager
+def logged_in(url: str) -> Iterator[httpx.Client]:
+    """A browser-like client that logged in with the key, holding the session cookie."""
+    with httpx.Client(base_url=url) as browser:
+        form = browser.get("/ui/login")
+        answer = browser.post("/ui/login", data={"key": KEY, "csrf": csrf_of(form), "next": "/"})
+        assert answer.status_code == 303, answer.text
+        yield browser
+
+
+def submit_pending_job(api: httpx.Client) -> str:
+    """A job no agent will take (the module's master has none): it stays pending."""
+    answer = api.post("/jobs", json={"scenario": "720p30-h264", "parameters": {"duration": 5}})
+    assert answer.status_code == 201, answer.text
+    return str(answer.json()["id"])
+
+
+def test_pages_without_a_session_lead_to_the_login(master_url: str) -> None:
+    """A visitor without a session is sent to the login form, which says where it will go back to."""
+    with httpx.Client(base_url=master_url) as browser:
+        page = browser.get("/ui/jobs?status=pending")
+        assert page.status_code == 303
+        assert page.headers["location"] == "/ui/login?next=%2Fui%2Fjobs%3Fstatus%3Dpending"
+        assert browser.get("/ui/events").status_code == 401
+        login = browser.get(page.headers["location"])
+        assert login.status_code == 200 and 'name="key"' in login.text
+        assert 'value="/ui/jobs?status=pending"' in login.text
+
+
+def test_a_wrong_key_is_refused_with_a_message_and_no_session(master_url: str) -> None:
+    """The login form answers 401 naming the flags to check, and the session stays logged out."""
+    with httpx.Client(base_url=master_url) as browser:
+        form = browser.get("/ui/login")
+        answer = browser.post("/ui/login", data={"key": "not-the-key", "csrf": csrf_of(form), "next": "/"})
+        assert answer.status_code == 401
+        assert "That is not this master&#39;s API key" in answer.text and "--api-key-file" in answer.text
+        assert browser.get("/").status_code == 303
+
+
+def test_the_session_cookie_is_httponly_samesite_strict_and_holds_no_key(master_url: str) -> None:
+    """Over plain HTTP the cookie is HttpOnly and SameSite=Strict, not Secure, and the key is not in it."""
+    with httpx.Client(base_url=master_url) as browser:
+        form = browser.get("/ui/login")
+        answer = browser.post("/ui/login", data={"key": KEY, "csrf": csrf_of(form), "next": "/"})
+        header = answer.headers["set-cookie"]
+        morsel = SimpleCookie(header)["ffrtmp_session"]
+        assert morsel["httponly"] is True and morsel["samesite"].lower() == "strict" and morsel["path"] == "/"
+        assert not morsel["secure"]
+        assert KEY not in header and KEY.encode().hex() not in header
+        assert morsel.value != SimpleCookie(form.headers["set-cookie"])["ffrtmp_session"].value  # a new session
+
+
+def test_a_session_cookie_does_not_open_the_json_routes(master_url: str) -> None:
+    """The JSON API still wants the key in Authorization: a logged-in browser's cookie is not enough."""
+    with logged_in(master_url) as browser:
+        assert browser.get("/").status_code == 200
+        refused = browser.get("/jobs")
+        assert refused.status_code == 401 and refused.text == "Missing Authorization header\n"
+
+
+def test_reading_needs_no_javascript(master_url: str, api: httpx.Client) -> None:
+    """The overview, the jobs list and a job's page are whole in the HTML the master sends."""
+    registered = api.post("/nodes/register", json={"address": "reader-test:9091", "cpu_threads": 8,
+                                                   "labels": {"engines": "ffmpeg,gstreamer"}})
+    assert registered.status_code in (200, 201), registered.text
+    job_id = submit_pending_job(api)
+    with logged_in(master_url) as browser:
+        overview = browser.get("/")
+        assert "reader-test:9091" in overview.text and "ffmpeg,gstreamer" in overview.text
+        assert f'data-job="{job_id}"' in overview.text
+        listing = browser.get("/ui/jobs", params={"status": "pending"})
+        assert f'data-job="{job_id}"' in listing.text and "720p30-h264" in listing.text
+        page = browser.get(f"/ui/jobs/{job_id}")
+        assert page.status_code == 200 and "&#34;duration&#34;: 5" in page.text
+        assert browser.get("/ui/jobs/no-such-job").status_code == 404
+
+
+def test_a_form_without_its_csrf_token_changes_nothing(master_url: str, api: httpx.Client) -> None:
+    """A cancel without the session's token, or with another session's, is refused 403; the job stays pending."""
+    job_id = submit_pending_job(api)
+    with logged_in(master_url) as browser, logged_in(master_url) as other:
+        other_token = csrf_of(other.get("/"))
+        for form in ({}, {"csrf": other_token}, {"csrf": ""}):
+            refused = browser.post(f"/ui/jobs/{job_id}/cancel", data=form)
+            assert refused.status_code == 403
+            assert "nothing was done" in refused.text
+        assert api.get(f"/jobs/{job_id}").json()["status"] == "pending"
+        done = browser.post(f"/ui/jobs/{job_id}/cancel", data={"csrf": csrf_of(browser.get("/")), "next": "/"})
+        assert done.status_code == 303
+        assert api.get(f"/jobs/{job_id}").json()["status"] == "canceled"
+
+
+def test_an_action_the_job_s_state_forbids_shows_the_master_s_reason(master_url: str, api: httpx.Client) -> None:
+    """Resuming a job that is not paused is answered 409 with the scheduler's message."""
+    job_id = submit_pending_job(api)
+    with logged_in(master_url) as browser:
+        answer = browser.post(f"/ui/jobs/{job_id}/resume", data={"csrf": csrf_of(browser.get("/"))})
+        assert answer.status_code == 409 and "not paused" in answer.text
+
+
+def test_a_submit_form_with_a_bad_scenario_is_shown_again_with_the_reason(master_url: str) -> None:
+    """The form comes back 400, the values kept, with the master's validation message."""
+    with logged_in(master_url) as browser:
+        token = csrf_of(browser.get("/ui/submit"))
+        answer = browser.post("/ui/submit", data={"csrf": token, "scenario": "720x30", "duration": "5"})
+        assert answer.status_code == 400
+        assert "does not read as &lt;height&gt;p&lt;fps&gt;-&lt;codec&gt;" in answer.text
+        assert 'value="720x30"' in answer.text
+
+
+def test_a_file_uploaded_with_the_submit_form_becomes_the_job_s_input(master_url: str, api: httpx.Client) -> None:
+    """The file goes to the artefact store and the job names it as artifact:<sha256>."""
+    with logged_in(master_url) as browser:
+        token = csrf_of(browser.get("/ui/submit"))
+        answer = browser.post(
+            "/ui/submit", data={"csrf": token, "scenario": "480p30-h264", "count": "1"},
+            files={"file": ("clip.mp4", b"not really a video", "video/mp4")},
+        )
+        assert answer.status_code == 303, answer.text
+        job_id = answer.headers["location"].rsplit("/", 1)[1]
+    sha256 = hashlib.sha256(b"not really a video").hexdigest()
+    assert api.get(f"/jobs/{job_id}").json()["parameters"]["input"] == f"artifact:{sha256}"
+    assert api.head(f"/artifacts/{sha256}").headers["content-length"] == "18"
+
+
+def test_over_tls_the_session_cookie_is_secure(tmp_path: Path) -> None:
+    """A master serving HTTPS marks the session cookie Secure."""
+    cert = tmp_path / "master.crt"
+    master, url = start_master(tmp_path, "--api-key", KEY, "--generate-cert", "--cert", str(cert),
+                               "--key", str(tmp_path / "master.key"))
+    with running(master):
+        trust = ssl.create_default_context(cafile=str(cert))
+        with httpx.Client(base_url=url, verify=trust) as browser:
+            answer = browser.get("/ui/login")
+    assert url.startswith("https://")
+    assert SimpleCookie(answer.headers["set-cookie"])["ffrtmp_session"]["secure"] is True
+
+
+async def test_without_an_api_key_pages_are_open_but_forms_still_need_the_token(nursery: trio.Nursery) -> None:
+    """A master with no key needs no login (like its JSON routes), yet a form without the token does nothing."""
+    url = await nursery.start(serve_master, MasterConfig(host="127.0.0.1", port=0, db=""))
+    async with httpx.AsyncClient(base_url=url) as browser:
+        assert (await browser.get("/ui/login")).headers["location"] == "/"
+        overview = await browser.get("/")
+        assert overview.status_code == 200 and "Log out" not in overview.text
+        submitted = await browser.post("/ui/submit", data={"scenario": "720p30-h264"})
+        assert submitted.status_code == 403
+        assert (await browser.get("/jobs")).json()["count"] == 0
+        token = csrf_of(await browser.get("/ui/submit"))
+        submitted = await browser.post("/ui/submit", data={"scenario": "720p30-h264", "csrf": token})
+        assert submitted.status_code == 303
+        assert (await browser.get("/jobs")).json()["count"] == 1
+    nursery.cancel_scope.cancel()
