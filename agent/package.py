@@ -103,8 +103,9 @@ class PackageFile:
         return cls(path, sha256, size)
 
 
-def _playlists_last(file: PackageFile, entry: str) -> tuple[bool, bool, str]:
-    return file.path == entry, file.path.lower().endswith(PLAYLIST_SUFFIXES), file.path
+def _rank(file: PackageFile, entry: str) -> int:
+    """0 for media, 1 for playlists, 2 for the entry."""
+    return 2 if file.path == entry else int(file.path.lower().endswith(PLAYLIST_SUFFIXES))
 
 
 @attrs.frozen
@@ -193,9 +194,12 @@ class Manifest:
         """The size of every file together (the manifest itself not counted)."""
         return sum(file.bytes for file in self.files)
 
-    def upload_order(self) -> list[PackageFile]:
-        """Media first, then playlists, the entry last: a reader never finds a playlist naming a missing file."""
-        return sorted(self.files, key=lambda file: _playlists_last(file, self.entry))
+    def upload_phases(self) -> list[list[PackageFile]]:
+        """Media, then playlists, then the entry: each phase sent whole before the next starts, so a reader
+        never finds a playlist naming a file not there yet. Empty phases are left out; paths in order within."""
+        ranked = [(_rank(file, self.entry), file) for file in sorted(self.files, key=lambda file: file.path)]
+        phases = [[file for rank, file in ranked if rank == phase] for phase in range(3)]
+        return [phase for phase in phases if phase]
 
 
 def delivered_manifest(metrics: Mapping[str, Any]) -> str:

@@ -34,10 +34,19 @@ import trio
 
 from agent.client import MasterClient, MasterError, UnknownToMaster, file_sha256
 from agent.models import FailureReason
+from agent.package import PackageFile
 from agent.s3 import client_for
 from agent.scenarios import ARTIFACT_PREFIX, JobRejected
 from agent.worker.backoff import Backoff
-from agent.worker.delivery import DeliveryFailed, HttpDelivery, S3Delivery, package_metrics, read_package, retrying
+from agent.worker.delivery import (
+    DeliveryFailed,
+    HttpDelivery,
+    S3Delivery,
+    package_metrics,
+    read_package,
+    retrying,
+    send_package,
+)
 from agent.worker.lru import evict_least_recent
 from agent.worker.netguard import AllowList, DestinationUnavailable
 
@@ -141,8 +150,12 @@ class MasterDelivery:
     async def _deliver_package(self, directory: Path) -> dict[str, Any]:
         manifest = await read_package(directory)
         sent = 0
-        for file in manifest.upload_order():
+
+        async def upload(file: PackageFile) -> None:
+            nonlocal sent
             sent += await self._upload(directory / file.path, file.sha256, f"{directory.name}/{file.path}")
+
+        await send_package(manifest, upload)
         body = manifest.to_bytes()
         sha256 = manifest.sha256()
         written = directory.with_name(f".{directory.name}.manifest.json")

@@ -17,8 +17,10 @@ A job whose output is a package (a directory: an HLS or DASH ladder, see
 ``prefix`` + the directory's name + ``/`` + the file's relative path when the
 destination ends in ``/``, else the destination itself is the root. Media
 files go first, playlists after them and the entry (master playlist, MPD)
-last, so a reader never finds a playlist naming a file not there yet. Each
-file is retried on its own, as one output is.
+last, so a reader never finds a playlist naming a file not there yet.
+Within each of those phases :data:`PACKAGE_SENDS_AT_ONCE` files travel at
+once (a ladder may have thousands of small segments, each a round trip).
+Each file is retried on its own, as one output is.
 
 Whose fault a failure is decides its report. A 4xx answer (bar 408 and 429),
 a refused address or a missing bucket is the job's: ``user_error`` at once,
@@ -43,7 +45,7 @@ import trio
 
 from agent.client import file_sha256
 from agent.models import FailureReason
-from agent.package import BadManifest, Manifest
+from agent.package import BadManifest, Manifest, PackageFile
 from agent.s3 import S3Client, S3NotInstalled, S3Refused, S3Unavailable, parse_s3_url
 from agent.scenarios import JobRejected
 from agent.worker.backoff import Backoff
@@ -52,6 +54,7 @@ from agent.worker.netguard import AllowList, DestinationUnavailable
 
 __all__ = [
     "DeliveryFailed", "DeliveryRejected", "HttpDelivery", "S3Delivery", "package_metrics", "read_package", "retrying",
+    "send_package",
 ]
 
 log = logging.getLogger(__name__)
@@ -61,6 +64,8 @@ T = TypeVar("T")
 OUTPUT_FLAG = "--allow-private-outputs"
 # Reads of the output file streamed into the request body.
 CHUNK_BYTES = 1024 * 1024
+# Files of a package in flight at once: enough to hide each request's round trip, few enough for any server.
+PACKAGE_SENDS_AT_ONCE = 4
 # Client errors that say "later", not "wrong": the server is busy or was slow to read.
 _TRANSIENT_4XX = (408, 429)
 
@@ -112,6 +117,41 @@ async def read_package(directory: Path) -> Manifest:
         return await trio.to_thread.run_sync(Manifest.from_directory, directory)
     except BadManifest as exc:
         raise DeliveryFailed(str(exc)) from None
+
+
+async def send_package(manifest: Manifest, send: Callable[[PackageFile], Awaitable[object]]) -> None:
+    """``await send(file)`` for every file, phase by phase (:meth:`Manifest.upload_phases`), a few at once.
+
+    The first failure cancels the sends still in flight.
+
+    Raises:
+        JobRejected: a send was refused for good (``user_error``), even if another failed meanwhile.
+        DestinationUnavailable: a send failed through its retries.
+    """
+    limiter = trio.CapacityLimiter(PACKAGE_SENDS_AT_ONCE)
+
+    async def send_one(file: PackageFile) -> None:
+        async with limiter:
+            await send(file)
+
+    for phase in manifest.upload_phases():
+        try:
+            async with trio.open_nursery() as nursery:
+                for file in phase:
+                    nursery.start_soon(send_one, file)
+        except BaseExceptionGroup as group:
+            expected, other = group.split((JobRejected, DestinationUnavailable))
+            if other is not None or expected is None:
+                raise  # a bug or a cancel: not ours to reword
+            rejected, _ = expected.split(JobRejected)
+            raise _first_leaf(rejected or expected) from None
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
 
 
 def package_metrics(manifest: Manifest) -> dict[str, Any]:
@@ -193,8 +233,11 @@ class HttpDelivery:
             if path.is_dir():
                 manifest = await read_package(path)
                 root = package_root(self.url, path.name)
-                for file in manifest.upload_order():
+
+                async def put(file: PackageFile) -> None:
                     await self._put_retrying(pool, destination(root, file.path), path / file.path)
+
+                await send_package(manifest, put)
                 log.info("Package %s (%d files) delivered to %s", path.name, len(manifest.files), shown_url(root))
                 return package_metrics(manifest) | {"delivered_to": shown_url(root), "outputs": []}
             url = destination(self.url, path.name)
@@ -256,8 +299,11 @@ class S3Delivery:
         if path.is_dir():
             manifest = await read_package(path)
             root = package_root(self.url, path.name)
-            for file in manifest.upload_order():
-                await self._upload(path / file.path, destination(root, file.path))
+
+            async def upload(file: PackageFile) -> str:
+                return await self._upload(path / file.path, destination(root, file.path))
+
+            await send_package(manifest, upload)
             bucket, key = parse_s3_url(root)
             log.info("Package %s (%d files) delivered to s3://%s/%s", path.name, len(manifest.files), bucket, key)
             return package_metrics(manifest) | {"delivered_to": f"s3://{bucket}/{key}", "outputs": []}

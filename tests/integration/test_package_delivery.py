@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 import trio
 
+from agent.models import FailureReason
 from agent.package import Manifest
 from agent.s3 import client_for
 from agent.worker.backoff import Backoff
-from agent.worker.delivery import DeliveryRejected, HttpDelivery, S3Delivery
+from agent.worker.delivery import PACKAGE_SENDS_AT_ONCE, DeliveryFailed, DeliveryRejected, HttpDelivery, S3Delivery
 from agent.worker.netguard import AllowList
 from tests.integration.test_deliver_http import DavServer, dav_server  # noqa: F401  (the fixture)
 from tests.s3 import S3Server, s3_server  # noqa: F401  (the fixture)
@@ -47,6 +48,11 @@ def digests(root: Path) -> dict[str, str]:
     """Relative path to SHA-256 of every file under ``root``."""
     return {path.relative_to(root).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
             for path in sorted(root.rglob("*")) if path.is_file()}
+
+
+def put_paths(server: DavServer) -> list[str]:
+    """The paths requested of the server, in the order its access log has them."""
+    return [line.split('"')[1].split()[1] for line in server.access_log.read_text().splitlines()]
 
 
 def quick() -> Backoff:
@@ -90,7 +96,7 @@ async def test_every_file_is_put_to_the_webdav_server_segments_first_and_the_mas
     assert digests(dav_server.www / "dav" / "farm" / "job1") == digests(ladder)
     assert metrics["delivered_to"] == f"{dav_server.url}/dav/farm/job1/"
     assert metrics["output_sha256"] == Manifest.from_directory(ladder).sha256()
-    put = [line.split('"')[1].split()[1] for line in dav_server.access_log.read_text().splitlines()]
+    put = put_paths(dav_server)
     assert len(put) == LADDER_FILES
     playlists = [index for index, path in enumerate(put) if path.endswith(".m3u8")]
     assert playlists == [6, 7, 8] and put[-1] == "/dav/farm/job1/master.m3u8"
@@ -99,10 +105,25 @@ async def test_every_file_is_put_to_the_webdav_server_segments_first_and_the_mas
 async def test_a_package_the_server_refuses_is_the_jobs_fault_at_once(
     tmp_path: Path, ffmpeg: str, dav_server: DavServer  # noqa: F811
 ) -> None:
-    """A 403 on the first file is user_error naming the URL; nothing more is sent, and the package stays."""
+    """A 403 is user_error naming the URL, not retried; no playlist is sent after it, and the package stays."""
     ladder = await make_ladder(ffmpeg, tmp_path / "job1")
     delivery = HttpDelivery(f"{dav_server.url}/forbidden/", AllowList.parse([dav_server.netloc]), 3, quick())
     with pytest.raises(DeliveryRejected, match="403 Forbidden"):  # a JobRejected: user_error
         await delivery.deliver(ladder)
-    assert dav_server.hits() == 1
+    put = put_paths(dav_server)
+    assert 1 <= len(put) <= PACKAGE_SENDS_AT_ONCE  # the media in flight when the first refusal came, once each
+    assert not [path for path in put if path.endswith(".m3u8")]
+    assert len(digests(ladder)) == LADDER_FILES
+
+
+async def test_a_package_whose_server_keeps_failing_is_a_platform_error_after_its_retries(
+    tmp_path: Path, ffmpeg: str, dav_server: DavServer  # noqa: F811
+) -> None:
+    """503 on every try: DeliveryFailed (platform_error, so another attempt runs) naming the tries; the package stays."""
+    ladder = await make_ladder(ffmpeg, tmp_path / "job1")
+    delivery = HttpDelivery(f"{dav_server.url}/down/", AllowList.parse([dav_server.netloc]), 2, quick())
+    with pytest.raises(DeliveryFailed, match="after 2 tries: .*503 Service Unavailable") as failed:
+        await delivery.deliver(ladder)
+    assert failed.value.reason is FailureReason.PLATFORM_ERROR
+    assert not [path for path in put_paths(dav_server) if path.endswith(".m3u8")]
     assert len(digests(ladder)) == LADDER_FILES

@@ -57,8 +57,9 @@ def test_media_go_first_playlists_after_and_the_entry_last() -> None:
     """A reader never finds a playlist naming a file that is not there yet."""
     files = tuple(PackageFile(path, "0" * 64, 1) for path in
                   ["master.m3u8", "v0/index.m3u8", "v0/init.mp4", "v0/seg_0.m4s", "v1/index.m3u8"])
-    order = [file.path for file in Manifest("hls", "master.m3u8", files).upload_order()]
-    assert order == ["v0/init.mp4", "v0/seg_0.m4s", "v0/index.m3u8", "v1/index.m3u8", "master.m3u8"]
+    phases = [[file.path for file in phase] for phase in Manifest("hls", "master.m3u8", files).upload_phases()]
+    assert phases == [["v0/init.mp4", "v0/seg_0.m4s"], ["v0/index.m3u8", "v1/index.m3u8"], ["master.m3u8"]]
+    assert [len(phase) for phase in Manifest("files", "", files[2:4]).upload_phases()] == [2]
 
 
 def test_hidden_files_are_left_out_and_a_link_is_refused(tmp_path: Path) -> None:
