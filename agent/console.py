@@ -289,7 +289,11 @@ async def download_package(client: MasterClient, sha256: str, root: Path) -> tup
 
 
 async def download_outputs(client: MasterClient, job_ref: str, directory: Path, out: TextIO) -> int:
-    """Write the job's delivered outputs into ``directory``, each verified; prints each path."""
+    """Write the job's delivered outputs into ``directory``, each verified; prints each path.
+
+    A package goes into ``directory/<package name>/`` (:func:`download_package`); its entry's path is printed
+    (the directory's for a package of plain files), and on stderr how many files were fetched or already there.
+    """
     job = await client.get_job(job_ref)
     outputs = _delivered(job)
     if not outputs:
