@@ -33,6 +33,7 @@ __all__ = [
     "SEGMENT_S",
     "Ladder",
     "LadderMode",
+    "Package",
     "Rung",
     "choose_mode",
 ]

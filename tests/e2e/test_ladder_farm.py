@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from agent.client import MasterClient
-from agent.ladder import Ladder
+from agent.ladder import Ladder, Package
 from agent.worker.package_check import ExpectedRung, check_package
 from tests.integration.test_ladder import CLIP_SECONDS, LADDER, make_clip
 from tests.support import Answer, Processes, run_command, start_agent, start_master, wait_for_jobs
@@ -32,7 +32,7 @@ async def ffrtmp(url: str, *args: str) -> Answer:
 
 
 @pytest.mark.parametrize("package", ["hls", "dash", "files"])
-async def test_local_turns_a_clip_into_a_package_that_plays(tmp_path: Path, ffmpeg: str, package: str) -> None:
+async def test_local_turns_a_clip_into_a_package_that_plays(tmp_path: Path, ffmpeg: str, package: Package) -> None:
     """local --input clip.mp4 --param ladder=... writes ffrtmp-output/clip.ladder.<package>/, which passes the checks."""
     clip = await make_clip(ffmpeg, tmp_path / "media" / "clip.mp4")
     answer = await run_command("local", "--work-dir", str(tmp_path / "work"), "--input", str(clip),

@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from agent.config import AgentConfig
-from agent.ladder import Ladder
+from agent.ladder import Ladder, Package
 from agent.models import FailureReason, Job, JobResult, JobStatus
 from agent.worker.engines.ffmpeg import find_ffmpeg
 from agent.worker.inputs import InputCache
@@ -53,7 +53,7 @@ async def run_ladder(tmp_path: Path, ffmpeg: str, mode: str, *, clip: bool = Tru
         return await run_job(runner(tmp_path, ladder_mode=mode), job)
 
 
-async def assert_plays(result: JobResult, ffmpeg: str, package: str, audio: bool = True) -> Path:
+async def assert_plays(result: JobResult, ffmpeg: str, package: Package, audio: bool = True) -> Path:
     """The job completed with its package checked, and the package passes the checks again from outside."""
     assert result.status is JobStatus.COMPLETED, (result.error, result.logs)
     assert result.metrics["package_check"] == "passed" and result.metrics["package"] == package
