@@ -164,8 +164,11 @@ class LadderRunner:
     async def _probe(self, spec: EncodeSpec, input_path: str) -> tuple[float, bool]:
         """Seconds to encode (for progress) and whether the input has sound to share between rungs.
 
-        An input FFmpeg cannot read is left to the encode, which fails and says why.
+        The generated clip is known: silent, and as long as the job asked. An
+        input FFmpeg cannot read is left to the encode, which fails and says why.
         """
+        if not spec.input:
+            return spec.duration or 0.0, False
         try:
             info = await probe_media(self.ffmpeg, input_path, guardian=self.guardian)
         except ProbeFailed as exc:

@@ -22,6 +22,7 @@ from agent.worker.inputs import InputCache
 from agent.worker.jobrunner import JobRunner
 from agent.worker.package_check import ExpectedRung, check_package
 from agent.worker.progress import ProgressSnapshot
+from tests.encoder_stubs import stalling
 from tests.support import processes_mentioning, run_job
 
 pytestmark = pytest.mark.timeout(120)
@@ -148,3 +149,18 @@ async def test_without_persistence_the_package_is_removed_after_delivery(tmp_pat
     assert result.status is JobStatus.COMPLETED, result.error
     assert result.metrics["output_file_bytes"] > 0 and "output_file" not in result.metrics
     assert [p for p in (tmp_path / "work").rglob("*") if p.is_file()] == []
+
+
+async def test_a_stalled_rung_stops_every_rung_and_the_job_fails_as_stalled(tmp_path: Path) -> None:
+    """Split mode with encoders that report once then hang: stalled, retried elsewhere, no process left."""
+    stub = stalling(tmp_path / "stub")
+    settings = AgentConfig(work_dir=tmp_path / "work", stall_timeout=1.5, kill_timeout=3, ladder_mode="split")
+    runner = JobRunner(settings=settings, ffmpeg=str(stub.path), inputs=InputCache(tmp_path / "inputs"))
+    job = Job(id="job-1", scenario="180p30-h264", parameters={"ladder": LADDER, "duration": 30})
+    with trio.fail_after(60):
+        result = await run_job(runner, job)
+    assert (result.status, result.failure_reason) == (JobStatus.FAILED, FailureReason.STALLED.value), result.error
+    assert result.error.startswith("rung ") and "made no progress for 1.5s" in result.error
+    assert result.metrics["ladder_mode"] == "split"
+    assert len(stub.entries) == 3, "one encoder per rung, each run once"
+    assert processes_mentioning(str(stub.path)) == []
