@@ -889,6 +889,8 @@ async def check_package(
         else:
             reading = read_files(directory)
         problems = reading.problems
+        if problems and not reading.video:
+            return problems  # no manifest to follow: every rung missing would only repeat it
         decoded: list[tuple[Track, Decoded | None]] = []
         for track in reading.video:
             result = None
