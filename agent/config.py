@@ -176,6 +176,11 @@ class AgentConfig:
         10.0, DURATION, SCHEDULING, "measuring window of --adaptive; it changes the limit at most once per window"
     )
     poll_interval: float = setting(5.0, DURATION, SCHEDULING, "wait between polls while the queue is empty")
+    # Celery keeps one task prefetched; ours is claimed only for an encode about to end (agent.worker.poller).
+    prefetch: int = setting(
+        1, NUMBER, SCHEDULING, "jobs claimed ahead while every slot is busy, each for an encode about to end, "
+        "so the next one starts without a claim's round trip; 0 claims only for a free slot",
+    )
     # Consecutive master errors, or jobs failing for platform reasons, that pause claiming.
     breaker_threshold: int = setting(
         5, COUNT, SCHEDULING, "consecutive master errors or platform job failures that pause claiming"

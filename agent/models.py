@@ -201,6 +201,8 @@ class LiveProgress(_Wire):
     speed: float = 0.0
     bitrate_kbps: float = 0.0
     out_time_s: float = 0.0
+    # ``JobProgress.stage`` of that report: ``prefetched`` while the job waits for a slot on its node.
+    stage: str = ""
 
 
 @attrs.define
@@ -390,7 +392,15 @@ class HeartbeatReply(_Wire):
 
 @attrs.define
 class JobProgress(_Wire):
-    """Extension body of ``POST /jobs/{id}/progress``."""
+    """Extension body of ``POST /jobs/{id}/progress``.
+
+    ``stage`` tells a job held by the node but waiting for a slot
+    (``prefetched``) from one whose encoder runs (``encoding``); "" from an
+    agent that does not say.
+    """
+
+    PREFETCHED: ClassVar[str] = "prefetched"
+    ENCODING: ClassVar[str] = "encoding"
 
     node_id: str
     progress: float
@@ -398,6 +408,7 @@ class JobProgress(_Wire):
     speed: float = 0.0
     bitrate_kbps: float = 0.0
     out_time_s: float = 0.0
+    stage: str = ""
 
 
 @attrs.define

@@ -106,6 +106,11 @@ def progressing(directory: Path, seconds: float) -> EncoderStub:
     return _write(directory, "progressing", _PROGRESS.replace("BLOCKS", str(max(1, round(seconds * 5)))))
 
 
+def sleeping(directory: Path, seconds: float) -> EncoderStub:
+    """Reports no progress for ``seconds``, then succeeds: a job whose end the agent cannot foresee."""
+    return _write(directory, "sleeping", f"time.sleep({seconds!r})\n{_SUCCEED}")
+
+
 def stalling(directory: Path) -> EncoderStub:
     """Reports one block of progress, then hangs without another: a stalled encoder."""
     return _write(directory, "stalling", _STALL)

@@ -113,6 +113,7 @@ class Agent:
             limiter=trio.CapacityLimiter(self.config.max_concurrent_jobs),
             poll_interval=self.config.poll_interval,
             reregister=self.register,
+            prefetch=self.config.prefetch,
         )
         self.metrics.max_concurrent_jobs.set(self.config.max_concurrent_jobs)
 
@@ -157,6 +158,8 @@ class Agent:
         self.metrics.breaker_state.set(state.value)
         level = logging.INFO if state is BreakerState.CLOSED else logging.WARNING
         log.log(level, "Circuit breaker %s: %s", state.name.lower().replace("_", "-"), reason)
+        if state is BreakerState.OPEN:
+            self.jobs.hand_back_prefetched()  # claimed ahead, they must not start on a failing node
 
     async def serve(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until drained; ``started()`` hands back the status server's URL."""
@@ -230,12 +233,13 @@ class Agent:
             self.jobs.stop_all(StopReason.SHUTDOWN)
 
     def drain(self) -> None:
-        """Stop claiming; running jobs get the shutdown grace."""
+        """Stop claiming and hand prefetched jobs back unstarted; running jobs get the shutdown grace."""
         if not self.state.draining:
             log.info("Draining: no new jobs will be claimed")
         self.state.draining = True
         self._startup_scope.cancel()
         self._poll_scope.cancel()
+        self.jobs.hand_back_prefetched()
 
     def cancel_now(self) -> None:
         """Stop everything now: encoders are stopped and their results reported."""

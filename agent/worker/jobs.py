@@ -3,13 +3,18 @@
 :mod:`agent.worker.lifecycle` decides; this module feeds it events and
 carries out its actions. For one job::
 
-    JobTasks.run(job)                       the job task, holding a slot of the poller's limiter
+    JobTasks.run(job, slot)                 the job task
+     ├─ slot.acquire()                      a prefetched job waits here for a slot (stage "prefetched")
      ├─ runner.prepare(job)                 the spec, built once -> Claimed
      └─ nursery
          ├─ encode         runner.run(...)  progress callbacks -> Progressed; its end -> EncoderExited
          └─ progress       sends SendProgress updates one at a time; a 409 -> StopRequested(LEASE_LOST);
                            against a master without the progress route, polls the job's status instead
-    then: metrics, the circuit breaker, reporter.deliver(result)
+    then: metrics, the circuit breaker, the slot freed, reporter.deliver(result)
+
+The slot bounds encoders, so it is freed as soon as the result is made: the
+next job starts while this one's result is on its way (the reporter still
+holds the job, and heartbeats list it, until the master has it).
 
 Stops come from outside through :meth:`JobTasks.stop` (the agent calls it for
 a pushed cancel, a heartbeat reply and a shutdown) and all become one
@@ -46,12 +51,15 @@ from agent.worker.lifecycle import (
 from agent.worker.metrics import AgentMetrics, EncoderTally
 from agent.worker.progress import ProgressSnapshot
 
-__all__ = ["EncodeRunner", "JobTasks", "ProgressCalls", "ResultSink", "RunningJob"]
+__all__ = ["EncodeRunner", "JobTasks", "ProgressCalls", "ResultSink", "RunningJob", "Slot"]
 
 log = logging.getLogger(__name__)
 
 # Without the progress route (the Go master), how often a running job's status is read.
 STATUS_POLL_INTERVAL_S = 5.0
+# A prefetched job still waiting for a slot after this long is shown as such on the master;
+# one that waits less costs no request (most wait a fraction of a job's length).
+PREFETCH_SHOWN_AFTER_S = 1.0
 
 
 class EncodeRunner(Protocol):
@@ -78,6 +86,31 @@ class ResultSink(Protocol):
     async def deliver(self, result: JobResult) -> None: ...
 
 
+@attrs.define(eq=False)  # the limiter's borrower: hashed by identity
+class Slot:
+    """One of the poller's slots (``limiter``) for one job: taken before the claim, or, prefetched, after it."""
+
+    limiter: trio.CapacityLimiter
+    held: bool = False
+
+    @classmethod
+    async def taken(cls, limiter: trio.CapacityLimiter) -> Slot:
+        """A slot, waiting for one to be free."""
+        slot = cls(limiter)
+        await slot.acquire()
+        return slot
+
+    async def acquire(self) -> None:
+        await self.limiter.acquire_on_behalf_of(self)
+        self.held = True
+
+    def release(self) -> None:
+        """Free the slot; a no-op when not held."""
+        if self.held:
+            self.held = False
+            self.limiter.release_on_behalf_of(self)
+
+
 @attrs.define
 class RunningJob:
     """A claimed job between its claim and its result: the lifecycle and what drives it."""
@@ -90,6 +123,21 @@ class RunningJob:
     _nursery: trio.Nursery | None = None
     _progress_due: trio.Event = attrs.field(factory=trio.Event)
     _pending_progress: JobProgress | None = None
+    # While prefetched: cancelled to stop waiting for a slot (a drain, a cancel).
+    _slot_wait: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    _shown_prefetched: bool = False
+    _encode_started: float | None = None
+
+    @property
+    def prefetched(self) -> bool:
+        """Claimed, waiting for a slot: its encoder has not started."""
+        return self._encode_started is None and self.report is None
+
+    def ends_within(self, lead: float) -> bool:
+        """Whether its encode is expected to end within ``lead`` seconds (see ``JobLife.ends_within``)."""
+        if self._encode_started is None:
+            return False
+        return self.life.ends_within(lead, time.monotonic() - self._encode_started)
 
     @tally.default
     def _tally_from_claim(self) -> EncoderTally:
@@ -113,6 +161,7 @@ class RunningJob:
             "scenario": self.job.scenario,
             "progress": round(self.life.progress, 1),
             "running_s": round(time.monotonic() - self.started_monotonic, 1),
+            "stage": JobProgress.PREFETCHED if self.prefetched else JobProgress.ENCODING,
         }
 
 
@@ -160,38 +209,90 @@ class JobTasks:
         if running is not None and running.life.stop_reason is None:
             log.info("Job %s: %s; stopping its encoder", job_id, _said(reason))
             self._apply(running, running.life.handle(StopRequested(reason)))
+            running._slot_wait.cancel()  # prefetched: it must not start
 
     def stop_all(self, reason: StopReason) -> None:
         for job_id in list(self.running):
             self.stop(job_id, reason)
 
-    async def run(self, job: Job, node_id: str, *, draining: bool) -> None:
+    @property
+    def prefetched(self) -> int:
+        """Jobs claimed and waiting for a slot."""
+        return sum(running.prefetched for running in self.running.values())
+
+    def ending_within(self, lead: float) -> int:
+        """Encodes expected to end within ``lead`` seconds: the slots a prefetch may wait for."""
+        return sum(running.ends_within(lead) for running in self.running.values())
+
+    def hand_back_prefetched(self) -> None:
+        """Stop every prefetched job's wait for a slot: each goes back to the master unstarted."""
+        for running in self.running.values():
+            running._slot_wait.cancel()
+
+    async def run(self, job: Job, node_id: str, *, draining: bool, slot: Slot | None = None) -> None:
         """The whole life of one claimed job; returns once its result is delivered or kept.
 
-        Also when cancelled from outside (the agent quitting): the job is then
-        reported as stopped by a shutdown, and the cancel goes on.
+        ``slot`` is held already, or else (a prefetched job) taken here first;
+        it is freed once the result is made (None: the caller manages it). A drain or a cancel while the job
+        waits for it ends the job unstarted. Also when cancelled from outside
+        (the agent quitting): the job is then reported as stopped by a
+        shutdown (or handed back unstarted), and the cancel goes on.
         """
         log.info("Received job: %s (scenario: %s)", job.id, job.scenario)
         running = RunningJob(JobLife(job, node_id))
         self._track(running)
         try:
+            waiting = slot is not None and not slot.held
+            if waiting and not draining:
+                assert slot is not None
+                await self._wait_for_slot(running, slot)
+                waiting = not slot.held
+            running._encode_started = time.monotonic()
             async with trio.open_nursery() as nursery:
                 running._nursery = nursery
-                self._apply(running, running.life.handle(self._claimed(job, draining)))
+                claimed = self._claimed(job, draining or waiting, running._shown_prefetched)
+                self._apply(running, running.life.handle(claimed))
         finally:
             if running.report is None:
                 self._apply(running, running.life.handle(StopRequested(StopReason.SHUTDOWN)))
+                self._apply(running, running.life.handle(Claimed(draining=True)))  # never started
                 self._apply(running, running.life.handle(EncoderExited(EncodeOutcome(stopped=True))))
             self._untrack(running)
             assert running.report is not None
+            # Before the slot is freed: a breaker this opens hands the prefetched jobs back first.
             self._account(running, running.report)
+            if slot is not None:
+                slot.release()
             await self.reporter.deliver(running.report.result)
 
-    def _claimed(self, job: Job, draining: bool) -> Claimed:
+    async def _wait_for_slot(self, running: RunningJob, slot: Slot) -> None:
+        """Wait for a slot; after a while, tell the master that the job waits (stage ``prefetched``)."""
+        with running._slot_wait:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._show_prefetched, running)
+                await slot.acquire()
+                nursery.cancel_scope.cancel()
+
+    async def _show_prefetched(self, running: RunningJob) -> None:
+        await trio.sleep(PREFETCH_SHOWN_AFTER_S)
+        if not self.progress_supported:
+            return
+        update = JobProgress(node_id=running.life.node_id, progress=0.0, stage=JobProgress.PREFETCHED)
+        try:
+            await self.client.send_progress(running.job.id, update)
+        except StateConflict:
+            self.stop(running.job.id, StopReason.LEASE_LOST)
+            running._slot_wait.cancel()
+        except MasterError as exc:
+            log.debug("stage of job %s not sent: %s", running.job.id, exc)
+        else:
+            running._shown_prefetched = True
+
+    def _claimed(self, job: Job, draining: bool, shown_prefetched: bool) -> Claimed:
         if draining:
             return Claimed(draining=True)
         try:
-            return Claimed(spec=self.runner.prepare(job))
+            return Claimed(spec=self.runner.prepare(job), shown_prefetched=shown_prefetched)
         except JobRejected as exc:
             log.warning("Job %s rejected: %s", job.id, exc)
             return Claimed(rejection=str(exc))

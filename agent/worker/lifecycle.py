@@ -13,9 +13,15 @@ States and events (see "The job lifecycle" in docs/architecture.rst)::
 
     CLAIMED --Claimed(draining)--------------------------> DONE  (handed back unstarted)
     CLAIMED --Claimed(rejection)-------------------------> DONE  (user_error)
+    CLAIMED --StopRequested--> CLAIMED --Claimed---------> DONE  (stopped before it started: canceled,
+                                                                  or handed back unstarted by a shutdown)
     CLAIMED --Claimed(spec)--> ENCODING --EncoderExited--> DONE  (the encode's own outcome)
                                   |  Progressed: SendProgress, at most one per interval
                                   '--StopRequested--> STOPPING --EncoderExited--> DONE (canceled / shutdown)
+
+A job stays ``CLAIMED`` while it waits for a slot (prefetched, see "The worker
+agent" in docs/architecture.rst); :meth:`JobLife.ends_within` says whether a
+running job is about to free its slot, which is when a prefetch is worth it.
 
 Actions: :class:`StartEncoder`, :class:`SendProgress`, :class:`StopEncoder`,
 :class:`Report`. A job reaches ``DONE`` exactly once, with exactly one
@@ -34,6 +40,7 @@ from agent.scenarios import EncodeSpec
 from agent.worker.progress import ProgressSnapshot
 
 __all__ = [
+    "SHORT_JOB_S",
     "PROGRESS_INTERVAL_S",
     "Action",
     "Claimed",
@@ -53,6 +60,11 @@ __all__ = [
 
 # Progress is a nicety: at most one update per job per interval reaches the master.
 PROGRESS_INTERVAL_S = 1.0
+
+# Before its first progress report, a job counts as ending soon only if it asks for at
+# most this many seconds of media: such jobs mostly end before any report, while a long
+# transcode, a whole input or a stream without a duration may run for hours.
+SHORT_JOB_S = 2.0
 
 # The error of a job handed back unstarted; the Go master reads only this text.
 NOT_STARTED_ERROR = "not started: worker draining"
@@ -102,11 +114,17 @@ class EncodeOutcome:
 
 @attrs.frozen
 class Claimed:
-    """The job was leased to this node; ``spec`` is built once, here, or ``rejection`` says why not."""
+    """The job may start: ``spec`` is built once, here, or ``rejection`` says why not.
+
+    ``draining``: the worker stops, so the job goes back unstarted.
+    ``shown_prefetched``: the master was told the job waits for a slot, so it
+    is told at once that it runs (progress 0, stage ``encoding``).
+    """
 
     spec: EncodeSpec | None = None
     rejection: str = ""
     draining: bool = False
+    shown_prefetched: bool = False
 
 
 @attrs.frozen
@@ -183,15 +201,37 @@ class JobLife:
             return self._stop(event.reason)
         return self._exited(event.outcome)
 
+    def ends_within(self, lead: float, running_s: float) -> bool:
+        """Whether this job is expected to free its slot within ``lead`` seconds.
+
+        From its progress when it has some (time so far over the share done);
+        before any, only a job of at most :data:`SHORT_JOB_S` seconds of media.
+        A job not encoding holds no slot, or is already stopping.
+        """
+        if self.phase is not Phase.ENCODING or self.spec is None:
+            return False
+        if self.progress <= 0:
+            return self.spec.duration is not None and self.spec.duration <= SHORT_JOB_S
+        return running_s * (100.0 - self.progress) / self.progress <= lead
+
     def _claimed(self, event: Claimed) -> list[Action]:
         if self.phase is not Phase.CLAIMED:
             return []
-        if event.draining:
+        if self.stop_reason is not None and self.stop_reason.from_master:
+            # Canceled on the master while it waited for a slot: it never started.
+            result = JobResult(
+                job_id=self.job.id, node_id=self.node_id, status=JobStatus.CANCELED, progress=0.0,
+                error=f"{self.stop_reason.value} on the master",
+            )
+            return self._done(result, counts_for_health=False)
+        if event.draining or self.stop_reason is StopReason.SHUTDOWN:
             result = self._failure(FailureReason.PLATFORM_ERROR, NOT_STARTED_ERROR, not_started=True)
             return self._done(result, counts_for_health=False)
         if event.spec is None:
             return self._done(self._failure(FailureReason.USER_ERROR, event.rejection), counts_for_health=True)
         self.phase, self.spec = Phase.ENCODING, event.spec
+        if event.shown_prefetched:
+            return [StartEncoder(event.spec), SendProgress(self._update(0.0, ProgressSnapshot()))]
         return [StartEncoder(event.spec)]
 
     def _progressed(self, event: Progressed) -> list[Action]:
@@ -200,14 +240,18 @@ class JobLife:
         if self.phase is not Phase.ENCODING or not due:
             return []
         self._progress_sent_at = event.now
-        snapshot = event.snapshot
-        update = JobProgress(
-            node_id=self.node_id, progress=event.percent, fps=snapshot.fps, speed=snapshot.speed,
-            bitrate_kbps=snapshot.bitrate_kbps, out_time_s=snapshot.out_time_s,
+        return [SendProgress(self._update(event.percent, event.snapshot))]
+
+    def _update(self, percent: float, snapshot: ProgressSnapshot) -> JobProgress:
+        return JobProgress(
+            node_id=self.node_id, progress=percent, fps=snapshot.fps, speed=snapshot.speed,
+            bitrate_kbps=snapshot.bitrate_kbps, out_time_s=snapshot.out_time_s, stage=JobProgress.ENCODING,
         )
-        return [SendProgress(update)]
 
     def _stop(self, reason: StopReason) -> list[Action]:
+        if self.phase is Phase.CLAIMED and self.stop_reason is None:
+            self.stop_reason = reason  # decided when it would start (Claimed)
+            return []
         if self.phase is not Phase.ENCODING:
             return []
         self.phase, self.stop_reason = Phase.STOPPING, reason

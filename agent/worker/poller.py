@@ -6,13 +6,23 @@ slot after each claim: a queue of N jobs fills N free slots in N round trips,
 not N poll intervals. It sleeps only when the master has no work, or while the
 circuit breaker is open.
 
-A job task holds its slot from claim to result; what happens in it is
-:mod:`agent.worker.jobs` driving :mod:`agent.worker.lifecycle`.
+With ``--prefetch N`` it also claims while every slot is busy, up to N jobs
+and only for a running encode expected to end within :data:`PREFETCH_LEAD_S`:
+the prefetched job waits in its task for the slot, so the next encoder starts
+as soon as one ends instead of a claim's round trip later (what Celery's
+prefetch buys). Before its first progress report an encode counts as ending
+soon only if it asks for a few seconds of media, so no job is queued behind a
+long one.
+
+A job task holds its slot from claim (or, prefetched, from the slot's turn)
+until its result is made; what happens in it is :mod:`agent.worker.jobs`
+driving :mod:`agent.worker.lifecycle`.
 """
 
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Awaitable, Callable, NoReturn
 
 import attrs
@@ -21,8 +31,8 @@ import trio
 from agent.client import MasterClient, MasterError, MasterUnavailable, UnknownToMaster
 from agent.models import Job
 from agent.worker.backoff import Backoff
-from agent.worker.breaker import CircuitBreaker
-from agent.worker.jobs import JobTasks
+from agent.worker.breaker import BreakerState, CircuitBreaker
+from agent.worker.jobs import JobTasks, Slot
 from agent.worker.state import AgentState
 
 log = logging.getLogger(__name__)
@@ -31,6 +41,12 @@ log = logging.getLogger(__name__)
 # master may lease a job to it), so this also bounds how long an idle agent's
 # drain can wait for one.
 LONG_POLL_MAX_S = 5.0
+# A prefetch is claimed only for an encode expected to end this soon: a little
+# more than a claim's round trip, so the next job is there in time, without
+# holding it from other agents for long.
+PREFETCH_LEAD_S = 1.0
+# While every slot is busy, how often the poller looks again at whether one ends soon.
+PREFETCH_CHECK_S = 0.1
 
 
 @attrs.define
@@ -42,6 +58,8 @@ class Poller:
     limiter: trio.CapacityLimiter
     poll_interval: float
     reregister: Callable[[], Awaitable[None]]
+    # Jobs claimed beyond the free slots, waiting for one (--prefetch); 0: a slot before every claim.
+    prefetch: int = 0
     backoff: Backoff = attrs.field(factory=Backoff)
     _wake: trio.Event = attrs.field(factory=trio.Event)
     _long_poll_supported: bool = True
@@ -62,8 +80,9 @@ class Poller:
             if self.limiter.available_tokens == 0:
                 # Logged once each time the slots fill up, not on every wait.
                 log.info("At max concurrent jobs (%d/%d), waiting...", self.limit, self.limit)
+            prefetch = await self._wait_for_room()
             try:
-                job = await job_nursery.start(self._job_slot)
+                job = await job_nursery.start(partial(self._job_slot, prefetch=prefetch))
             except MasterUnavailable as exc:
                 self.breaker.claim_failed(trio.current_time(), str(exc))
                 await self._back_off(exc)
@@ -94,13 +113,34 @@ class Poller:
         with trio.move_on_after(self.poll_interval):
             await self._wake.wait()
 
+    async def _wait_for_room(self) -> bool:
+        """Until a slot is free (False) or a prefetch is due (True); at once without ``--prefetch``.
+
+        Without it, :meth:`_job_slot` waits for the slot itself, as it always has.
+        """
+        if self.prefetch == 0:
+            return False
+        while self.limiter.available_tokens == 0:
+            # No job is claimed ahead by a node whose last job failed: it may be the node's fault.
+            healthy = self.breaker.state is BreakerState.CLOSED and self.breaker.job_failures == 0
+            due = min(self.prefetch, self.jobs.ending_within(PREFETCH_LEAD_S)) if healthy else 0
+            if self.jobs.prefetched < due:
+                return True
+            with trio.move_on_after(PREFETCH_CHECK_S):
+                await self.jobs.job_ended.wait()
+        return False
+
     async def _wait_for_breaker(self) -> None:
         while (delay := self.breaker.claim_delay(trio.current_time())) > 0:
             with trio.move_on_after(delay):
                 await self.jobs.job_ended.wait()  # a probe job's end decides sooner
 
-    async def _job_slot(self, *, task_status: trio.TaskStatus[Job | None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with self.limiter:
+    async def _job_slot(
+        self, *, prefetch: bool = False, task_status: trio.TaskStatus[Job | None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """A slot (or, prefetching, none yet), a claim, and the claimed job's whole life."""
+        slot = Slot(self.limiter) if prefetch else await Slot.taken(self.limiter)
+        try:
             await self._wait_for_breaker()
             self.breaker.claim_started()
             # A claim in flight when the drain starts is finished, never dropped:
@@ -109,7 +149,9 @@ class Poller:
                 job = await self._claim()
             task_status.started(job)
             if job is not None:
-                await self.jobs.run(job, self.state.node_id, draining=self.state.draining)
+                await self.jobs.run(job, self.state.node_id, draining=self.state.draining, slot=slot)
+        finally:
+            slot.release()
 
     async def _claim(self) -> Job | None:
         """Claim, long-polling while the master supports it (it holds the request until work comes)."""

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import agent.worker.lifecycle as lifecycle_module
-from agent.models import FailureReason, Job, JobStatus
+from agent.models import FailureReason, Job, JobProgress, JobStatus
 from agent.scenarios import build_spec
 from agent.worker.lifecycle import (
     Claimed,
@@ -138,3 +138,54 @@ def test_a_job_is_reported_exactly_once() -> None:
     for event in (EncoderExited(EncodeOutcome()), StopRequested(StopReason.SHUTDOWN), Claimed(spec=SPEC)):
         assert life.handle(event) == []
     assert life.phase is Phase.DONE
+
+
+# --- prefetched jobs: claimed, waiting for a slot -----------------------------------
+
+
+def test_a_cancel_while_waiting_for_a_slot_ends_the_job_canceled_without_starting_it() -> None:
+    """The stop is kept until the job's turn; then it reports canceled and no encoder starts."""
+    life = JobLife(JOB, "node-1")
+    assert life.handle(StopRequested(StopReason.CANCELED)) == []
+    report = reported(life.handle(Claimed(spec=SPEC)))
+    assert (report.result.status, report.result.progress, report.counts_for_health) == (JobStatus.CANCELED, 0.0, False)
+
+
+def test_a_shutdown_while_waiting_for_a_slot_hands_the_job_back_unstarted() -> None:
+    """The same free hand-back as a claim during a drain."""
+    life = JobLife(JOB, "node-1")
+    life.handle(StopRequested(StopReason.SHUTDOWN))
+    assert reported(life.handle(Claimed(spec=SPEC))).result.not_started
+
+
+def test_a_job_shown_as_prefetched_tells_the_master_at_once_that_it_encodes() -> None:
+    """Its first update goes with the encoder's start, stage ``encoding``, progress 0."""
+    life = JobLife(JOB, "node-1")
+    start, update = life.handle(Claimed(spec=SPEC, shown_prefetched=True))
+    assert start == StartEncoder(SPEC)
+    assert isinstance(update, SendProgress)
+    assert (update.update.stage, update.update.progress) == (JobProgress.ENCODING, 0.0)
+
+
+def test_a_job_ends_soon_by_its_progress_once_it_has_some() -> None:
+    """Time so far over the share done: 9 s for 90 % leaves 1 s."""
+    life = encoding()
+    life.handle(Progressed(90.0, ProgressSnapshot(), now=9.0))
+    assert life.ends_within(1.0, running_s=9.0)
+    assert not life.ends_within(0.5, running_s=9.0)
+
+
+def test_before_any_progress_only_a_short_job_counts_as_ending_soon() -> None:
+    """A job asking for a few seconds of media does; a long one, or one of unknown length, never does."""
+    assert encoding().ends_within(1.0, running_s=30.0)  # 2 s of media
+    long_job = JobLife(Job(id="j2", scenario="144p30-h264", parameters={"duration": 600}), "node-1")
+    long_job.handle(Claimed(spec=build_spec(long_job.job)))
+    assert not long_job.ends_within(1.0, running_s=0.1)
+
+
+def test_a_job_that_holds_no_slot_never_ends_soon() -> None:
+    """Waiting for a slot, stopping or done: nothing for a prefetch to wait for."""
+    waiting = JobLife(JOB, "node-1")
+    stopping = encoding()
+    stopping.handle(StopRequested(StopReason.CANCELED))
+    assert not waiting.ends_within(1.0, 0.0) and not stopping.ends_within(1.0, 0.0)
