@@ -351,7 +351,8 @@ def record_progress(job: Job, report: JobProgress) -> Job:
     if not _is_leased_to(job, report.node_id):
         raise Conflict(f"job {job.id} is not leased to node {report.node_id}")
     live = LiveProgress(
-        fps=report.fps, speed=report.speed, bitrate_kbps=report.bitrate_kbps, out_time_s=report.out_time_s
+        fps=report.fps, speed=report.speed, bitrate_kbps=report.bitrate_kbps, out_time_s=report.out_time_s,
+        stage=report.stage,
     )
     return attrs.evolve(job, progress=min(100.0, max(0.0, report.progress)), live=live)
 
