@@ -49,9 +49,8 @@ LADDER_MODES = ("auto", "single", "split")
 SEGMENT_S = 2.0
 # Eight rungs cover 240p to 4K; more would make one job too large for one slot.
 MAX_RUNGS = 8
-# Every HLS player plays H.264; FFmpeg's HLS muxer cannot name an H.265 stream it copies in the master
-# playlist's CODECS, which players need to choose a variant. DASH and plain files carry H.265 and VP9 too.
-_HLS_CODECS = ("h264",)
+# HLS players expect H.264 or H.265 in fMP4 segments; DASH and plain files carry VP9 too.
+_HLS_CODECS = ("h264", "h265")
 # Parameters that describe one encode: with a ladder each rung says its own.
 _PER_RUNG = {
     "bitrate": "give each rung's bitrate as <scenario>@<bitrate>, e.g. 720p30-h264@3M",
@@ -171,7 +170,7 @@ class Ladder:
                 raise JobRejected("ladder", f"rung {index} ({part}) repeats rung {same.index} ({same.text})")
             if package == "hls" and rung.codec not in _HLS_CODECS:
                 raise JobRejected(
-                    "ladder", f"rung {index} ({part}): package=hls carries h264 only; use package=dash "
+                    "ladder", f"rung {index} ({part}): package=hls carries h264 or h265; use package=dash "
                     f"or package=files for {rung.codec}"
                 )
             rungs.append(rung)

@@ -37,7 +37,13 @@ from agent.models import FailureReason, Job
 from agent.scenarios import EncodeSpec
 from agent.worker.encoder import EncoderWatch, StopPolicy, run_encoder
 from agent.worker.engines.ffmpeg import ProbeFailed, probe_media
-from agent.worker.engines.ffmpeg_ladder import LadderPlan, finish_master_playlist, ladder_plan, staged_video
+from agent.worker.engines.ffmpeg_ladder import (
+    LadderPlan,
+    finish_manifest,
+    finish_master_playlist,
+    ladder_plan,
+    staged_video,
+)
 from agent.worker.failures import job_fault
 from agent.worker.guardian import Guardian
 from agent.worker.jobrunner import bandwidth_mbps, last_line
@@ -142,6 +148,8 @@ class LadderRunner:
                 raise _Failed(FailureReason.TIMEOUT, f"encoder stopped after the job's timeout of {timeout:g}s")
             if ladder.package == "hls":
                 await trio.to_thread.run_sync(finish_master_playlist, package_dir, ladder.rungs, audio)
+            elif ladder.package == "dash":
+                await trio.to_thread.run_sync(finish_manifest, package_dir)
             await self._check(spec, ladder, package_dir, audio, length)
             metrics |= _output_metrics(job, spec, ladder, progress.slowest, input_path, package_dir, started)
             metrics["package_check"] = "passed"

@@ -18,7 +18,7 @@ import pytest
 from agent.client import MasterClient
 from agent.ladder import Ladder, Package
 from agent.worker.package_check import ExpectedRung, check_package
-from tests.integration.test_ladder import CLIP_SECONDS, LADDER, make_clip
+from tests.integration.test_ladder_jobs import CLIP_SECONDS, LADDER, make_clip
 from tests.support import Answer, Processes, run_command, start_agent, start_master, wait_for_jobs
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]

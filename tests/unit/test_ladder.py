@@ -11,7 +11,7 @@ from agent.ladder import MAX_RUNGS, SEGMENT_S, Ladder, Rung, choose_mode
 from agent.master.validation import validate_request
 from agent.models import Job, JobRequest
 from agent.scenarios import EncodeSpec, JobRejected, build_spec
-from agent.worker.engines.ffmpeg_ladder import Rates, ladder_plan, rewrite_master_playlist
+from agent.worker.engines.ffmpeg_ladder import Rates, Variant, ladder_plan, rewrite_master_playlist, video_codec_string
 
 THREE = "360p30-h264,240p30-h264@300k,144p30-h264@150k"
 STAGE = Path("/work/stage")
@@ -51,7 +51,7 @@ def test_a_rung_with_a_bad_bitrate_is_refused_naming_the_rung() -> None:
     ("720p30-h264@", "rung 1 (720p30-h264@): bitrate is missing after '@'"),
     ("720p30-h264,480p30-h264@1", "rung 2 (480p30-h264@1): bitrate '1' must be within"),
     ("720p30-h264,720p30-h264@2500k", "rung 2 (720p30-h264@2500k) repeats rung 1 (720p30-h264)"),
-    ("480p30-vp9", "rung 1 (480p30-vp9): package=hls carries h264 only; use package=dash"),
+    ("480p30-vp9", "rung 1 (480p30-vp9): package=hls carries h264 or h265; use package=dash"),
     (",".join(f"{h}p30-h264" for h in range(144, 144 + 2 * (MAX_RUNGS + 1), 2)), "give 1 to 8"),
 ])
 def test_bad_ladders_are_refused_with_what_to_change(text: str, expected: str) -> None:
@@ -162,8 +162,8 @@ def test_the_package_is_one_stream_copy_per_kind() -> None:
     assert files.count("3:a:0") == 3
 
 
-def test_the_master_playlist_gets_measured_rates_with_audio_and_the_frame_rate() -> None:
-    """BANDWIDTH and AVERAGE-BANDWIDTH are video plus audio; quoted CODECS keep their comma; other lines stay."""
+def test_the_master_playlist_gets_measured_rates_with_audio_codecs_and_the_frame_rate() -> None:
+    """BANDWIDTH and AVERAGE-BANDWIDTH are video plus audio; CODECS names both; other lines stay."""
     ffmpeg_wrote = "\n".join([
         "#EXTM3U",
         '#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="group_audio",NAME="audio_1",DEFAULT=YES,URI="audio/index.m3u8"',
@@ -171,8 +171,8 @@ def test_the_master_playlist_gets_measured_rates_with_audio_and_the_frame_rate()
         'AUDIO="group_audio"',
         "1-360p30/index.m3u8",
     ])
-    rewritten = rewrite_master_playlist(ffmpeg_wrote, {"1-360p30/index.m3u8": Rates(900_000, 700_000)},
-                                        {"1-360p30/index.m3u8": 30.0}, Rates(130_000, 128_000))
+    variant = Variant(Rates(900_000, 700_000), 30.0, "avc1.64001e")
+    rewritten = rewrite_master_playlist(ffmpeg_wrote, {"1-360p30/index.m3u8": variant}, Rates(130_000, 128_000))
     assert rewritten.splitlines()[2] == (
         '#EXT-X-STREAM-INF:BANDWIDTH=1030000,AVERAGE-BANDWIDTH=828000,RESOLUTION=640x360,'
         'CODECS="avc1.64001e,mp4a.40.2",AUDIO="group_audio",FRAME-RATE=30.000'
@@ -184,3 +184,14 @@ def test_a_rung_keyframe_interval_is_one_segment() -> None:
     """Two seconds of frames at the rung's own rate."""
     assert Rung.parse(1, "720p60-h264").keyframe_interval == 120
     assert Rung.parse(1, "720p25-h264").keyframe_interval == 50
+
+
+def test_codec_strings_are_read_from_the_decoder_configuration() -> None:
+    """avcC: profile, constraints, level in hex; hvcC: hvc1.<profile>.<reversed compatibility>.<tier level>.<flags>."""
+    avc = b"....avcC\x01\x64\x00\x1f\xff"
+    assert video_codec_string(avc) == "avc1.64001f"
+    # Main profile, compatibility 0x60000000, constraint 0x90 then zeros, level 93 (3.1).
+    hvc = b"....hvcC\x01\x01\x60\x00\x00\x00\x90\x00\x00\x00\x00\x00\x5d"
+    assert video_codec_string(hvc) == "hvc1.1.6.L93.90"
+    with pytest.raises(ValueError, match="no avcC or hvcC"):
+        video_codec_string(b"ftypisom")

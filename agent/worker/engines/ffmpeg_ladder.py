@@ -18,13 +18,17 @@ A ladder runs in two stages, whatever the mode:
 Every rung has a keyframe every :data:`~agent.ladder.SEGMENT_S` seconds and
 none elsewhere, so the packager cuts every rung at the same instants.
 
-FFmpeg's HLS master playlist leaves out ``FRAME-RATE`` and counts only the
-video in ``BANDWIDTH``; :func:`finish_master_playlist` adds both from the
-segments as written. Plain code apart from reading and writing those files.
+FFmpeg's HLS master playlist leaves out ``FRAME-RATE``, counts only the
+video in ``BANDWIDTH``, and names no ``CODECS`` for H.265 it copies;
+:func:`finish_master_playlist` sets all three from the files as written.
+Its DASH muxer leaves H.265's ``codecs`` empty too: :func:`finish_manifest`
+fills it in.
+Plain code apart from reading and writing those files.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,9 +43,11 @@ __all__ = [
     "HLS_MASTER",
     "DASH_MANIFEST",
     "LadderPlan",
+    "finish_manifest",
     "finish_master_playlist",
     "ladder_plan",
     "rewrite_master_playlist",
+    "video_codec_string",
 ]
 
 # The staged audio, and the audio rendition's directory in an HLS package.
@@ -49,8 +55,10 @@ AUDIO_NAME = "audio"
 HLS_MASTER = "master.m3u8"
 HLS_MEDIA = "index.m3u8"
 DASH_MANIFEST = "manifest.mpd"
-# One AAC track for every rung: what every HLS and DASH player decodes.
+# One AAC track for every rung: what every HLS and DASH player decodes. FFmpeg's encoder makes AAC-LC,
+# which RFC 6381 names mp4a.40.2.
 AUDIO_ARGS = ("-c:a", "aac", "-b:a", "128k")
+AUDIO_CODEC_STRING = "mp4a.40.2"
 
 
 @attrs.frozen
@@ -235,22 +243,34 @@ def media_rates(playlist: Path) -> Rates:
     return Rates(round(peak), round(average))
 
 
-def rewrite_master_playlist(text: str, rates: dict[str, Rates], fps: dict[str, float], audio: Rates | None) -> str:
-    """FFmpeg's master playlist with each variant's measured rates (plus its audio's) and its ``FRAME-RATE``.
+@attrs.frozen
+class Variant:
+    """What the master playlist says of one rung: measured rates, frame rate, video codec string."""
 
-    ``rates`` and ``fps`` are keyed by the variant's URI as the playlist
-    names it (``1-1080p30/index.m3u8``); other lines are kept as they are.
+    rates: Rates
+    fps: float
+    codec: str
+
+
+def rewrite_master_playlist(text: str, variants: dict[str, Variant], audio: Rates | None) -> str:
+    """FFmpeg's master playlist with each variant's measured rates (plus its audio's), codecs and ``FRAME-RATE``.
+
+    ``variants`` are keyed by the URI the playlist names (``1-1080p30/index.m3u8``);
+    other lines are kept as they are.
     """
     lines = text.splitlines()
     out: list[str] = []
     for i, line in enumerate(lines):
         uri = lines[i + 1].strip() if i + 1 < len(lines) else ""
-        if line.startswith("#EXT-X-STREAM-INF:") and uri in rates:
-            total = rates[uri] + audio if audio is not None else rates[uri]
+        if line.startswith("#EXT-X-STREAM-INF:") and uri in variants:
+            variant = variants[uri]
+            total = variant.rates + audio if audio is not None else variant.rates
             attributes = _attributes(line.removeprefix("#EXT-X-STREAM-INF:"))
             attributes["BANDWIDTH"] = str(total.peak)
             attributes["AVERAGE-BANDWIDTH"] = str(total.average)
-            attributes["FRAME-RATE"] = f"{fps[uri]:.3f}"
+            codecs = [variant.codec] + ([AUDIO_CODEC_STRING] if audio is not None else [])
+            attributes["CODECS"] = '"' + ",".join(codecs) + '"'
+            attributes["FRAME-RATE"] = f"{variant.fps:.3f}"
             line = "#EXT-X-STREAM-INF:" + ",".join(f"{key}={value}" for key, value in attributes.items())
         out.append(line)
     return "\n".join(out) + "\n"
@@ -278,10 +298,53 @@ def _attributes(text: str) -> dict[str, str]:
     return attributes
 
 
+def video_codec_string(init: bytes) -> str:
+    """The RFC 6381 name of the H.264 or H.265 stream an fMP4 init segment describes (``avc1.64001f``).
+
+    Read from its decoder configuration box: ``avcC`` gives profile,
+    constraint flags and level; ``hvcC`` gives what ISO/IEC 14496-15 Annex E
+    spells ``hvc1.<profile>.<compatibility, bits reversed>.<tier><level>.<constraints>``.
+
+    Raises:
+        ValueError: neither box is there.
+    """
+    if (at := init.find(b"avcC")) >= 0:
+        profile, constraints, level = init[at + 5:at + 8]
+        return f"avc1.{profile:02x}{constraints:02x}{level:02x}"
+    if (at := init.find(b"hvcC")) >= 0:
+        config = init[at + 4:at + 17]
+        space, tier, profile = config[1] >> 6, (config[1] >> 5) & 1, config[1] & 0x1F
+        compatibility = int(f"{int.from_bytes(config[2:6], 'big'):032b}"[::-1], 2)
+        constraints = config[6:12].rstrip(b"\0")
+        parts = [f"{' ABC'[space].strip()}{profile}", f"{compatibility:X}", f"{'LH'[tier]}{config[12]}"]
+        return ".".join(["hvc1", *parts, *(f"{byte:X}" for byte in constraints)])
+    raise ValueError("no avcC or hvcC box in the init segment")
+
+
 def finish_master_playlist(package_dir: Path, rungs: Sequence[Rung], audio: bool) -> None:
-    """Rewrite ``master.m3u8`` in ``package_dir`` with measured rates and frame rates (blocking; small files)."""
+    """Rewrite ``master.m3u8`` in ``package_dir`` from the files as written (blocking; small files)."""
     master = package_dir / HLS_MASTER
-    rates = {f"{rung.name}/{HLS_MEDIA}": media_rates(package_dir / rung.name / HLS_MEDIA) for rung in rungs}
-    fps = {f"{rung.name}/{HLS_MEDIA}": rung.fps for rung in rungs}
+    variants = {
+        f"{rung.name}/{HLS_MEDIA}": Variant(
+            media_rates(package_dir / rung.name / HLS_MEDIA), rung.fps,
+            video_codec_string(next((package_dir / rung.name).glob("init*.mp4")).read_bytes()),
+        )
+        for rung in rungs
+    }
     audio_rates = media_rates(package_dir / AUDIO_NAME / HLS_MEDIA) if audio else None
-    master.write_text(rewrite_master_playlist(master.read_text(), rates, fps, audio_rates))
+    master.write_text(rewrite_master_playlist(master.read_text(), variants, audio_rates))
+
+
+# A representation whose codecs FFmpeg's DASH muxer left empty; its init segment is named by its id.
+_UNNAMED_CODEC = re.compile(r'(<Representation id="(\d+)"[^>]*? codecs=")(")')
+
+
+def finish_manifest(package_dir: Path) -> None:
+    """Name the codecs of the video representations FFmpeg's DASH muxer left empty (H.265 it copies)."""
+    manifest = package_dir / DASH_MANIFEST
+
+    def named(match: re.Match[str]) -> str:
+        init = package_dir / f"init-{match[2]}.m4s"
+        return match[1] + video_codec_string(init.read_bytes()) + match[3]
+
+    manifest.write_text(_UNNAMED_CODEC.sub(named, manifest.read_text()))

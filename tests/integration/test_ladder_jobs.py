@@ -164,3 +164,22 @@ async def test_a_stalled_rung_stops_every_rung_and_the_job_fails_as_stalled(tmp_
     assert result.metrics["ladder_mode"] == "split"
     assert len(stub.entries) == 3, "one encoder per rung, each run once"
     assert processes_mentioning(str(stub.path)) == []
+
+
+@pytest.mark.parametrize("package", ["hls", "dash"])
+async def test_h265_rungs_name_their_codec_in_the_playlist_or_manifest(
+    tmp_path: Path, ffmpeg: str, package: Package
+) -> None:
+    """FFmpeg names no codec for H.265 it copies; the package does (hvc1...), and it plays."""
+    await make_clip(ffmpeg, tmp_path / "media" / "clip.mp4")
+    ladder = "180p30-h265,90p30-h264"
+    job = Job(id="job-1", scenario="180p30-h264",
+              parameters={"ladder": ladder, "package": package, "input": str(tmp_path / "media" / "clip.mp4")})
+    with trio.fail_after(90):
+        result = await run_job(runner(tmp_path), job)
+    assert result.status is JobStatus.COMPLETED, (result.error, result.logs)
+    directory = Path(result.metrics["output_file"])
+    entry = directory / ("master.m3u8" if package == "hls" else "manifest.mpd")
+    assert "hvc1.1." in entry.read_text() and 'codecs=""' not in entry.read_text()
+    rungs = [ExpectedRung(r.text, r.width, r.height, r.fps, r.codec) for r in Ladder.parse(ladder).rungs]
+    assert await check_package(directory, package, rungs, ffmpeg=ffmpeg, duration=CLIP_SECONDS, audio=True) == []
