@@ -309,8 +309,8 @@ def video_codec_string(init: bytes) -> str:
         ValueError: neither box is there.
     """
     if (at := init.find(b"avcC")) >= 0:
-        profile, constraints, level = init[at + 5:at + 8]
-        return f"avc1.{profile:02x}{constraints:02x}{level:02x}"
+        profile_idc, compatibility_flags, level_idc = init[at + 5:at + 8]
+        return f"avc1.{profile_idc:02x}{compatibility_flags:02x}{level_idc:02x}"
     if (at := init.find(b"hvcC")) >= 0:
         config = init[at + 4:at + 17]
         space, tier, profile = config[1] >> 6, (config[1] >> 5) & 1, config[1] & 0x1F
