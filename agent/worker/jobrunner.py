@@ -430,8 +430,13 @@ class JobRunner:
             stall_timeout=self.settings.stall_timeout, stage_root=self.work_dir / "ladders",
             deliver=lambda package: self._deliver(spec, package), persist_outputs=self.settings.persist_outputs,
         )
-        return await runner.run(job, spec, input_path, self._output_path(job, spec), on_progress,
-                                spec.timeout_sec or self.job_timeout)
+        package_dir = self._output_path(job, spec)
+        timeout = spec.timeout_sec or self.job_timeout
+        outcome = await runner.run(job, spec, input_path, package_dir, on_progress, timeout)
+        if not self.settings.persist_outputs and not spec.output_dir:
+            with contextlib.suppress(OSError):
+                package_dir.parent.rmdir()
+        return outcome
 
     async def _input_length(self, input_path: str) -> float:
         """Seconds of a whole input, which progress is counted against; 0 (progress unknown) for a stream.

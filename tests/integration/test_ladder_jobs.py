@@ -148,7 +148,8 @@ async def test_without_persistence_the_package_is_removed_after_delivery(tmp_pat
         result = await run_job(runner(tmp_path, persist_outputs=False), job)
     assert result.status is JobStatus.COMPLETED, result.error
     assert result.metrics["output_file_bytes"] > 0 and "output_file" not in result.metrics
-    assert [p for p in (tmp_path / "work").rglob("*") if p.is_file()] == []
+    assert list((tmp_path / "work" / "outputs").iterdir()) == []
+    assert list((tmp_path / "work" / "ladders").iterdir()) == []
 
 
 async def test_a_stalled_rung_stops_every_rung_and_the_job_fails_as_stalled(tmp_path: Path) -> None:
