@@ -75,7 +75,9 @@ class FarmFeed:
         return self.version
 
     def note_heartbeat(self, node_id: str, report: HeartbeatReport) -> None:
-        self.cpu_load[node_id] = report.cpu_load_percent
+        # A measured load is never exactly 0.0; that is the field's default, sent by agents that do not measure it.
+        if report.cpu_load_percent > 0:
+            self.cpu_load[node_id] = report.cpu_load_percent
 
     def note_progress(self, job_ref: str, report: JobProgress, at: float) -> None:
         points = self._history.get(job_ref)

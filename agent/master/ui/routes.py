@@ -18,6 +18,7 @@ the token, so another site cannot make a visitor's browser act on the farm.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import hashlib
 import hmac
 import json
@@ -122,6 +123,11 @@ def _download_headers(name: str) -> list[tuple[bytes, bytes]]:
     return [(b"content-disposition", disposition.encode())]
 
 
+def _when(moment: dt.datetime | None) -> str:
+    """A stored time as the page shows it, to the second in UTC."""
+    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC") if moment is not None else "-"
+
+
 def _copy_and_hash(source: IO[bytes], target: Path) -> str:
     digest = hashlib.sha256()
     source.seek(0)
@@ -179,6 +185,7 @@ class Dashboard:
             trim_blocks=True,
             lstrip_blocks=True,
         )
+        self._templates.filters["when"] = _when
         self._api_client: MasterClient | None = None
 
     def routes(self) -> list[BaseRoute]:
