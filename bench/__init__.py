@@ -1,5 +1,5 @@
 """Benchmarks a user runs on their own machine: ``python -m bench.bandwidth_scaling``,
-``python -m bench.dispatch``, ``python -m bench.farm_sim``.
+``python -m bench.dispatch``, ``python -m bench.farm_sim``, ``python -m bench.ladder``.
 
 Layout: ``_farm`` starts the real master (in the bench process) and real
 agents (as processes) and reads their CPU time; ``_report`` writes JSON, CSV
