@@ -3,6 +3,7 @@
 Usage (from the repository root; needs the ``[bench]`` extra, ``pip install '.[bench]'``)::
 
     python -m bench.dispatch --durations 0.2,1,5 --concurrency 1,4,16 --repeats 3
+    python -m bench.dispatch --cells 0.2x4,1x4,0.2x16 --peer celery --before /tmp/before-agent
     python bench/dispatch.py --help
 
 The encoder is a stub that marks when it started and sleeps D seconds, so
@@ -23,6 +24,13 @@ agent processes:
   either). Submissions come at random moments so polling is measured at
   every phase of its interval.
 
+Side by side in the same run, interleaved (each repeat walks the cells in the
+opposite order and the sides take turns): ``--peer celery`` runs a Celery 5
+worker with Redis on the same cells and the same stub process
+(:mod:`bench.celery_peer`), and ``--before PATH`` runs the agent of another
+checkout (``git worktree add PATH <commit>``) beside this one's. The master
+is this checkout's in every run. Goal lines compare the agent with Celery.
+
 Writes ``<name>.json``, ``.csv`` (utilisation rows) and ``.md`` into
 ``--out``, by default a new ``bench-results/<name>-<date>-<time>/``. Each
 goal line says what it measures; a missed goal exits 1 only with ``--check``.
@@ -31,6 +39,7 @@ goal line says what it measures; a missed goal exits 1 only with ``--check``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import random
@@ -54,7 +63,7 @@ from agent.config import parse_duration
 from agent.models import Job, JobRequest, JobStatus, NodeRegistration
 from agent.scenarios import build_spec
 from agent.worker.inputs import InputCache
-from bench._farm import BenchMaster, duration_flag, serve_bench_master, start_bench_agent
+from bench._farm import BenchAgent, BenchMaster, duration_flag, serve_bench_master, start_bench_agent
 from bench._report import (
     GOALS_NOTE,
     fresh_out_dir,
@@ -67,8 +76,9 @@ from bench._report import (
     percentile,
     write_outputs,
 )
+from bench.celery_peer import CeleryPeer, CeleryUnavailable, open_celery_peer
 from bench.goloop import GoLoop
-from tests.support import Processes, wait_for_jobs
+from tests.support import Processes, start_agent, wait_for_jobs
 
 # Every job is the same small one: the stub ignores what it asks for, only its own D counts.
 REQUEST = JobRequest.from_json({"scenario": "144p30-h264", "parameters": {"duration": 1}})
@@ -79,6 +89,13 @@ MODES = (("push", True, True), ("long-poll", False, True), ("polling", False, Fa
 # How long an agent gets to show it uses a mode before the mode counts as absent.
 MODE_SHOWN_WITHIN_S = 5.0
 BAR_UTILISATION = {(1.0, 4): 0.97, (0.2, 4): 0.90}
+# The agent against Celery on the same cells: at least its utilisation, at most 1.5x its submit-to-start p50.
+BAR_VS_CELERY_UTILISATION = 1.0
+BAR_VS_CELERY_LATENCY = 1.5
+AGENT, BEFORE, CELERY = "agent", "agent before", "Celery"
+# How often a utilisation run asks the master whether its jobs are done: the
+# listing costs the master (and this process) CPU that the agent would miss.
+DONE_POLL_S = 1.0
 
 _STUB = """\
 #!{bash}
@@ -192,26 +209,76 @@ class DispatchBench:
         clip.write_bytes(b"stub input")
         return directory
 
-    async def agent_utilisation(self, seconds: float, concurrency: int, repeat: int) -> Utilisation:
+    async def _agent(self, side: str, name: str, master_url: str, work: Path, *flags: str) -> BenchAgent:
+        """This checkout's agent (with ``--prefetch`` when given), or the ``--before`` checkout's."""
+        if side == BEFORE:
+            # Safe path: the checkout's own directory must not shadow the other tree on sys.path.
+            running, _ = await start_agent(
+                self.procs, name, master_url, work, *flags, PYTHONSAFEPATH="1", PYTHONPATH=str(self.args.before),
+            )
+            return BenchAgent(running)
+        prefetch = () if self.args.prefetch is None else ("--prefetch", str(self.args.prefetch))
+        return await start_bench_agent(self.procs, name, master_url, work, *flags, *prefetch)
+
+    async def agent_utilisation(self, side: str, seconds: float, concurrency: int, repeat: int) -> Utilisation:
         jobs = concurrency * rounds(seconds, self.args.seconds)
         master, scope = await self._master()
         try:
             async with MasterClient(master.url) as client:
                 ids = [(await client.submit_job(REQUEST)).id for _ in range(jobs)]
-                agent = await start_bench_agent(
-                    self.procs, f"agent-{seconds:g}s-x{concurrency}-{repeat}", master.url, self._agent_dir(),
+                agent = await self._agent(
+                    side, f"{side}-{seconds:g}s-x{concurrency}-{repeat}", master.url, self._agent_dir(),
                     "--max-concurrent-jobs", str(concurrency), "--ffmpeg", str(self.stub(seconds)),
                     "--poll-interval", self.args.poll_interval,
                 )
                 try:
                     before = agent.cpu()
-                    done = await wait_for_jobs(client, ids, timeout=60 + 10 * jobs * seconds)
+                    done = await _wait_for_done(client, ids, timeout=60 + 10 * jobs * seconds)
                     used = agent.cpu() - before
                 finally:
                     await agent.stop()
         finally:
             scope.cancel()
-        return Utilisation("agent", seconds, concurrency, jobs, repeat, _span(done), used.agent_s)
+        return Utilisation(side, seconds, concurrency, jobs, repeat, _span(done), used.agent_s)
+
+    async def celery_utilisation(self, peer: CeleryPeer, seconds: float, concurrency: int, repeat: int) -> Utilisation:
+        """The same jobs through the Celery worker: queued first, then the worker starts."""
+        jobs = concurrency * rounds(seconds, self.args.seconds)
+
+        def run() -> float:
+            peer.flush()
+            results = [peer.submit(seconds, peer.marker()) for _ in range(jobs)]
+            peer.start_worker(concurrency)
+            try:
+                spans = [result.get(timeout=60 + 10 * jobs * seconds) for result in results]
+            finally:
+                peer.stop_worker()
+            return float(max(end for _, end in spans) - min(start for start, _ in spans))
+
+        span: float = await trio.to_thread.run_sync(run)
+        return Utilisation(CELERY, seconds, concurrency, jobs, repeat, span)
+
+    async def celery_latency(self, peer: CeleryPeer) -> dict[str, Any]:
+        """Submit-to-start latencies of tasks sent one at a time to an idle, warmed-up Celery worker."""
+        poll_interval = parse_duration(self.args.poll_interval)
+
+        def one() -> float:
+            marker = peer.marker()
+            submitted = time.time()
+            peer.submit(LATENCY_JOB_S, marker).get(timeout=30)
+            return float(marker.read_text()) - submitted
+
+        latencies: list[float] = []
+        await trio.to_thread.run_sync(peer.flush)
+        await trio.to_thread.run_sync(peer.start_worker, 4)
+        try:
+            await trio.to_thread.run_sync(one)  # the first task of a fresh child pays for its imports
+            for _ in range(self.args.latency_samples):
+                await trio.sleep(random.uniform(0, poll_interval))
+                latencies.append(await trio.to_thread.run_sync(one))
+        finally:
+            await trio.to_thread.run_sync(peer.stop_worker)
+        return _latency_entry(CELERY, latencies)
 
     async def go_utilisation(self, seconds: float) -> Utilisation:
         concurrency, jobs = self.args.go_concurrency, self.args.go_jobs
@@ -237,23 +304,24 @@ class DispatchBench:
             scope.cancel()
         return Utilisation("Go loop model", seconds, concurrency, jobs, 0, _span(done))
 
-    async def latency(self, mode: str, push: bool, long_poll: bool) -> dict[str, Any]:
+    async def latency(self, side: str, mode: str, push: bool, long_poll: bool) -> dict[str, Any]:
         """Submit-to-start latencies of jobs sent one at a time to an idle agent."""
         master, scope = await self._master(push=push, long_poll=long_poll)
         work = self._agent_dir()
         poll_interval = parse_duration(self.args.poll_interval)
         latencies: list[float] = []
+        name = mode if side == AGENT else f"{mode} ({side})"
         try:
             async with MasterClient(master.url) as client:
-                agent = await start_bench_agent(
-                    self.procs, f"latency-{mode}", master.url, work, "--max-concurrent-jobs", "4",
+                agent = await self._agent(
+                    side, f"latency-{mode}-{side}", master.url, work, "--max-concurrent-jobs", "4",
                     "--ffmpeg", str(self.stub(LATENCY_JOB_S)), "--poll-interval", self.args.poll_interval,
                 )
                 try:
                     await agent.polling()
                     missing = await _mode_missing(master, push, long_poll)
                     if missing:
-                        return {"mode": mode, "available": False, "reason": missing}
+                        return {"mode": name, "available": False, "reason": missing}
                     for _ in range(self.args.latency_samples):
                         await trio.sleep(random.uniform(0, poll_interval))
                         submitted = time.time()
@@ -264,10 +332,25 @@ class DispatchBench:
                     await agent.stop()
         finally:
             scope.cancel()
-        return {
-            "mode": mode, "available": True, "samples_s": latencies, "p50_s": median(latencies),
-            "p95_s": percentile(latencies, 95), "max_s": max(latencies),
-        }
+        return _latency_entry(name, latencies)
+
+
+def _latency_entry(name: str, latencies: list[float]) -> dict[str, Any]:
+    return {
+        "mode": name, "available": True, "samples_s": latencies, "p50_s": median(latencies),
+        "p95_s": percentile(latencies, 95), "max_s": max(latencies),
+    }
+
+
+async def _wait_for_done(client: MasterClient, ids: Sequence[str], timeout: float) -> list[Job]:
+    """The jobs once all are final, asked every :data:`DONE_POLL_S`; the span comes from the master's times."""
+    with trio.fail_after(timeout):
+        while True:
+            await trio.sleep(DONE_POLL_S)
+            wanted = set(ids)
+            jobs = [job for job in await client.list_jobs() if job.id in wanted]
+            if len(jobs) == len(wanted) and all(job.status.is_final for job in jobs):
+                return jobs
 
 
 async def _mode_missing(master: BenchMaster, push: bool, long_poll: bool) -> str:
@@ -291,32 +374,67 @@ def rounds(seconds: float, target_s: float) -> int:
     return max(2, round(target_s / seconds))
 
 
+def sides(args: argparse.Namespace) -> list[str]:
+    """The dispatchers measured: this agent, the ``--before`` checkout's, Celery."""
+    return [AGENT] + ([BEFORE] if args.before else []) + ([CELERY] if args.peer == "celery" else [])
+
+
+def turns(items: Sequence[Any], index: int) -> list[Any]:
+    """``items`` rotated by ``index``: each side goes first in turn, so none always runs on a cooler machine."""
+    shift = index % len(items)
+    return [*items[shift:], *items[:shift]]
+
+
 async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    with contextlib.ExitStack() as stack:
+        peer = stack.enter_context(open_celery_peer()) if args.peer == "celery" else None
+        return await _measure(args, work, peer)
+
+
+async def _measure(args: argparse.Namespace, work: Path, peer: CeleryPeer | None) -> dict[str, Any]:
     runs: list[Utilisation] = []
     latencies: list[dict[str, Any]] = []
+    measured = sides(args)
     async with trio.open_nursery() as nursery:
         procs = Processes(nursery)
         bench = DispatchBench(args, work, nursery, procs)
         try:
+            turn = 0
             for repeat in range(args.repeats):
                 # Alternate the order, so drift of a shared machine spreads over all cells.
-                cells = [(d, c) for d in args.durations for c in args.concurrency]
-                for seconds, concurrency in cells if repeat % 2 == 0 else reversed(cells):
-                    run = await bench.agent_utilisation(seconds, concurrency, repeat)
+                for seconds, concurrency in args.cells if repeat % 2 == 0 else reversed(args.cells):
+                    turn += 1
+                    for side in turns(measured, turn):
+                        if side == CELERY:
+                            assert peer is not None
+                            run = await bench.celery_utilisation(peer, seconds, concurrency, repeat)
+                        else:
+                            run = await bench.agent_utilisation(side, seconds, concurrency, repeat)
+                        runs.append(run)
+                        cpu = "" if run.agent_cpu_s is None else f", {1000 * run.agent_cpu_s / run.jobs:.1f} ms CPU per job"
+                        _say(f"repeat {repeat + 1} {side} D={seconds:g}s x{concurrency}: "
+                             f"{run.jobs} jobs, utilisation {run.utilisation:.3f}{cpu}")
+            if args.go_jobs:
+                for seconds in sorted({seconds for seconds, _ in args.cells}):
+                    run = await bench.go_utilisation(seconds)
                     runs.append(run)
-                    _say(f"repeat {repeat + 1} agent D={seconds:g}s x{concurrency}: "
-                         f"{run.jobs} jobs, utilisation {run.utilisation:.3f}, "
-                         f"{1000 * (run.agent_cpu_s or 0) / run.jobs:.1f} ms CPU per job")
-            for seconds in args.durations:
-                run = await bench.go_utilisation(seconds)
-                runs.append(run)
-                _say(f"Go loop model D={seconds:g}s x{run.concurrency}: utilisation {run.utilisation:.3f}")
-            for mode, push, long_poll in MODES:
-                if mode in args.modes:
-                    result = await bench.latency(mode, push, long_poll)
-                    latencies.append(result)
-                    _say(f"latency {mode}: " + (f"p50 {1000 * result['p50_s']:.1f} ms, p95 {1000 * result['p95_s']:.1f} ms"
-                                                if result["available"] else result["reason"]))
+                    _say(f"Go loop model D={seconds:g}s x{run.concurrency}: utilisation {run.utilisation:.3f}")
+            latency_runs: list[tuple[str, str, bool, bool]] = [
+                (side, mode, push, long_poll) for mode, push, long_poll in MODES if mode in args.modes
+                for side in measured if side != CELERY
+            ]
+            if peer is not None:
+                latency_runs.insert(len(latency_runs) // 2, (CELERY, "", False, False))
+            for side, mode, push, long_poll in latency_runs:
+                if side == CELERY:
+                    assert peer is not None
+                    result = await bench.celery_latency(peer)
+                else:
+                    result = await bench.latency(side, mode, push, long_poll)
+                latencies.append(result)
+                _say(f"latency {result['mode']}: " + (
+                    f"p50 {1000 * result['p50_s']:.1f} ms, p95 {1000 * result['p95_s']:.1f} ms"
+                    if result["available"] else result["reason"]))
         finally:
             await procs.stop_all()
         nursery.cancel_scope.cancel()
@@ -340,7 +458,8 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
             "utilisation": median([run["utilisation"] for run in runs]),
             "agent_cpu_s_per_job": median(cpu),
         })
-    rows.sort(key=lambda row: (row["loop"] != "agent", row["seconds"], row["concurrency"]))
+    order = {AGENT: 0, BEFORE: 1, CELERY: 2}
+    rows.sort(key=lambda row: (row["seconds"], row["concurrency"], order.get(row["loop"], 3)))
     bars = {}
     for (seconds, concurrency), bar in BAR_UTILISATION.items():
         row = next((r for r in rows if r["loop"] == "agent" and (r["seconds"], r["concurrency"]) == (seconds, concurrency)), None)
@@ -350,7 +469,35 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
                 f"Busy share of {concurrency} slots running {seconds:g} s jobs: the ideal makespan over the "
                 "measured one, first claim to last result; 1.0 means no slot ever waits for its next job.",
             )
+    bars.update(_celery_bars(rows, results["latency"]))
     return {"utilisation": rows, "latency": results["latency"], "bars": bars}
+
+
+def _celery_bars(rows: list[dict[str, Any]], latency: list[dict[str, Any]]) -> dict[str, Any]:
+    """The agent against Celery, each cell and each dispatch mode measured in the same run."""
+    bars: dict[str, Any] = {}
+    cells = {(row["loop"], row["seconds"], row["concurrency"]): row for row in rows}
+    for (loop, seconds, concurrency), celery in cells.items():
+        agent = cells.get((AGENT, seconds, concurrency))
+        if loop != CELERY or agent is None:
+            continue
+        bars[f"agent/Celery utilisation D={seconds:g}s x{concurrency}"] = goal(
+            agent["utilisation"] / celery["utilisation"], BAR_VS_CELERY_UTILISATION,
+            f"The agent's slot utilisation over Celery's ({agent['utilisation']:.3f} / {celery['utilisation']:.3f}), "
+            "same cell, same stub process, interleaved runs: 1.0 or more is at or above Celery.",
+        )
+    by_mode = {entry["mode"]: entry for entry in latency if entry["available"]}
+    celery_entry = by_mode.get(CELERY)
+    if celery_entry is not None:
+        for mode in ("push", "long-poll"):
+            if mode in by_mode:
+                bars[f"agent/Celery dispatch p50 ({mode})"] = goal(
+                    by_mode[mode]["p50_s"] / celery_entry["p50_s"], BAR_VS_CELERY_LATENCY,
+                    f"POST /jobs to encoder start on an idle agent ({1000 * by_mode[mode]['p50_s']:.1f} ms) over "
+                    f"Celery's apply_async to stub start ({1000 * celery_entry['p50_s']:.1f} ms), p50.",
+                    at_most=True,
+                )
+    return bars
 
 
 def utilisation_rows(summary: dict[str, Any]) -> list[list[Any]]:
@@ -371,7 +518,12 @@ def markdown(summary: dict[str, Any], settings: dict[str, Any], host: dict[str, 
         f"# Dispatch: a stub encoder that sleeps D s; utilisation is the median of {settings['repeats']} repeats",
         "",
         f"{host['cores']} cores ({host['cpu_model']}), Python {host['python']}; agent --poll-interval "
-        f"{settings['poll_interval']}, Go loop model polls every {settings['go_poll_interval']}.",
+        f"{settings['poll_interval']}, --prefetch {_shown(settings.get('prefetch'))}, "
+        f"Go loop model polls every {settings['go_poll_interval']}.",
+        *([f"\"agent before\" is the agent of {settings['before']} (the same master)."] if settings.get("before") else []),
+        *(["Celery: 5.x prefork worker, -c = jobs at once, prefetch multiplier 1, -O fair, Redis broker and "
+           "backend; its span is first task start to last task end, as the tasks saw them."]
+          if settings.get("peer") == "celery" else []),
         f"Command: `{host['command']}`",
         "",
         "## Slot utilisation (ideal makespan / measured, first claim to last result)",
@@ -386,6 +538,37 @@ def markdown(summary: dict[str, Any], settings: dict[str, Any], host: dict[str, 
     lines += [GOALS_NOTE, ""]
     lines += [goal_line(name, result) for name, result in summary["bars"].items()]
     return "\n".join(lines)
+
+
+def _shown(prefetch: int | None) -> str:
+    return "(the agent's default)" if prefetch is None else str(prefetch)
+
+
+def _cells(text: str) -> list[tuple[float, int]]:
+    """``0.2x4,1x4``: (D seconds, jobs at once) pairs."""
+    cells = []
+    for part in filter(None, (part.strip() for part in text.split(","))):
+        seconds, _, concurrency = part.partition("x")
+        try:
+            cell = (float(seconds), int(concurrency))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part!r}: a cell is DxC, such as 0.2x4") from None
+        if cell[0] <= 0 or cell[1] < 1:
+            raise argparse.ArgumentTypeError(f"{part!r}: D must be positive and C at least 1")
+        cells.append(cell)
+    if not cells:
+        raise argparse.ArgumentTypeError(f"{text!r}: give cells such as 0.2x4,1x4")
+    return cells
+
+
+def _checkout(text: str) -> Path:
+    path = Path(text).resolve()
+    if not (path / "agent" / "__main__.py").is_file():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a checkout of this project (no agent/__main__.py); make one with "
+            "git worktree add PATH COMMIT"
+        )
+    return path
 
 
 def _floats(text: str) -> list[float]:
@@ -415,6 +598,14 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--durations", type=_floats, default=[0.2, 1.0, 5.0],
                         help="stub encode seconds D (default 0.2,1,5)")
     parser.add_argument("--concurrency", type=_ints, default=[1, 4, 16], help="concurrency levels (default 1,4,16)")
+    parser.add_argument("--cells", type=_cells,
+                        help="DxC cells to run instead of every duration at every level, such as 0.2x4,1x4,0.2x16")
+    parser.add_argument("--peer", choices=["celery"],
+                        help="also run a Celery worker (Redis, prefork, prefetch 1, -O fair) on the same cells")
+    parser.add_argument("--before", type=_checkout,
+                        help="also run the agent of this other checkout (git worktree add PATH COMMIT), side by side")
+    parser.add_argument("--prefetch", type=int,
+                        help="this checkout's agent's --prefetch (default: the agent's own default)")
     parser.add_argument("--seconds", type=float, default=6.0,
                         help="ideal makespan a utilisation run aims at; at least 2 jobs per slot (default 6, "
                         "long enough that the agent's cold start is a small part of it)")
@@ -427,7 +618,7 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--go-poll-interval", type=duration_flag, default="2s",
                         help="poll tick of the Go loop model (default 2s; the Go agent's default was 10s)")
     parser.add_argument("--go-concurrency", type=int, default=4, help="slots of the Go loop model (default 4)")
-    parser.add_argument("--go-jobs", type=int, default=8, help="jobs per Go loop model run (default 8)")
+    parser.add_argument("--go-jobs", type=int, default=8, help="jobs per Go loop model run (default 8; 0 skips it)")
     parser.add_argument("--out", type=Path, help="output directory (default: a new bench-results/<name>-<date>-<time>/; "
                         "the committed results are in bench/results/)")
     parser.add_argument("--name", default="dispatch", help="output file name stem (default dispatch)")
@@ -437,10 +628,15 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.cells is None:
+        args.cells = [(seconds, concurrency) for seconds in args.durations for concurrency in args.concurrency]
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     work = Path(tempfile.mkdtemp(prefix="ffrtmp-dispatch-"))
     try:
         results = trio.run(measure, args, work)
+    except CeleryUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     finally:
         shutil.rmtree(work, ignore_errors=True)
     summary = summarise(results)

@@ -117,6 +117,19 @@ def test_dispatch_writes_utilisation_latency_and_go_loop_rows_to_a_fresh_directo
     assert "A missed goal makes the exit code 1 only with --check." in markdown
 
 
+def test_dispatch_runs_this_agent_the_before_checkout_and_celery_side_by_side(tmp_path: Path) -> None:
+    """--peer celery --before: one cell, rows for the three, a Celery latency row and the agent/Celery goal lines."""
+    run_script(
+        "bench.dispatch", "--cells", "0.2x2", "--seconds", "0.4", "--repeats", "1", "--modes", "push",
+        "--latency-samples", "2", "--go-jobs", "0", "--peer", "celery", "--before", str(REPO), "--prefetch", "0",
+        "--out", str(tmp_path),
+    )
+    data = json.loads((tmp_path / "dispatch.json").read_text())
+    assert [row["loop"] for row in data["summary"]["utilisation"]] == [dispatch.AGENT, dispatch.BEFORE, dispatch.CELERY]
+    assert sorted(entry["mode"] for entry in data["latency"]) == ["Celery", "push", "push (agent before)"]
+    assert set(data["summary"]["bars"]) >= {"agent/Celery utilisation D=0.2s x2", "agent/Celery dispatch p50 (push)"}
+
+
 def test_farm_sim_ramps_a_few_simulated_agents_and_writes_every_output(tmp_path: Path) -> None:
     """Two steps of two and three agents against a real master: JSON, CSV, markdown and PNG are written and parse."""
     stdout = run_script(
