@@ -139,16 +139,32 @@ class BenchAgent:
         await self.process.stop()
 
 
-async def start_bench_agent(procs: Processes, name: str, master_url: str, work_dir: Path, *flags: str) -> BenchAgent:
+async def start_bench_agent(
+    procs: Processes, name: str, master_url: str, work_dir: Path, *flags: str, checkout: Path | None = None
+) -> BenchAgent:
     """A real agent process; returns as soon as it serves its metrics, before it registers.
 
     The bench puts master and agent on one machine on purpose, so the agent
-    is told that this is wanted.
+    is told that this is wanted. ``checkout``: run the agent of that other
+    checkout (see :func:`checkout_path`) instead of this one's.
     """
+    # Safe path: this checkout's directory (the cwd) must not shadow the other one on sys.path.
+    env = {} if checkout is None else {"PYTHONSAFEPATH": "1", "PYTHONPATH": str(checkout)}
     running, _ = await start_agent(
-        procs, name, master_url, work_dir, "--allow-master-as-worker", "--skip-confirmation", *flags
+        procs, name, master_url, work_dir, "--allow-master-as-worker", "--skip-confirmation", *flags, **env
     )
     return BenchAgent(running)
+
+
+def checkout_path(text: str) -> Path:
+    """A ``--before`` flag: another checkout of this project, made with ``git worktree add PATH COMMIT``."""
+    path = Path(text).resolve()
+    if not (path / "agent" / "__main__.py").is_file():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a checkout of this project (no agent/__main__.py); make one with "
+            "git worktree add PATH COMMIT"
+        )
+    return path
 
 
 def duration_flag(text: str) -> str:

@@ -63,7 +63,7 @@ from agent.config import parse_duration
 from agent.models import Job, JobRequest, JobStatus, NodeRegistration
 from agent.scenarios import build_spec
 from agent.worker.inputs import InputCache
-from bench._farm import BenchAgent, BenchMaster, duration_flag, serve_bench_master, start_bench_agent
+from bench._farm import BenchAgent, BenchMaster, checkout_path, duration_flag, serve_bench_master, start_bench_agent
 from bench._report import (
     GOALS_NOTE,
     fresh_out_dir,
@@ -78,7 +78,7 @@ from bench._report import (
 )
 from bench.celery_peer import CeleryPeer, CeleryUnavailable, open_celery_peer
 from bench.goloop import GoLoop
-from tests.support import Processes, start_agent, wait_for_jobs
+from tests.support import Processes, wait_for_jobs
 
 # Every job is the same small one: the stub ignores what it asks for, only its own D counts.
 REQUEST = JobRequest.from_json({"scenario": "144p30-h264", "parameters": {"duration": 1}})
@@ -212,11 +212,7 @@ class DispatchBench:
     async def _agent(self, side: str, name: str, master_url: str, work: Path, *flags: str) -> BenchAgent:
         """This checkout's agent (with ``--prefetch`` when given), or the ``--before`` checkout's."""
         if side == BEFORE:
-            # Safe path: the checkout's own directory must not shadow the other tree on sys.path.
-            running, _ = await start_agent(
-                self.procs, name, master_url, work, *flags, PYTHONSAFEPATH="1", PYTHONPATH=str(self.args.before),
-            )
-            return BenchAgent(running)
+            return await start_bench_agent(self.procs, name, master_url, work, *flags, checkout=self.args.before)
         prefetch = () if self.args.prefetch is None else ("--prefetch", str(self.args.prefetch))
         return await start_bench_agent(self.procs, name, master_url, work, *flags, *prefetch)
 
@@ -561,16 +557,6 @@ def _cells(text: str) -> list[tuple[float, int]]:
     return cells
 
 
-def _checkout(text: str) -> Path:
-    path = Path(text).resolve()
-    if not (path / "agent" / "__main__.py").is_file():
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a checkout of this project (no agent/__main__.py); make one with "
-            "git worktree add PATH COMMIT"
-        )
-    return path
-
-
 def _floats(text: str) -> list[float]:
     values = [float(part) for part in text.split(",") if part.strip()]
     if not values or min(values) <= 0:
@@ -602,7 +588,7 @@ def parser() -> argparse.ArgumentParser:
                         help="DxC cells to run instead of every duration at every level, such as 0.2x4,1x4,0.2x16")
     parser.add_argument("--peer", choices=["celery"],
                         help="also run a Celery worker (Redis, prefork, prefetch 1, -O fair) on the same cells")
-    parser.add_argument("--before", type=_checkout,
+    parser.add_argument("--before", type=checkout_path,
                         help="also run the agent of this other checkout (git worktree add PATH COMMIT), side by side")
     parser.add_argument("--prefetch", type=int,
                         help="this checkout's agent's --prefetch (default: the agent's own default)")
