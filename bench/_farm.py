@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import urllib.parse
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -22,17 +23,22 @@ import hypercorn.trio
 import psutil  # type: ignore[import-untyped]
 import trio
 
+from agent.client import MasterClient
 from agent.config import ConfigError, MasterConfig, parse_duration
 from agent.master.app import create_app
 from agent.master.events import EventHub
 from agent.master.store import open_store
+from agent.models import Job
 from tests.support import Processes, RunningProcess, start_agent
 
 if TYPE_CHECKING:
     from hypercorn.typing import ASGIFramework
     from starlette.types import ASGIApp, Receive, Scope, Send
 
-__all__ = ["BenchAgent", "BenchMaster", "CpuReading", "ExtensionGate", "serve_bench_master", "start_bench_agent"]
+__all__ = [
+    "BenchAgent", "BenchMaster", "CpuReading", "ExtensionGate", "checkout_path", "serve_bench_master",
+    "start_bench_agent", "wait_until_final",
+]
 
 
 @attrs.define
@@ -154,6 +160,28 @@ async def start_bench_agent(
         procs, name, master_url, work_dir, "--allow-master-as-worker", "--skip-confirmation", *flags, **env
     )
     return BenchAgent(running)
+
+
+# How often a run asks the master whether its jobs are done. Each question costs the
+# master and this process CPU the encoders share, so it is one small read, not a listing.
+DONE_POLL_S = 0.5
+
+
+async def wait_until_final(client: MasterClient, ids: Sequence[str], timeout: float) -> list[Job]:
+    """The jobs, once every one is final: one job read per poll, then one listing at the end.
+
+    Raises:
+        TooSlowError: not all final within ``timeout`` seconds.
+    """
+    waiting = list(ids)
+    with trio.fail_after(timeout):
+        while waiting:
+            if (await client.get_job(waiting[0])).status.is_final:
+                waiting.pop(0)
+            else:
+                await trio.sleep(DONE_POLL_S)
+    wanted = set(ids)
+    return [job for job in await client.list_jobs() if job.id in wanted]
 
 
 def checkout_path(text: str) -> Path:

@@ -59,7 +59,14 @@ from agent.worker.inputs import InputCache
 from agent.worker.jobrunner import bandwidth_mbps
 from agent.worker.processes import child_env
 from agent.worker.progress import ProgressParser
-from bench._farm import BenchMaster, checkout_path, duration_flag, serve_bench_master, start_bench_agent
+from bench._farm import (
+    BenchMaster,
+    checkout_path,
+    duration_flag,
+    serve_bench_master,
+    start_bench_agent,
+    wait_until_final,
+)
 from bench._report import (
     GOALS_NOTE,
     fresh_out_dir,
@@ -71,7 +78,7 @@ from bench._report import (
     median,
     write_outputs,
 )
-from tests.support import Processes, wait_for_jobs
+from tests.support import Processes
 
 log = logging.getLogger("bench.bandwidth_scaling")
 
@@ -208,9 +215,9 @@ class Bench:
             submitted = time.time()
             ids = [(await self.client.submit_job(self.workload.request())).id for _ in range(self.workload.jobs)]
             try:
-                jobs = await wait_for_jobs(self.client, ids, timeout=self._timeout())
-            except AssertionError as exc:
-                raise BenchFailed(f"{exc}; the agent's log:\n{agent.process.log}") from None
+                jobs = await wait_until_final(self.client, ids, timeout=self._timeout())
+            except trio.TooSlowError:
+                raise BenchFailed(f"jobs not final in {self._timeout():g}s; the agent's log:\n{agent.process.log}") from None
             used = agent.cpu() - before
         finally:
             await agent.stop()

@@ -63,7 +63,15 @@ from agent.config import parse_duration
 from agent.models import Job, JobRequest, JobStatus, NodeRegistration
 from agent.scenarios import build_spec
 from agent.worker.inputs import InputCache
-from bench._farm import BenchAgent, BenchMaster, checkout_path, duration_flag, serve_bench_master, start_bench_agent
+from bench._farm import (
+    BenchAgent,
+    BenchMaster,
+    checkout_path,
+    duration_flag,
+    serve_bench_master,
+    start_bench_agent,
+    wait_until_final,
+)
 from bench._report import (
     GOALS_NOTE,
     fresh_out_dir,
@@ -93,9 +101,6 @@ BAR_UTILISATION = {(1.0, 4): 0.97, (0.2, 4): 0.90}
 BAR_VS_CELERY_UTILISATION = 1.0
 BAR_VS_CELERY_LATENCY = 1.5
 AGENT, BEFORE, CELERY = "agent", "agent before", "Celery"
-# How often a utilisation run asks the master whether its jobs are done: the
-# listing costs the master (and this process) CPU that the agent would miss.
-DONE_POLL_S = 1.0
 
 _STUB = """\
 #!{bash}
@@ -229,7 +234,7 @@ class DispatchBench:
                 )
                 try:
                     before = agent.cpu()
-                    done = await _wait_for_done(client, ids, timeout=60 + 10 * jobs * seconds)
+                    done = await wait_until_final(client, ids, timeout=60 + 10 * jobs * seconds)
                     used = agent.cpu() - before
                 finally:
                     await agent.stop()
@@ -337,16 +342,6 @@ def _latency_entry(name: str, latencies: list[float]) -> dict[str, Any]:
         "p95_s": percentile(latencies, 95), "max_s": max(latencies),
     }
 
-
-async def _wait_for_done(client: MasterClient, ids: Sequence[str], timeout: float) -> list[Job]:
-    """The jobs once all are final, asked every :data:`DONE_POLL_S`; the span comes from the master's times."""
-    with trio.fail_after(timeout):
-        while True:
-            await trio.sleep(DONE_POLL_S)
-            wanted = set(ids)
-            jobs = [job for job in await client.list_jobs() if job.id in wanted]
-            if len(jobs) == len(wanted) and all(job.status.is_final for job in jobs):
-                return jobs
 
 
 async def _mode_missing(master: BenchMaster, push: bool, long_poll: bool) -> str:

@@ -188,6 +188,7 @@ class JobTasks:
     # False once the master answered 404 to a progress update: it is the Go master.
     progress_supported: bool = True
     _ended: trio.Event = attrs.field(factory=trio.Event)
+    _busy_changed: trio.Event = attrs.field(factory=trio.Event)
     _idle: trio.Event = attrs.field(factory=trio.Event)
 
     def __attrs_post_init__(self) -> None:
@@ -198,6 +199,15 @@ class JobTasks:
     def job_ended(self) -> trio.Event:
         """Set when the next job ends (a half-open breaker waits for its probe)."""
         return self._ended
+
+    @property
+    def busy_changed(self) -> trio.Event:
+        """Set when the next job ends or a prefetched one starts (the poller's prefetch waits for it)."""
+        return self._busy_changed
+
+    def _note_busy_changed(self) -> None:
+        self._busy_changed.set()
+        self._busy_changed = trio.Event()
 
     async def wait_idle(self) -> None:
         """Until no job is running."""
@@ -248,6 +258,7 @@ class JobTasks:
                 await self._wait_for_slot(running, slot)
                 waiting = not slot.held
             running._encode_started = time.monotonic()
+            self._note_busy_changed()
             async with trio.open_nursery() as nursery:
                 running._nursery = nursery
                 claimed = self._claimed(job, draining or waiting, running._shown_prefetched)
@@ -369,6 +380,7 @@ class JobTasks:
             self.breaker.job_finished(trio.current_time(), result)
         self._ended.set()
         self._ended = trio.Event()
+        self._note_busy_changed()
         self.metrics.job_finished(running.tally, result, time.monotonic() - running.started_monotonic)
 
 

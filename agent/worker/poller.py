@@ -45,7 +45,8 @@ LONG_POLL_MAX_S = 5.0
 # more than a claim's round trip, so the next job is there in time, without
 # holding it from other agents for long.
 PREFETCH_LEAD_S = 1.0
-# While every slot is busy, how often the poller looks again at whether one ends soon.
+# While every slot is busy, how often the poller looks again at whether one ends soon
+# (at once when a job ends or a prefetched one starts).
 PREFETCH_CHECK_S = 0.1
 
 
@@ -127,7 +128,7 @@ class Poller:
             if self.jobs.prefetched < due:
                 return True
             with trio.move_on_after(PREFETCH_CHECK_S):
-                await self.jobs.job_ended.wait()
+                await self.jobs.busy_changed.wait()
         return False
 
     async def _wait_for_breaker(self) -> None:
