@@ -203,10 +203,12 @@ def choose_mode(setting: str, ladder: Ladder) -> tuple[LadderMode, str]:
     """The mode a ladder runs in on this worker, and why, for the job's result.
 
     ``single`` and ``split`` are taken as asked. ``auto`` picks ``single``: it
-    decodes and scales from one decode instead of N, and on the 2-core machine
-    we measured (8 s of noisy 1080p30 to 1080p, 720p and 480p x264 veryfast,
-    two interleaved runs) it took 12.2 and 13.2 s, against 12.6 and 18.4 s for
-    the rungs as concurrent processes and 15.9 and 25.6 s one after the other.
+    decodes once instead of N times. On the 2-core machine we measured (6 s
+    of noisy 1080p30 with audio to 1080p, 720p and 480p, x264 veryfast, three
+    interleaved repeats, medians) single used 8.8 s of CPU against 10.8 s for
+    the rungs as concurrent processes and 10.3 s one after the other, and it
+    finished first or level: 18.7 s wall against 19.5 s and 28.2 s (the
+    machine was shared, so wall times vary; CPU is the steadier figure).
     """
     if setting == "single":
         return "single", "--ladder-mode single"
