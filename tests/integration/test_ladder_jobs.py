@@ -3,7 +3,8 @@
 Each test encodes a 2 s clip with a test pattern and a tone (so it has
 audio) into three small rungs; the job itself fails when its package does
 not pass :func:`~agent.worker.package_check.check_package`, and the tests
-check the package again from the outside.
+check the package again from the outside. Deliveries go to a real nginx
+with its WebDAV module and to moto's S3 server, on 127.0.0.1 and free ports.
 """
 
 from __future__ import annotations
@@ -20,9 +21,12 @@ from agent.models import FailureReason, Job, JobResult, JobStatus
 from agent.worker.engines.ffmpeg import find_ffmpeg
 from agent.worker.inputs import InputCache
 from agent.worker.jobrunner import JobRunner
+from agent.worker.netguard import AllowList
 from agent.worker.package_check import ExpectedRung, check_package
 from agent.worker.progress import ProgressSnapshot
 from tests.encoder_stubs import stalling
+from tests.integration.test_deliver_http import DavServer, dav_server  # noqa: F401  (the fixture, by name)
+from tests.s3 import S3Server, s3_server  # noqa: F401  (the fixture, by name)
 from tests.support import processes_mentioning, run_job
 
 pytestmark = pytest.mark.timeout(120)
@@ -184,3 +188,45 @@ async def test_h265_rungs_name_their_codec_in_the_playlist_or_manifest(
     assert "hvc1.1." in entry.read_text() and 'codecs=""' not in entry.read_text()
     rungs = [ExpectedRung(r.text, r.width, r.height, r.fps, r.codec) for r in Ladder.parse(ladder).rungs]
     assert await check_package(directory, package, rungs, ffmpeg=ffmpeg, duration=CLIP_SECONDS, audio=True) == []
+
+
+async def delivered_ladder(tmp_path: Path, ffmpeg: str, deliver: str, **settings: Any) -> JobResult:
+    """The 3-rung HLS ladder of a clip with audio, delivered to ``deliver`` and not kept on the worker."""
+    await make_clip(ffmpeg, tmp_path / "media" / "clip.mp4")
+    job = Job(id="job-1", scenario="180p30-h264",
+              parameters={"ladder": LADDER, "input": str(tmp_path / "media" / "clip.mp4"), "deliver": deliver})
+    with trio.fail_after(90):
+        result = await run_job(runner(tmp_path, persist_outputs=False, **settings), job)
+    assert result.status is JobStatus.COMPLETED, (result.error, result.logs)
+    return result
+
+
+async def assert_arrived_and_plays(directory: Path, ffmpeg: str) -> None:
+    rungs = [ExpectedRung(r.text, r.width, r.height, r.fps, r.codec) for r in Ladder.parse(LADDER).rungs]
+    assert await check_package(directory, "hls", rungs, ffmpeg=ffmpeg, duration=CLIP_SECONDS, audio=True) == []
+
+
+@pytest.mark.slow
+async def test_a_ladder_delivered_by_http_put_arrives_whole_and_plays(
+    tmp_path: Path, ffmpeg: str, dav_server: DavServer  # noqa: F811
+) -> None:
+    """deliver=http://…/dav/farm/ PUTs every file under job-1.hls/; the directory on the server passes the checks."""
+    result = await delivered_ladder(tmp_path, ffmpeg, f"{dav_server.url}/dav/farm/",
+                                    allow_private_outputs=AllowList.parse([dav_server.netloc]))
+    assert result.metrics["delivered_to"] == f"{dav_server.url}/dav/farm/job-1.hls/"
+    await assert_arrived_and_plays(dav_server.www / "dav" / "farm" / "job-1.hls", ffmpeg)
+
+
+@pytest.mark.slow
+async def test_a_ladder_delivered_to_s3_arrives_whole_and_plays(
+    tmp_path: Path, ffmpeg: str, s3_server: S3Server  # noqa: F811
+) -> None:
+    """deliver=s3://media-out/shows/ puts every file under shows/job-1.hls/; fetched back, it passes the checks."""
+    await delivered_ladder(tmp_path, ffmpeg, "s3://media-out/shows/", s3_endpoint=s3_server.endpoint)
+    listed = s3_server.client.list_objects_v2(Bucket="media-out", Prefix="shows/job-1.hls/")["Contents"]
+    back = tmp_path / "back"
+    for item in listed:
+        target = back / item["Key"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(s3_server.get("media-out", item["Key"]))
+    await assert_arrived_and_plays(back / "shows" / "job-1.hls", ffmpeg)
