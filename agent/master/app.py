@@ -371,6 +371,7 @@ class _Api:
             trust_unproven=self._config.allow_legacy_agents and not registration.node_token,
         )
         node = registered.node
+        self.guard.forget(node.id)  # the previous run's token stops working here at once
         log.info(
             "Node %s %s as %s (run %d)",
             node.address, "registered" if registered.created else "re-registered", node.id, node.incarnation,
@@ -413,6 +414,7 @@ class _Api:
     async def delete_node(self, request: Request) -> Response:
         await self._progress.flush()
         node = await self._store.delete_node(request.path_params["ref"])
+        self.guard.forget(node.id)
         log.info("Node %s (%s) deleted; its jobs went back to the queue", node.address, node.id)
         return JSONResponse({"status": "deleted", "node_id": node.id, "address": node.address})
 

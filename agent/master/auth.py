@@ -19,6 +19,16 @@ cannot read other people's files.
 
 Refusals are logged with the client's address, at most once a minute per
 address, so probing shows in the log without flooding it.
+
+A node's token hash, once a request has matched it, is kept in memory for
+:data:`TOKEN_TRUST_S`, so a busy node's claims, progress and results do not
+each cost a read of the store. A registration or deletion through this master
+drops the node's entry at once; one through another master sharing the
+PostgreSQL database is seen within :data:`TOKEN_TRUST_S`, during which the
+node's previous token still passes this master's check (its leases were
+handed back by the registration, so its results for them are 409). A token
+that does not match what is kept is always checked against the store, so a
+new token works at once everywhere.
 """
 
 from __future__ import annotations
@@ -43,6 +53,11 @@ log = logging.getLogger("agent.master")
 REFUSAL_LOG_INTERVAL_S = 60.0
 # Addresses remembered for that; past it the memory starts afresh.
 REFUSAL_LOG_MAX_CLIENTS = 4096
+# How long a token that matched is trusted without reading the store again: one read per node
+# per few seconds instead of one per request, and another master's re-registration counts soon.
+TOKEN_TRUST_S = 5.0
+# Nodes whose matched token is kept; past it the memory starts afresh (a read each, once).
+TOKEN_TRUST_MAX_NODES = 100_000
 
 
 class Forbidden(Exception):
@@ -71,6 +86,8 @@ class Guard:
         self._key = api_key.encode()
         self._allow_legacy = allow_legacy_agents
         self._last_logged: dict[str, float] = {}
+        # node id -> (token hash that matched, until when it is trusted without a read)
+        self._trusted: dict[str, tuple[str, float]] = {}
 
     def _is_api_key(self, token: str | None) -> bool:
         return token is not None and hmac.compare_digest(token.encode(), self._key)
@@ -99,9 +116,12 @@ class Guard:
             NotFound: no node has that id (the agent should register again).
             Forbidden: the token is missing or belongs to another node, or an earlier run of this one.
         """
-        stored = await self._store.node_token_hash(node_id)
         token = bearer_token(connection)
+        if token is not None and self._is_trusted(node_id, token):
+            return
+        stored = await self._store.node_token_hash(node_id)
         if token is not None and token_matches(token, stored):
+            self._trust(node_id, stored)
             return
         if self._allow_legacy and (self._is_api_key(token) or (not self._key and not token)):
             return
@@ -111,6 +131,19 @@ class Guard:
             "'Authorization: Bearer <node_token>' from that node's latest registration (a node registered "
             "again since holds a new one); original Go agents need the master started with --allow-legacy-agents"
         )
+
+    def forget(self, node_id: str) -> None:
+        """Stop trusting the node's token without a read: it registered again, or was deleted."""
+        self._trusted.pop(node_id, None)
+
+    def _is_trusted(self, node_id: str, token: str) -> bool:
+        kept = self._trusted.get(node_id)
+        return kept is not None and trio.current_time() < kept[1] and token_matches(token, kept[0])
+
+    def _trust(self, node_id: str, stored: str) -> None:
+        if len(self._trusted) >= TOKEN_TRUST_MAX_NODES:
+            self._trusted.clear()
+        self._trusted[node_id] = (stored, trio.current_time() + TOKEN_TRUST_S)
 
     async def check_artifact(self, request: Request, sha256: str, *, reading: bool) -> None:
         """Pass the API key, or a registered node's token; to read, the node must hold a job naming it.

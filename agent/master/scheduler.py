@@ -144,9 +144,14 @@ def runnable(candidates: Iterable[Job], node: Node) -> list[Job]:
     Skipping, not stopping, means a GPU job at the head of the queue does not
     block the CPU jobs behind it. A draining node runs nothing new.
     """
-    if _is_drained(node):
+    if not takes_new_jobs(node):
         return []
     return [job for job in candidates if can_run(job, node)]
+
+
+def takes_new_jobs(node: Node) -> bool:
+    """Whether a claim by ``node`` may lease anything: a draining node runs nothing new."""
+    return not _is_drained(node)
 
 
 def waiting_reason(job: Job, nodes: Iterable[Node], now: dt.datetime, heartbeat_interval: float) -> str:

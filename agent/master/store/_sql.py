@@ -54,6 +54,9 @@ _T = TypeVar("_T")
 # Candidates read per step of a claim: enough that a few GPU jobs at the head
 # of the queue cost one query, few enough to stay cheap with thousands queued.
 CLAIM_PAGE = 64
+# Candidates decoded at a time from that page where another master may hold some
+# (PostgreSQL's SKIP LOCKED); the first is nearly always the one, so on SQLite one at a time.
+CLAIM_CHUNK = 4
 
 _JOB_COLUMNS = "id, sequence_number, status, queue_rank, priority_rank, node_id, finished_at, body"
 _FINAL = tuple(status.value for status in JobStatus if status.is_final)
@@ -86,7 +89,14 @@ class Dialect:
 
 
 class Database(Protocol):
-    """Runs functions as transactions in worker threads; the seam between SQL and drivers.
+    """Runs functions as transactions, one at a time per connection; the seam between SQL and drivers.
+
+    ``quick`` marks the transactions of the request path that touch a few
+    rows by key (a claim, a result, a token): a database whose calls are
+    local and short (SQLite) may run them in the Trio thread, which costs
+    less than a hop to a worker thread and back; the others, and every call
+    that crosses a network, run in worker threads so the event loop never
+    waits on them.
 
     Raises from either method: :class:`~agent.master.store.StoreError` when
     the database cannot be reached or fails.
@@ -94,10 +104,10 @@ class Database(Protocol):
 
     dialect: Dialect
 
-    async def write(self, work: Callable[[Transaction], _T]) -> _T:
+    async def write(self, work: Callable[[Transaction], _T], *, quick: bool = False) -> _T:
         """Run ``work`` as one transaction that may change rows; commit, or roll back on error."""
 
-    async def read(self, work: Callable[[Transaction], _T]) -> _T:
+    async def read(self, work: Callable[[Transaction], _T], *, quick: bool = False) -> _T:
         """Run ``work`` as one transaction that only reads."""
 
     async def aclose(self) -> None: ...
@@ -348,12 +358,12 @@ class SqlStore:
             self._announce(tx)
             return job
 
-        job = await self._db.write(insert)
+        job = await self._db.write(insert, quick=True)
         self.ring()
         return job
 
     async def get_job(self, ref: str) -> Job:
-        return await self._db.read(lambda tx: self._load_job(tx, ref, lock=False))
+        return await self._db.read(lambda tx: self._load_job(tx, ref, lock=False), quick=True)
 
     async def list_jobs(
         self,
@@ -384,24 +394,46 @@ class SqlStore:
 
         return await self._db.read(select)
 
-    def _pending_pages(self, tx: Transaction) -> Iterator[list[Job]]:
-        """Pending jobs in claim order, a page at a time, read without locks."""
-        after = (-1, -1, -1)
+    def _pending_pages(self, tx: Transaction, first: int) -> Iterator[list[tuple[Any, ...]]]:
+        """Pending jobs' rows in claim order, ``first`` then a page at a time; read without locks, not decoded."""
+        after: Sequence[Any] = (-1, -1, -1)
+        limit = first
         while True:
             rows = tx.rows(
-                "SELECT body FROM jobs WHERE status = ?"
+                "SELECT queue_rank, priority_rank, sequence_number, body FROM jobs WHERE status = ?"
                 " AND (queue_rank, priority_rank, sequence_number) > (?, ?, ?)"
                 " ORDER BY queue_rank, priority_rank, sequence_number LIMIT ?",
-                [JobStatus.PENDING.value, *after, CLAIM_PAGE],
+                [JobStatus.PENDING.value, *after, limit],
             )
-            page = list(_jobs(rows))
-            if not page:
+            if not rows:
                 return
-            yield page
-            after = scheduler.claim_key(page[-1])
+            yield rows
+            after, limit = rows[-1][:3], CLAIM_PAGE
+
+    def _claimable(self, tx: Transaction, node: Node) -> Iterator[list[Job]]:
+        """The pending jobs ``node`` can run, a few at a time in claim order.
+
+        Decoding a job costs more than reading it, and the head of the queue
+        is nearly always runnable, so a claim reads and decodes a chunk first
+        (:data:`CLAIM_CHUNK`, one on SQLite), and pages only when the head is
+        not for this node.
+        """
+        if not scheduler.takes_new_jobs(node):
+            return
+        chunk = CLAIM_CHUNK if self._sql.skip_locked else 1
+        for page in self._pending_pages(tx, chunk):
+            for start in range(0, len(page), chunk):
+                if candidates := scheduler.runnable(_jobs(page[start : start + chunk]), node):
+                    yield candidates
 
     def _lock_first_pending(self, tx: Transaction, jobs: list[Job]) -> Job | None:
-        """The first of ``jobs`` still pending and not being claimed by another master."""
+        """The first of ``jobs`` still pending and not being claimed by another master.
+
+        Without row locks (SQLite) the transaction holds the database's only
+        write lock since it began, so the rows it read are current: the first is it.
+        """
+        if not self._sql.skip_locked:
+            return jobs[0]
         rows = tx.rows(
             f"SELECT body FROM jobs WHERE id IN ({_placeholders(len(jobs))}) AND status = ?"
             " ORDER BY queue_rank, priority_rank, sequence_number LIMIT 1" + self._sql.skip_locked,
@@ -414,20 +446,19 @@ class SqlStore:
 
         def take(tx: Transaction) -> Job | None:
             # Locking the node first makes claims of one node take turns across masters.
-            node = scheduler.mark_seen(self._load_node(tx, node_id), now)
             # Polling proves the node is alive, so a claim keeps it from going offline.
-            self._save_node(tx, node)
-            for page in self._pending_pages(tx):
-                candidates = scheduler.runnable(page, node)
-                chosen = self._lock_first_pending(tx, candidates) if candidates else None
+            node = scheduler.mark_seen(self._load_node(tx, node_id), now)
+            for candidates in self._claimable(tx, node):
+                chosen = self._lock_first_pending(tx, candidates)
                 if chosen is not None:
                     job = scheduler.claim(chosen, node, now)
                     self._save_job(tx, job)
                     self._save_node(tx, scheduler.with_job(node, job.id))
                     return job
+            self._save_node(tx, node)
             return None
 
-        return await self._db.write(take)
+        return await self._db.write(take, quick=True)
 
     async def record_result(self, result: JobResult, package_files: Sequence[str] = ()) -> scheduler.ResultOutcome:
         now = utcnow()
@@ -444,7 +475,7 @@ class SqlStore:
             self._release(tx, holder if job.node_id == result.node_id else None, job, outcome.job)
             return outcome
 
-        outcome = await self._db.write(apply)
+        outcome = await self._db.write(apply, quick=True)
         if outcome.job.status is JobStatus.PENDING:
             self.ring()
         return outcome
@@ -459,7 +490,7 @@ class SqlStore:
                 self._announce(tx)
             return before, after
 
-        before, after = await self._db.write(apply)
+        before, after = await self._db.write(apply, quick=True)
         if after.status is JobStatus.PENDING:
             self.ring()
         return before, after
@@ -543,7 +574,7 @@ class SqlStore:
 
     async def node_with_token(self, token_hash: str) -> str | None:
         rows = await self._db.read(
-            lambda tx: tx.rows("SELECT node_id FROM node_tokens WHERE token_hash = ?", [token_hash])
+            lambda tx: tx.rows("SELECT node_id FROM node_tokens WHERE token_hash = ?", [token_hash]), quick=True
         )
         return str(rows[0][0]) if rows else None
 
@@ -604,7 +635,7 @@ class SqlStore:
         def read(tx: Transaction) -> str:
             return self._token_hash(tx, self._load_node(tx, node_id, lock=False).id)
 
-        return await self._db.read(read)
+        return await self._db.read(read, quick=True)
 
     async def heartbeat(
         self, node_id: str, report: HeartbeatReport | None, heartbeat_interval: float = 30.0
@@ -632,7 +663,7 @@ class SqlStore:
             self._save_node(tx, node)
             return HeartbeatReply(cancel_job_ids=stop, drain=node.status == scheduler.DRAINING), lost
 
-        reply, lost = await self._db.write(beat)
+        reply, lost = await self._db.write(beat, quick=True)
         if lost:
             self.ring()
         return reply, lost
@@ -643,7 +674,7 @@ class SqlStore:
         )
 
     async def get_node(self, ref: str) -> Node:
-        return await self._db.read(lambda tx: self._find_node(tx, ref, lock=False))
+        return await self._db.read(lambda tx: self._find_node(tx, ref, lock=False), quick=True)
 
     async def change_node(self, ref: str, change: Callable[[Node], Node]) -> Node:
         def apply(tx: Transaction) -> Node:

@@ -131,10 +131,11 @@ class PostgresDatabase:
                 if not conn.closed and not conn.broken:
                     self._idle.append(conn)
 
-    async def write(self, work: Callable[[Transaction], _T]) -> _T:
+    async def write(self, work: Callable[[Transaction], _T], *, quick: bool = False) -> _T:
+        """Always in a worker thread: every statement is a round trip to the server."""
         return await self._transaction(work, read_only=False)
 
-    async def read(self, work: Callable[[Transaction], _T]) -> _T:
+    async def read(self, work: Callable[[Transaction], _T], *, quick: bool = False) -> _T:
         return await self._transaction(work, read_only=True)
 
     async def create_schema(self) -> None:

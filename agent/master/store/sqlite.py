@@ -1,11 +1,30 @@
 """The master's store in SQLite: a WAL file, or memory for tests and the one-process mode.
 
-One connection does all the work, one transaction at a time, in a worker
-thread: SQLite has a single writer anyway, and a claim is well under a
-millisecond, so one connection is the simplest way to make each transaction
-atomic. Write transactions still start with ``BEGIN IMMEDIATE`` so that a
-second process opening the same file cannot interleave a claim; that lock is
-also why the dialect needs no ``FOR UPDATE``.
+One connection does all the work, one transaction at a time: SQLite has a
+single writer anyway, and a claim is well under a millisecond, so one
+connection is the simplest way to make each transaction atomic. Write
+transactions still start with ``BEGIN IMMEDIATE`` so that a second process
+opening the same file cannot interleave a claim; that lock is also why the
+dialect needs no ``FOR UPDATE``.
+
+The request path's transactions (``quick``: a claim, a result, a token, a
+heartbeat) run in the Trio thread: each touches a few rows by key, and a hop
+to a worker thread and back cost more CPU than the transaction itself. The
+others (sweeps over every node or running job, listings, batches of
+progress) run in a worker thread, so the event loop keeps serving while
+they do. Quick ones run inline only while this master holds the file alone
+(see below): with another process writing to it, a transaction may wait for
+its lock (up to :data:`BUSY_TIMEOUT_MS`), and only a worker thread may wait.
+
+The database is in WAL mode with ``synchronous=NORMAL``: a commit is in the
+WAL when it returns, so a claim or a result that was answered survives the
+master's crash or kill; a power cut or kernel crash may lose the last
+moments of commits (never the file's consistency). ``FULL`` would make each
+commit wait for an ``fsync`` of the WAL, a dozen milliseconds on a common
+disk, which would bound the master to a few dozen claims a second. The WAL's
+checkpoint (the one write that waits for the disk) is taken off the request
+path: automatic checkpoints are off and every :data:`CHECKPOINT_EVERY_WRITES`
+writes one runs in the worker thread after its commit.
 
 A master holds an exclusive ``flock`` on its database file while it runs, so
 a second master started on the same file warns: SQLite keeps the two
@@ -15,11 +34,12 @@ agents. Several masters belong on PostgreSQL (``--db-dsn``).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import trio
@@ -34,6 +54,9 @@ log = logging.getLogger("agent.master")
 # Another process holding the write lock (a second master on the same file)
 # makes us wait this long before SQLite reports "database is locked".
 BUSY_TIMEOUT_MS = 5000
+# Writes between two WAL checkpoints: a write changes a handful of pages, so the
+# WAL stays near SQLite's own automatic threshold (1000 pages, about 4 MB).
+CHECKPOINT_EVERY_WRITES = 128
 
 _SCHEMA = schema(big_integer="INTEGER", real="REAL")
 
@@ -74,8 +97,8 @@ class _SqliteTransaction:
         return self._db.execute(sql, params).rowcount
 
 
-def _hold(path: str) -> int | None:
-    """A descriptor holding an exclusive ``flock`` on the database file; None for memory.
+def _hold(path: str) -> tuple[int | None, bool]:
+    """A descriptor holding an exclusive ``flock`` on the database file (None for memory), and whether we got it.
 
     Warns when another process holds it: a second master on the same file.
     ``flock`` locks do not touch the POSIX locks SQLite takes on the same file,
@@ -83,7 +106,7 @@ def _hold(path: str) -> int | None:
     only after the connection (:meth:`SqliteDatabase.aclose`).
     """
     if not path:
-        return None
+        return None, True
     fd = os.open(path, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -93,29 +116,52 @@ def _hold(path: str) -> int | None:
             "writer lock and do not wake each other's agents; give each master its own --db, or share a "
             "PostgreSQL database with --db-dsn", path,
         )
-    return fd
+        return fd, False
+    return fd, True
 
 
 class SqliteDatabase:
-    """One SQLite connection behind a one-token limiter, which also serialises transactions."""
+    """One SQLite connection behind a one-token limiter, which also serialises transactions.
+
+    Args:
+        alone: no other process writes to the file (this master holds its
+            ``flock``, or it is in memory): quick transactions run inline,
+            and WAL checkpoints are taken by :meth:`write` (the caller has
+            turned automatic ones off).
+    """
 
     dialect = SQLITE
 
-    def __init__(self, db: sqlite3.Connection, path: str, held: int | None = None) -> None:
+    def __init__(self, db: sqlite3.Connection, path: str, held: int | None = None, *, alone: bool = False) -> None:
         self._db = db
         self._path = path
         self._held = held
+        self._alone = alone
         self._limiter = trio.CapacityLimiter(1)
+        self._writes = 0
 
-    async def _in_thread(self, fn: Callable[[], _T]) -> _T:
-        # Not abandoned on cancel: the thread finishes its transaction first, so
-        # the connection is never left mid-transaction.
+    @contextlib.contextmanager
+    def _translated(self) -> Iterator[None]:
         try:
-            return await trio.to_thread.run_sync(fn, limiter=self._limiter)
+            yield
         except sqlite3.OperationalError as exc:
             raise StoreError(f"SQLite database {self._path or ':memory:'}: {exc}") from exc
 
-    async def write(self, work: Callable[[Transaction], _T]) -> _T:
+    async def _run(self, fn: Callable[[], _T], *, inline: bool) -> _T:
+        with self._translated():
+            if not inline:
+                # Not abandoned on cancel: the thread finishes its transaction first, so
+                # the connection is never left mid-transaction.
+                return await trio.to_thread.run_sync(fn, limiter=self._limiter)
+            async with self._limiter:  # after a transaction running in the thread, if any
+                return fn()
+
+    async def write(self, work: Callable[[Transaction], _T], *, quick: bool = False) -> _T:
+        self._writes += 1
+        checkpoint = self._alone and bool(self._path) and self._writes >= CHECKPOINT_EVERY_WRITES
+        if checkpoint:
+            self._writes = 0
+
         def transaction() -> _T:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -125,17 +171,19 @@ class SqliteDatabase:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise
+            if checkpoint:
+                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
             return value
 
-        return await self._in_thread(transaction)
+        return await self._run(transaction, inline=quick and self._alone and not checkpoint)
 
-    async def read(self, work: Callable[[Transaction], _T]) -> _T:
-        return await self._in_thread(lambda: work(_SqliteTransaction(self._db)))
+    async def read(self, work: Callable[[Transaction], _T], *, quick: bool = False) -> _T:
+        return await self._run(lambda: work(_SqliteTransaction(self._db)), inline=quick and self._alone)
 
     async def aclose(self) -> None:
         """Close the connection; shielded, so it also runs when the server is cancelled."""
         with trio.CancelScope(shield=True):
-            await self._in_thread(self._db.close)
+            await self._run(self._db.close, inline=False)
         if self._held is not None:
             os.close(self._held)
 
@@ -155,9 +203,11 @@ class SqliteStore(SqlStore):
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the SQLite database {path!r}: {exc}") from exc
         try:
-            held = _hold(path)
-        except OSError as exc:
+            held, alone = _hold(path)
+            if alone:
+                db.execute("PRAGMA wal_autocheckpoint=0")  # SqliteDatabase.write takes them, in its thread
+        except (OSError, sqlite3.Error) as exc:
             db.close()
             raise StoreError(f"cannot open the SQLite database {path!r}: {exc}") from exc
         log.debug("store opened: %s", path or "in memory")
-        return cls(SqliteDatabase(db, path, held))
+        return cls(SqliteDatabase(db, path, held, alone=alone))

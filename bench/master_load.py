@@ -1,0 +1,600 @@
+"""The master's cost per request: claim + result cycles/s against ``GET /health``/s of the same master and clients.
+
+Usage (from the repository root; needs the ``[bench]`` extra, ``pip install '.[bench]'``)::
+
+    python -m bench.master_load                                  # 8 clients, 3 repeats of 5 s, about a minute
+    python -m bench.master_load --baseline /tmp/before           # also the master of another checkout, interleaved
+    python -m bench.master_load --postgres postgresql://user@host/postgres
+    python bench/master_load.py --help
+
+The master is real: ``python -m agent master`` as a process of its own, on a
+fresh SQLite file (or, with ``--postgres``, a fresh database created on that
+server). ``--clients`` keep-alive clients register as nodes (each gets its
+node token), then, in turn:
+
+- **health**: each loops ``GET /health`` for ``--seconds``: the cheapest
+  answer the master gives, what its HTTP stack alone costs;
+- **cycles**: each loops ``GET /jobs/next`` then ``POST /results`` (completed)
+  for ``--seconds``, on stub jobs submitted beforehand (not timed), so every
+  claim finds one. A cycle is two requests, so 0.5 cycles per health request
+  is the ceiling; the gap is what a claim and a result cost beyond HTTP.
+
+The clients speak HTTP/1.1 over one kept-alive socket each, with requests
+built once, so that the client costs little and the master is what is
+measured; the bench's own CPU is reported beside the master's. Repeats
+interleave health and cycles (and, with ``--baseline``, the two masters,
+which take turns in alternating order), so drift and other load on the
+machine fall on both sides; medians are reported, and the ratio is the
+median of each repeat's ratio. The master's CPU time per request comes from
+the same phases (psutil), and says what a request costs it whatever the
+client does.
+
+``--baseline CHECKOUT`` measures the master of another checkout of this
+repository (``git worktree add /tmp/before <commit>``) in the same run, against
+its own store: before and after a change, side by side.
+
+Writes ``<name>.json``, ``.csv`` (one row per master), ``.md`` into ``--out``,
+by default a new ``bench-results/<name>-<date>-<time>/``. A missed goal exits
+1 only with ``--check``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file too: import this checkout
+
+import attrs
+import httpx
+import psutil
+import trio
+
+from agent.client import MasterClient
+from agent.config import API_KEY_ENV
+from agent.models import JobRequest, JobResult, JobStatus, NodeRegistration
+from bench._report import (
+    GOALS_NOTE,
+    fresh_out_dir,
+    goal,
+    goal_line,
+    goals_exit_code,
+    machine,
+    markdown_table,
+    median,
+    write_outputs,
+)
+from tests.support import REPO, Processes, RunningProcess
+
+# Every job is the same small one: the clients never run it, they only report it done.
+REQUEST = JobRequest.from_json({"scenario": "144p30-h264", "parameters": {"duration": 1}})
+BAR_RATIO = 0.4
+# Jobs queued before a cycles phase: the fastest cycles/s seen so far on that master, with this margin,
+# for the length of the phase. A phase that empties the queue anyway is measured until then.
+QUEUE_MARGIN = 1.5
+# Seconds of each warm-up phase; the first requests import and compile lazily.
+WARM_UP_S = 2.0
+# Submissions in flight while the queue is filled (not timed).
+SUBMITTERS = 8
+# No housekeeping round during a run: nodes that only claim stay online anyway.
+MASTER_HEARTBEAT = "1h"
+# Bytes read from a socket at a time; an answer here is a few hundred bytes.
+RECEIVE_BYTES = 65536
+
+CLIENTS = {
+    "raw": "Clients: raw, requests built once and sent on one kept-alive HTTP/1.1 socket each, so that the master "
+           "is what is measured.",
+    "agent": "Clients: agent, the agent's own MasterClient (httpx, wire types decoded and encoded), as a farm "
+             "speaks; its cost in this process then bounds both rates.",
+}
+COLUMNS = ("master", "health req/s", "cycles/s", "ratio", "master CPU ms/health", "master CPU ms/cycle",
+           "master CPU % (cycles)", "bench CPU % (cycles)")
+
+
+class ProtocolError(Exception):
+    """The master answered something this client does not expect; the message says what."""
+
+
+@attrs.define
+class KeptAlive:
+    """One HTTP/1.1 connection kept open: a request out, its answer (status, body) back.
+
+    Only what the master sends is read: a ``Content-Length`` body, never
+    chunked. When an answer says ``Connection: close`` (hypercorn's limit of
+    requests per connection) the next request goes on a new connection, as
+    any HTTP client does.
+    """
+
+    host: str
+    port: int
+    stream: trio.SocketStream | None = None
+    buffer: bytearray = attrs.field(factory=bytearray)
+
+    def prepared(self, method: str, target: str, token: str, body: bytes = b"") -> bytes:
+        """The request's bytes, built once per distinct request."""
+        head = f"{method} {target} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+        if token:
+            head += f"Authorization: Bearer {token}\r\n"
+        if body:
+            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        return head.encode() + b"\r\n" + body
+
+    async def connect(self) -> None:
+        await self.aclose()
+        self.stream = await trio.open_tcp_stream(self.host, self.port)
+
+    async def send(self, request: bytes) -> tuple[int, bytes]:
+        if self.stream is None:
+            await self.connect()
+        assert self.stream is not None
+        await self.stream.send_all(request)
+        while (end := self.buffer.find(b"\r\n\r\n")) < 0:
+            await self._receive(self.stream)
+        head = bytes(self.buffer[:end]).decode("latin-1").lower().split("\r\n")
+        del self.buffer[: end + 4]
+        status = int(head[0].split(" ", 2)[1])
+        fields = dict(line.split(":", 1) for line in head[1:])
+        if "content-length" not in fields:
+            raise ProtocolError(f"an answer without Content-Length: {head}")
+        length = int(fields["content-length"])
+        while len(self.buffer) < length:
+            await self._receive(self.stream)
+        body = bytes(self.buffer[:length])
+        del self.buffer[:length]
+        if fields.get("connection", "").strip() == "close":
+            await self.aclose()
+        return status, body
+
+    async def _receive(self, stream: trio.SocketStream) -> None:
+        chunk = await stream.receive_some(RECEIVE_BYTES)
+        if not chunk:
+            raise ProtocolError("the master closed a kept-alive connection without saying so")
+        self.buffer += chunk
+
+    async def aclose(self) -> None:
+        stream, self.stream = self.stream, None
+        self.buffer.clear()
+        if stream is not None:
+            await stream.aclose()
+
+
+class NodeClient(Protocol):
+    """A client registered as a node, doing one phase's requests."""
+
+    async def connect(self) -> None:
+        """Ready for a phase: the master has closed connections idle for a few seconds, as between phases."""
+
+    async def health(self) -> None: ...
+
+    async def cycle(self) -> bool:
+        """Claim a job and report it completed; False when the queue was empty."""
+
+    async def aclose(self) -> None: ...
+
+
+@attrs.define
+class RawNode:
+    """The cheap client: requests built once, sent on a :class:`KeptAlive` connection."""
+
+    node_id: str
+    token: str
+    connection: KeptAlive
+    _health: bytes = attrs.field(init=False)
+    _claim: bytes = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._health = self.connection.prepared("GET", "/health", "")
+        self._claim = self.connection.prepared("GET", f"/jobs/next?node_id={self.node_id}", self.token)
+
+    async def connect(self) -> None:
+        await self.connection.connect()
+
+    async def health(self) -> None:
+        status, _ = await self.connection.send(self._health)
+        if status != 200:
+            raise ProtocolError(f"GET /health answered {status}")
+
+    async def cycle(self) -> bool:
+        status, body = await self.connection.send(self._claim)
+        if status != 200:
+            raise ProtocolError(f"GET /jobs/next answered {status}: {body[:200]!r}")
+        job = json.loads(body)["job"]
+        if job is None:
+            return False
+        result = json.dumps({"job_id": job["id"], "node_id": self.node_id, "status": "completed",
+                             "progress": 100.0}).encode()
+        status, body = await self.connection.send(self.connection.prepared("POST", "/results", self.token, result))
+        if status != 200:
+            raise ProtocolError(f"POST /results answered {status}: {body[:200]!r}")
+        return True
+
+    async def aclose(self) -> None:
+        await self.connection.aclose()
+
+
+@attrs.define
+class AgentNode:
+    """The agent's own client (:class:`~agent.client.MasterClient`, httpx and the wire types) and its pool."""
+
+    client: MasterClient
+    http: httpx.AsyncClient
+
+    async def connect(self) -> None:
+        pass  # the pool opens connections as it needs them
+
+    async def health(self) -> None:
+        (await self.http.get("/health")).raise_for_status()
+
+    async def cycle(self) -> bool:
+        job = await self.client.claim_next(self.client.node_id)
+        if job is None:
+            return False
+        await self.client.send_result(JobResult(job_id=job.id, node_id=self.client.node_id,
+                                                status=JobStatus.COMPLETED, progress=100.0))
+        return True
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+        await self.http.aclose()
+
+
+@attrs.frozen
+class Phase:
+    """One timed phase on one master: what was done, in how long, at what CPU."""
+
+    kind: str
+    done: int
+    seconds: float
+    master_cpu_s: float
+    bench_cpu_s: float
+    ran_dry: bool = False
+
+    @property
+    def rate(self) -> float:
+        return self.done / self.seconds
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**attrs.asdict(self), "rate": self.rate}
+
+
+@attrs.define
+class LoadedMaster:
+    """A master process (this checkout's or the baseline's), its registered clients and its queue."""
+
+    label: str
+    running: RunningProcess
+    operator: MasterClient
+    nodes: list[NodeClient]
+    queued: int = 0
+    phases: list[Phase] = attrs.field(factory=list)
+
+    def cpu_s(self) -> float:
+        times = psutil.Process(self.running.process.pid).cpu_times()
+        return float(times.user + times.system)
+
+    def check_alive(self) -> None:
+        code = self.running.process.returncode
+        if code is not None:
+            tail = "\n".join(self.running.lines[-20:])
+            raise SystemExit(f"error: the {self.label} master exited with {code}; its log ends:\n{tail}")
+
+    async def fill_queue(self, jobs: int) -> None:
+        """Submit jobs until ``jobs`` are queued (untimed)."""
+        missing = jobs - self.queued
+        if missing <= 0:
+            return
+
+        async def submit(count: int) -> None:
+            for _ in range(count):
+                await self.operator.submit_job(REQUEST)
+
+        async with trio.open_nursery() as nursery:
+            for index in range(SUBMITTERS):
+                nursery.start_soon(submit, missing // SUBMITTERS + (index < missing % SUBMITTERS))
+        self.queued = jobs
+
+    async def run_phase(self, kind: str, seconds: float) -> Phase:
+        """Every client loops ``kind`` (health or cycles) for ``seconds``, or until the queue is empty."""
+        self.check_alive()
+        done = 0
+        ran_dry = False
+        me = psutil.Process()
+
+        # Each client finishes the request it is in: a request cut in the middle would leave its answer
+        # in the connection for the next one to read.
+        async def loop(node: NodeClient) -> None:
+            nonlocal done, ran_dry
+            if kind == "health":
+                while trio.current_time() < deadline:
+                    await node.health()
+                    done += 1
+                return
+            while trio.current_time() < deadline and not ran_dry:
+                if not await node.cycle():
+                    ran_dry = True
+                    return
+                done += 1
+
+        # Connected afresh, untimed: the master closes connections idle for a few seconds, as between phases.
+        for node in self.nodes:
+            await node.connect()
+        cpu_before, bench_before = self.cpu_s(), sum(me.cpu_times()[:2])
+        started = trio.current_time()
+        deadline = started + seconds
+        async with trio.open_nursery() as nursery:
+            for node in self.nodes:
+                nursery.start_soon(loop, node)
+        elapsed = trio.current_time() - started
+        phase = Phase(kind, done, elapsed, self.cpu_s() - cpu_before, sum(me.cpu_times()[:2]) - bench_before, ran_dry)
+        if kind == "cycles":
+            self.queued -= done
+        self.phases.append(phase)
+        return phase
+
+    async def aclose(self) -> None:
+        with trio.CancelScope(shield=True):
+            for node in self.nodes:
+                await node.aclose()
+            await self.operator.aclose()
+
+
+async def _start_master(procs: Processes, checkout: Path, label: str, store: list[str]) -> tuple[RunningProcess, str]:
+    """``python -m agent master`` run from ``checkout``, so its own code serves; its process and URL."""
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    environment.pop(API_KEY_ENV, None)
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "agent", "master", "--host", "127.0.0.1", "--port", "0", *store,
+         "--heartbeat-interval", MASTER_HEARTBEAT],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=checkout, env=environment,
+    )
+    running = RunningProcess(name=f"{label} master", process=process)
+    procs.started.append(running)
+    procs.nursery.start_soon(running.collect)
+    match = await running.wait_for(r"listening on (https?://\S+)")
+    return running, match.group(1)
+
+
+def _database_on(server_dsn: str, label: str) -> str:
+    """A fresh database on the PostgreSQL server of ``server_dsn``; its DSN."""
+    import psycopg
+
+    name = f"ffrtmp_load_{label}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return psycopg.conninfo.make_conninfo(server_dsn, dbname=name)
+
+
+def _drop_database(server_dsn: str, dsn: str) -> None:
+    import psycopg
+
+    name = psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]
+    with psycopg.connect(server_dsn, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@asynccontextmanager
+async def open_master(
+    procs: Processes, checkout: Path, label: str, work: Path, args: argparse.Namespace
+) -> AsyncIterator[LoadedMaster]:
+    """A master from ``checkout`` on a store of its own, with ``args.clients`` nodes registered."""
+    home = work / label
+    home.mkdir()
+    dsn = _database_on(args.postgres, label) if args.postgres else ""
+    store = ["--db-dsn", dsn] if dsn else ["--db", str(home / "master.db")]
+    try:
+        running, url = await _start_master(procs, checkout, label, [*store, "--artifacts-dir", str(home / "art")])
+        host, _, port = url.removeprefix("http://").rpartition(":")
+        nodes: list[NodeClient] = []
+        for index in range(args.clients):
+            client = MasterClient(url)
+            await client.register(NodeRegistration(address=f"load-{index:03d}", cpu_threads=4))
+            if args.client == "agent":
+                nodes.append(AgentNode(client, httpx.AsyncClient(base_url=url)))
+                continue
+            await client.aclose()
+            nodes.append(RawNode(client.node_id, client.node_token, KeptAlive(host, int(port))))
+        master = LoadedMaster(label, running, MasterClient(url, timeout=60), nodes)
+        try:
+            yield master
+        finally:
+            await master.aclose()
+            await running.stop()
+    finally:
+        if dsn:
+            _drop_database(args.postgres, dsn)
+
+
+async def measure(args: argparse.Namespace, work: Path) -> list[LoadedMaster]:
+    sides = [("current", REPO)] + ([("baseline", args.baseline)] if args.baseline else [])
+    async with trio.open_nursery() as nursery:
+        procs = Processes(nursery)
+        try:
+            async with open_master(procs, sides[0][1], sides[0][0], work, args) as first:
+                masters = [first]
+                if len(sides) == 1:
+                    await _repeats(masters, args)
+                else:
+                    async with open_master(procs, sides[1][1], sides[1][0], work, args) as second:
+                        masters.append(second)
+                        await _repeats(masters, args)
+        finally:
+            await procs.stop_all()
+        nursery.cancel_scope.cancel()
+    return masters
+
+
+async def _repeats(masters: list[LoadedMaster], args: argparse.Namespace) -> None:
+    for master in masters:
+        await master.run_phase("health", WARM_UP_S)
+        await master.fill_queue(args.clients * 100)
+        await master.run_phase("cycles", WARM_UP_S)
+    for repeat in range(args.repeats):
+        for master in masters if repeat % 2 == 0 else masters[::-1]:
+            health = await master.run_phase("health", args.seconds)
+            fastest = max(phase.rate for phase in master.phases if phase.kind == "cycles")
+            await master.fill_queue(math.ceil(QUEUE_MARGIN * fastest * args.seconds) + 2 * args.clients)
+            cycles = await master.run_phase("cycles", args.seconds)
+            _say(f"{master.label} repeat {repeat + 1}: {health.rate:.0f} health/s, {cycles.rate:.0f} cycles/s "
+                 f"(ratio {cycles.rate / health.rate:.3f}); master CPU {1000 * health.master_cpu_s / health.done:.2f}"
+                 f" ms/health, {1000 * cycles.master_cpu_s / max(cycles.done, 1):.2f} ms/cycle"
+                 + ("; the queue ran dry" if cycles.ran_dry else ""))
+
+
+def summarise(master: LoadedMaster) -> dict[str, Any]:
+    """Medians over the repeats of one master (not the warm-up); the ratio is the median of each repeat's own."""
+    measured = master.phases[2:]
+    health = [phase for phase in measured if phase.kind == "health"]
+    cycles = [phase for phase in measured if phase.kind == "cycles"]
+    return {
+        "master": master.label,
+        "health_per_s": median([phase.rate for phase in health]),
+        "cycles_per_s": median([phase.rate for phase in cycles]),
+        "ratio": median([c.rate / h.rate for h, c in zip(health, cycles, strict=True)]),
+        "ratios": [c.rate / h.rate for h, c in zip(health, cycles, strict=True)],
+        "master_cpu_ms_per_health": median([1000 * p.master_cpu_s / p.done for p in health]),
+        "master_cpu_ms_per_cycle": median([1000 * p.master_cpu_s / max(p.done, 1) for p in cycles]),
+        "master_cpu_percent_cycles": median([100 * p.master_cpu_s / p.seconds for p in cycles]),
+        "bench_cpu_percent_cycles": median([100 * p.bench_cpu_s / p.seconds for p in cycles]),
+        "ran_dry": any(phase.ran_dry for phase in cycles),
+        "phases": [phase.as_dict() for phase in measured],
+    }
+
+
+def rows(summaries: Sequence[dict[str, Any]]) -> list[list[Any]]:
+    return [[s["master"], s["health_per_s"], s["cycles_per_s"], s["ratio"], s["master_cpu_ms_per_health"],
+             s["master_cpu_ms_per_cycle"], s["master_cpu_percent_cycles"], s["bench_cpu_percent_cycles"]]
+            for s in summaries]
+
+
+def markdown(summaries: Sequence[dict[str, Any]], bars: dict[str, Any], settings: dict[str, Any],
+             host: dict[str, Any]) -> str:
+    store = "PostgreSQL (a fresh database per master)" if settings["postgres"] else "SQLite (a fresh file per master)"
+    lines = [
+        f"# Master load: claim + result cycles against GET /health, {settings['clients']} clients, {store}",
+        "",
+        f"{host['cores']} cores ({host['cpu_model']}), Python {host['python']}; {settings['repeats']} repeats of "
+        f"{settings['seconds']:g} s per phase, interleaved; medians. "
+        + CLIENTS[settings["client"]]
+        + " Each loops its requests back to back; a cycle is GET /jobs/next then POST /results (completed) on a "
+        "queued stub job. The bench shares the cores with the master"
+        + (" and PostgreSQL, whose CPU is in neither figure." if settings["postgres"] else ".")
+        + " Master CPU per request is its process's CPU time over the requests of the same phases.",
+        f"Command: `{host['command']}`; this checkout at {settings['revision']}"
+        + (f", baseline {settings['baseline']} at {settings['baseline_revision']}." if settings["baseline"] else "."),
+        "",
+        markdown_table(COLUMNS, rows(summaries)),
+        "",
+        "Ratios per repeat: " + "; ".join(
+            f"{s['master']}: " + ", ".join(f"{ratio:.3f}" for ratio in s["ratios"]) for s in summaries
+        ) + ".",
+        "",
+        GOALS_NOTE,
+        "",
+    ]
+    lines += [goal_line(name, result) for name, result in bars.items()]
+    return "\n".join(lines)
+
+
+def revision(checkout: Path) -> str:
+    """The commit a checkout is at, and whether its ``agent/`` has uncommitted changes."""
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=checkout, capture_output=True, text=True, check=False)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD")
+    if not commit:
+        return "unknown (not a git checkout)"
+    return f"{commit} with uncommitted changes in agent/" if git("status", "--porcelain", "agent") else commit
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number above 0")
+    return value
+
+
+def _checkout(text: str) -> Path:
+    path = Path(text).resolve()
+    if not (path / "agent" / "master" / "app.py").is_file():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a checkout of this repository (no agent/master/app.py); make one with "
+            "git worktree add /tmp/before <commit>"
+        )
+    return path
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench.master_load", description=__doc__.split("\n")[0])
+    parser.add_argument("--clients", type=int, default=8, help="keep-alive clients, each a node (default 8)")
+    parser.add_argument("--client", choices=("raw", "agent"), default="raw",
+                        help="raw: HTTP/1.1 requests built once on one kept-alive socket, so the master is what "
+                        "is measured (default); agent: the agent's own client (httpx, wire types), as a farm "
+                        "speaks, whose cost then bounds both rates")
+    parser.add_argument("--seconds", type=_positive, default=5.0, help="seconds per phase (default 5)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats (default 3)")
+    parser.add_argument("--baseline", type=_checkout, metavar="CHECKOUT",
+                        help="also measure the master of this checkout of the repository, interleaved "
+                        "(git worktree add /tmp/before <commit>)")
+    parser.add_argument("--postgres", metavar="DSN", default="",
+                        help="run each master on a fresh database created on this PostgreSQL server (the DSN's "
+                        "user needs CREATE DATABASE) instead of SQLite")
+    parser.add_argument("--out", type=Path, help="output directory (default: a new bench-results/<name>-<date>-<time>/; "
+                        "the committed results are in bench/results/)")
+    parser.add_argument("--name", default="master_load", help="output file name stem (default master_load)")
+    parser.add_argument("--check", action="store_true", help="exit 1 when a goal is missed (default: report it, exit 0)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    cli = parser()
+    args = cli.parse_args(argv)
+    if args.clients < 1 or args.repeats < 1:
+        cli.error("--clients and --repeats must be 1 or more")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    work = Path(tempfile.mkdtemp(prefix="ffrtmp-master-load-"))
+    try:
+        masters = trio.run(measure, args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    summaries = [summarise(master) for master in masters]
+    bars = {f"cycles_per_health_{s['master']}": goal(
+        s["ratio"], BAR_RATIO, f"claim + result cycles/s over GET /health requests/s of the {s['master']} master, "
+        f"same clients (2 requests per cycle make 0.5 the ceiling)",
+    ) for s in summaries}
+    settings = {key: value for key, value in vars(args).items() if key not in ("out", "check")}
+    settings["postgres"] = bool(args.postgres)  # a DSN may carry a password: say only whether one was used
+    settings["baseline"] = str(args.baseline) if args.baseline else ""
+    settings["revision"] = revision(REPO)
+    settings["baseline_revision"] = revision(args.baseline) if args.baseline else ""
+    host = machine()
+    text = markdown(summaries, bars, settings, host)
+    out = fresh_out_dir(args.name, args.out)
+    write_outputs(out, args.name, {"machine": host, "settings": settings, "bars": bars, "masters": summaries},
+                  COLUMNS, rows(summaries), text)
+    print(text)
+    print(f"wrote {out}/{args.name}.{{json,csv,md}}", file=sys.stderr)
+    return goals_exit_code(bars, check=args.check)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
