@@ -101,7 +101,7 @@ def main() -> None:
                 submit(api, WAITING)
                 wait_until("every running job reports progress", lambda: all(
                     job["progress"] > 0 for job in api.get("/jobs", params={"status": "processing"}).json()["jobs"]
-                ), timeout=120)
+                ), timeout=300)
                 time.sleep(WARM_UP_S)
                 api.post(f"/nodes/{NODES[2]}/drain").raise_for_status()
                 take(url, args.out, args.phone)

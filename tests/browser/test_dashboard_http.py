@@ -1,7 +1,8 @@
 """The dashboard over plain HTTP, no browser: login, cookies, CSRF, and pages that need no JavaScript.
 
 Network rules: one real master process per module (127.0.0.1, port 0, an API
-key), driven with httpx; the TLS test starts its own, with a generated certificate.
+key, no agent, so its jobs stay pending), driven with httpx; the TLS test and
+the download test (with an agent) start their own.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 import ssl
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.cookies import SimpleCookie
@@ -20,7 +22,8 @@ import trio
 
 from agent.config import MasterConfig
 from agent.master.server import serve_master
-from tests.browser.farm import running, start_master
+from tests import encoder_stubs
+from tests.browser.farm import running, start_agent, start_master
 
 KEY = "dashboard-test-key-0123456789"
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
@@ -198,3 +201,28 @@ async def test_without_an_api_key_pages_are_open_but_forms_still_need_the_token(
         assert submitted.status_code == 303
         assert (await browser.get("/jobs")).json()["count"] == 1
     nursery.cancel_scope.cancel()
+
+
+@pytest.mark.slow
+def test_a_delivered_output_downloads_from_the_job_s_page(tmp_path: Path) -> None:
+    """The page links each output the master holds; the link streams it under its file name, other files are 404."""
+    stub = encoder_stubs.succeeding(tmp_path / "stub")
+    master, url = start_master(tmp_path, "--api-key", KEY)
+    with running(master):
+        agent = start_agent("agent", url, tmp_path / "work", "--api-key", KEY, "--ffmpeg", str(stub.path))
+        with running(agent), httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}) as api:
+            job_id = api.post("/jobs", json={"scenario": "480p30-h264",
+                                             "parameters": {"duration": 1, "deliver": "master"}}).json()["id"]
+            deadline = time.monotonic() + 30
+            while (job := api.get(f"/jobs/{job_id}").json())["status"] != "completed":
+                assert time.monotonic() < deadline and job["status"] not in ("failed", "canceled"), job
+                time.sleep(0.2)
+            with logged_in(url) as browser:
+                page = browser.get(f"/ui/jobs/{job_id}")
+                link = re.search(rf'href="(/ui/jobs/{job_id}/outputs/[0-9a-f]{{64}})"', page.text)
+                assert link, page.text
+                output = browser.get(link.group(1))
+                assert output.status_code == 200 and output.content == b"encoded"
+                assert output.headers["content-disposition"].startswith('attachment; filename="')
+                other = browser.get(f"/ui/jobs/{job_id}/outputs/{'0' * 64}")
+                assert other.status_code == 404
