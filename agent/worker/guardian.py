@@ -60,6 +60,10 @@ def guard() -> None:
     # Terminal signals are for the agent: the guardian leaves only on end of file.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # It acts only once the agent is gone. At the lowest priority, the wake-up each
+    # message causes no longer preempts the agent on a busy machine (two per job);
+    # it still gets the CPU, so the pipe never fills.
+    os.nice(19)
     groups: set[int] = set()
     for line in sys.stdin.buffer:
         sign, digits = line[:1], line[1:].strip()
