@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -23,8 +24,9 @@ from tests.support import REPO
 KEY = "screenshot-key-0123456789"
 NODES = ("encoder-a:9101", "encoder-b:9102", "gpu-box:9103")
 # (scenario, parameters, queue): short ones finish first, the real-time ones keep the slots busy.
-FINISHED = [("480p30-h264", {"duration": 2, "preset": "ultrafast"}, "default")] * 3
-RUNNING = [
+Jobs = list[tuple[str, dict[str, object], str]]
+FINISHED: Jobs = [("480p30-h264", {"duration": 2, "preset": "ultrafast"}, "default")] * 3
+RUNNING: Jobs = [
     ("480p30-h264", {"duration": 60, "preset": "ultrafast", "realtime": True}, "live"),
     ("360p30-h264", {"duration": 60, "preset": "veryfast", "realtime": True}, "default"),
     ("240p30-vp9", {"duration": 60, "preset": "realtime", "realtime": True}, "default"),
@@ -32,7 +34,7 @@ RUNNING = [
     ("480p30-h264", {"duration": 90, "preset": "ultrafast", "realtime": True}, "batch"),
     ("240p30-h264", {"duration": 120, "realtime": True, "bitrate": "600k"}, "batch"),
 ]
-WAITING = [
+WAITING: Jobs = [
     ("1080p30-h264", {"duration": 60}, "batch"),
     ("720p60-h265", {"duration": 30}, "default"),
     ("480p30-vp9", {"duration": 45}, "default"),
@@ -41,7 +43,7 @@ WAITING = [
 WARM_UP_S = 10.0
 
 
-def submit(api: httpx.Client, jobs: list[tuple[str, dict[str, object], str]]) -> list[str]:
+def submit(api: httpx.Client, jobs: Jobs) -> list[str]:
     ids = []
     for scenario, parameters, queue in jobs:
         answer = api.post("/jobs", json={"scenario": scenario, "parameters": parameters, "queue": queue})
@@ -50,9 +52,9 @@ def submit(api: httpx.Client, jobs: list[tuple[str, dict[str, object], str]]) ->
     return ids
 
 
-def wait_until(check: str, condition: object, timeout: float = 60.0) -> None:
+def wait_until(check: str, condition: Callable[[], bool], timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
+    while not condition():
         if time.monotonic() > deadline:
             raise SystemExit(f"the farm did not get there in {timeout:g} s: {check}")
         time.sleep(0.5)
