@@ -346,7 +346,8 @@ class JobRunner:
         async with self.inputs.open_clip(
             self.ffmpeg, spec.width, spec.height, spec.fps, spec.duration, keep=self.settings.persist_inputs
         ) as path:
-            yield str(path)
+            # Absolute: encoders run in the output directory, and --work-dir may have been given relative.
+            yield str(path.resolve())
 
     def _argv(self, attempt: Attempt, spec: EncodeSpec, input_path: str, target: str) -> list[str]:
         if attempt.engine is Engine.GSTREAMER:
@@ -471,7 +472,8 @@ class JobRunner:
     def _output_path(self, job: Job, spec: EncodeSpec) -> Path:
         directory = Path(spec.output_dir) if spec.output_dir else self.work_dir / "outputs" / job.id
         directory.mkdir(parents=True, exist_ok=True)
-        return directory / spec.output_name
+        # Absolute, like the input: the encoder runs in this directory.
+        return directory.resolve() / spec.output_name
 
     def _metrics(
         self,

@@ -88,3 +88,12 @@ async def test_a_farm_refuses_a_bad_rung_at_submit(procs: Processes, tmp_path: P
                              "--param", "ladder=180p30-h264,144p30-h264@abc")
     assert submitted.code != 0, submitted
     assert "rung 2 (144p30-h264@abc): bitrate 'abc' must look like" in submitted.err, submitted
+
+
+async def test_local_runs_a_ladder_of_the_generated_clip_with_a_relative_work_dir(tmp_path: Path, ffmpeg: str) -> None:
+    """--work-dir work, as typed: the generated clip and the package are found from every encoder's directory."""
+    answer = await run_command("local", "--work-dir", "work", "--jobs", "1", "--duration", "2",
+                               "--scenario", "180p30-h264", "--param", f"ladder={LADDER}", cwd=tmp_path)
+    assert answer.code == 0, answer
+    [package] = (tmp_path / "work" / "outputs").glob("*/*.hls")
+    assert await check_package(package, "hls", RUNGS, ffmpeg=ffmpeg, duration=2.0, audio=False) == []
