@@ -492,7 +492,7 @@ class _Api:
                 400, f"input: artifact {sha256} is not on this master; upload the file first "
                 "(ffrtmp jobs submit --input FILE uploads it and submits the job)",
             )
-        pending = (await self._store.counts()).jobs.get(JobStatus.PENDING.value, 0)
+        pending = await self._store.count_pending()
         if pending >= self._config.max_pending_jobs:
             raise HTTPException(
                 429,

@@ -191,4 +191,7 @@ class Store(Protocol):
 
     async def counts(self) -> StoreCounts: ...
 
+    async def count_pending(self) -> int:
+        """Jobs waiting in the queue; reads only those, where :meth:`counts` reads every job."""
+
     async def aclose(self) -> None: ...

@@ -751,6 +751,12 @@ class SqlStore:
             self.ring()
         return silent
 
+    async def count_pending(self) -> int:
+        rows = await self._db.read(
+            lambda tx: tx.rows("SELECT COUNT(*) FROM jobs WHERE status = ?", [JobStatus.PENDING.value]), quick=True
+        )
+        return int(rows[0][0])
+
     async def counts(self) -> StoreCounts:
         def count(tx: Transaction) -> StoreCounts:
             jobs = tx.rows("SELECT status, COUNT(*) FROM jobs GROUP BY status")

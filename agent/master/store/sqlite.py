@@ -22,9 +22,11 @@ master's crash or kill; a power cut or kernel crash may lose the last
 moments of commits (never the file's consistency). ``FULL`` would make each
 commit wait for an ``fsync`` of the WAL, a dozen milliseconds on a common
 disk, which would bound the master to a few dozen claims a second. The WAL's
-checkpoint (the one write that waits for the disk) is taken off the request
-path: automatic checkpoints are off and every :data:`CHECKPOINT_EVERY_WRITES`
-writes one runs in the worker thread after its commit.
+checkpoint (the one write that waits for the disk, tens of milliseconds
+when the disk is busy) is taken off the request path: automatic checkpoints
+are off, and every :data:`CHECKPOINT_EVERY_WRITES` writes one is started on a
+second connection in a thread of its own, which SQLite lets run beside the
+writer, so no transaction waits for it.
 
 A master holds an exclusive ``flock`` on its database file while it runs, so
 a second master started on the same file warns: SQLite keeps the two
@@ -39,6 +41,7 @@ import fcntl
 import logging
 import os
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -124,20 +127,26 @@ class SqliteDatabase:
     """One SQLite connection behind a one-token limiter, which also serialises transactions.
 
     Args:
-        alone: no other process writes to the file (this master holds its
-            ``flock``, or it is in memory): quick transactions run inline,
-            and WAL checkpoints are taken by :meth:`write` (the caller has
-            turned automatic ones off).
+        checkpointer: a second connection to the file for WAL checkpoints,
+            when no other process writes to it (this master holds its
+            ``flock``) and the caller turned automatic checkpoints off;
+            quick transactions then run inline. None: all in the worker
+            thread, checkpoints SQLite's own.
     """
 
     dialect = SQLITE
 
-    def __init__(self, db: sqlite3.Connection, path: str, held: int | None = None, *, alone: bool = False) -> None:
+    def __init__(
+        self, db: sqlite3.Connection, path: str, held: int | None = None, *,
+        checkpointer: sqlite3.Connection | None = None, inline: bool = False,
+    ) -> None:
         self._db = db
         self._path = path
         self._held = held
-        self._alone = alone
+        self._inline = inline
         self._limiter = trio.CapacityLimiter(1)
+        self._checkpointer = checkpointer
+        self._checkpointing = threading.Lock()
         self._writes = 0
 
     @contextlib.contextmanager
@@ -157,11 +166,6 @@ class SqliteDatabase:
                 return fn()
 
     async def write(self, work: Callable[[Transaction], _T], *, quick: bool = False) -> _T:
-        self._writes += 1
-        checkpoint = self._alone and bool(self._path) and self._writes >= CHECKPOINT_EVERY_WRITES
-        if checkpoint:
-            self._writes = 0
-
         def transaction() -> _T:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -171,18 +175,39 @@ class SqliteDatabase:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise
-            if checkpoint:
-                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
             return value
 
-        return await self._run(transaction, inline=quick and self._alone and not checkpoint)
+        value = await self._run(transaction, inline=quick and self._inline)
+        self._writes += 1
+        if self._writes >= CHECKPOINT_EVERY_WRITES and self._checkpointer is not None:
+            self._writes = 0
+            if not self._checkpointing.locked():  # one still running does this one's work too
+                trio.lowlevel.start_thread_soon(self._checkpoint, lambda _: None)
+        return value
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the file, beside the writer (PASSIVE); in a thread of its own."""
+        with self._checkpointing:
+            if self._checkpointer is None:
+                return
+            try:
+                self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error as exc:  # the next one copies what this one left
+                log.warning("SQLite checkpoint of %s failed: %s", self._path, exc)
 
     async def read(self, work: Callable[[Transaction], _T], *, quick: bool = False) -> _T:
-        return await self._run(lambda: work(_SqliteTransaction(self._db)), inline=quick and self._alone)
+        return await self._run(lambda: work(_SqliteTransaction(self._db)), inline=quick and self._inline)
+
+    def _close_checkpointer(self) -> None:
+        with self._checkpointing:  # after the one running, if any
+            checkpointer, self._checkpointer = self._checkpointer, None
+            if checkpointer is not None:
+                checkpointer.close()
 
     async def aclose(self) -> None:
-        """Close the connection; shielded, so it also runs when the server is cancelled."""
+        """Close the connections; shielded, so it also runs when the server is cancelled."""
         with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(self._close_checkpointer)
             await self._run(self._db.close, inline=False)
         if self._held is not None:
             os.close(self._held)
@@ -202,12 +227,14 @@ class SqliteStore(SqlStore):
             db = await trio.to_thread.run_sync(_connect, path)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the SQLite database {path!r}: {exc}") from exc
+        checkpointer = None
         try:
             held, alone = _hold(path)
-            if alone:
-                db.execute("PRAGMA wal_autocheckpoint=0")  # SqliteDatabase.write takes them, in its thread
+            if alone and path:
+                checkpointer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+                db.execute("PRAGMA wal_autocheckpoint=0")  # SqliteDatabase.write starts them, on the checkpointer
         except (OSError, sqlite3.Error) as exc:
             db.close()
             raise StoreError(f"cannot open the SQLite database {path!r}: {exc}") from exc
         log.debug("store opened: %s", path or "in memory")
-        return cls(SqliteDatabase(db, path, held, alone=alone))
+        return cls(SqliteDatabase(db, path, held, checkpointer=checkpointer, inline=alone))
