@@ -65,6 +65,7 @@ import trio
 from agent.client import MasterClient
 from agent.config import API_KEY_ENV
 from agent.models import JobRequest, JobResult, JobStatus, NodeRegistration
+from bench._keepalive import KeptAlive, ProtocolError
 from bench._report import (
     GOALS_NOTE,
     fresh_out_dir,
@@ -90,8 +91,6 @@ WARM_UP_S = 2.0
 SUBMITTERS = 8
 # No housekeeping round during a run: nodes that only claim stay online anyway.
 MASTER_HEARTBEAT = "1h"
-# Bytes read from a socket at a time; an answer here is a few hundred bytes.
-RECEIVE_BYTES = 65536
 
 CLIENTS = {
     "raw": "Clients: raw, requests built once and sent on one kept-alive HTTP/1.1 socket each, so that the master "
@@ -101,73 +100,6 @@ CLIENTS = {
 }
 COLUMNS = ("master", "health req/s", "cycles/s", "ratio", "master CPU ms/health", "master CPU ms/cycle",
            "master CPU % (cycles)", "bench CPU % (cycles)")
-
-
-class ProtocolError(Exception):
-    """The master answered something this client does not expect; the message says what."""
-
-
-@attrs.define
-class KeptAlive:
-    """One HTTP/1.1 connection kept open: a request out, its answer (status, body) back.
-
-    Only what the master sends is read: a ``Content-Length`` body, never
-    chunked. When an answer says ``Connection: close`` (hypercorn's limit of
-    requests per connection) the next request goes on a new connection, as
-    any HTTP client does.
-    """
-
-    host: str
-    port: int
-    stream: trio.SocketStream | None = None
-    buffer: bytearray = attrs.field(factory=bytearray)
-
-    def prepared(self, method: str, target: str, token: str, body: bytes = b"") -> bytes:
-        """The request's bytes, built once per distinct request."""
-        head = f"{method} {target} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-        if token:
-            head += f"Authorization: Bearer {token}\r\n"
-        if body:
-            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-        return head.encode() + b"\r\n" + body
-
-    async def connect(self) -> None:
-        await self.aclose()
-        self.stream = await trio.open_tcp_stream(self.host, self.port)
-
-    async def send(self, request: bytes) -> tuple[int, bytes]:
-        if self.stream is None:
-            await self.connect()
-        assert self.stream is not None
-        await self.stream.send_all(request)
-        while (end := self.buffer.find(b"\r\n\r\n")) < 0:
-            await self._receive(self.stream)
-        head = bytes(self.buffer[:end]).decode("latin-1").lower().split("\r\n")
-        del self.buffer[: end + 4]
-        status = int(head[0].split(" ", 2)[1])
-        fields = dict(line.split(":", 1) for line in head[1:])
-        if "content-length" not in fields:
-            raise ProtocolError(f"an answer without Content-Length: {head}")
-        length = int(fields["content-length"])
-        while len(self.buffer) < length:
-            await self._receive(self.stream)
-        body = bytes(self.buffer[:length])
-        del self.buffer[:length]
-        if fields.get("connection", "").strip() == "close":
-            await self.aclose()
-        return status, body
-
-    async def _receive(self, stream: trio.SocketStream) -> None:
-        chunk = await stream.receive_some(RECEIVE_BYTES)
-        if not chunk:
-            raise ProtocolError("the master closed a kept-alive connection without saying so")
-        self.buffer += chunk
-
-    async def aclose(self) -> None:
-        stream, self.stream = self.stream, None
-        self.buffer.clear()
-        if stream is not None:
-            await stream.aclose()
 
 
 class NodeClient(Protocol):
