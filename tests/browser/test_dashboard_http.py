@@ -226,3 +226,16 @@ def test_a_delivered_output_downloads_from_the_job_s_page(tmp_path: Path) -> Non
                 assert output.headers["content-disposition"].startswith('attachment; filename="')
                 other = browser.get(f"/ui/jobs/{job_id}/outputs/{'0' * 64}")
                 assert other.status_code == 404
+
+
+def test_a_node_is_drained_and_undrained_from_the_overview(master_url: str, api: httpx.Client) -> None:
+    """The overview's drain button drains the node as 'nodes drain' does, and then offers undrain."""
+    node_id = api.post("/nodes/register", json={"address": "drain-test:9091"}).json()["id"]
+    with logged_in(master_url) as browser:
+        token = csrf_of(browser.get("/"))
+        assert browser.post(f"/ui/nodes/{node_id}/drain", data={"csrf": token, "next": "/"}).status_code == 303
+        assert api.get(f"/nodes/{node_id}").json()["draining"] is True
+        overview = browser.get("/").text
+        assert f'action="/ui/nodes/{node_id}/undrain"' in overview
+        assert browser.post(f"/ui/nodes/{node_id}/undrain", data={"csrf": token}).status_code == 303
+        assert api.get(f"/nodes/{node_id}").json()["draining"] is False
