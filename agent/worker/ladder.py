@@ -36,7 +36,7 @@ import trio
 
 from agent.ladder import Ladder, choose_mode
 from agent.models import FailureReason, Job
-from agent.scenarios import EncodeSpec
+from agent.scenarios import EncodeSpec, JobRejected
 from agent.worker.encoder import EncoderWatch, StopPolicy, run_encoder
 from agent.worker.engines.ffmpeg import ProbeFailed, probe_media
 from agent.worker.engines.ffmpeg_ladder import (
@@ -141,6 +141,7 @@ class LadderRunner:
         progress = _Progress(on_progress, length, [None] * len(plan.encodes))
         metrics: dict[str, Any] = {"ladder_mode": mode, "ladder_mode_reason": why}
         logs = ""
+        undelivered = False
         try:
             with trio.move_on_after(timeout if timeout else float("inf")) as timer:
                 logs = await self._encode(plan, progress, input_path, stage_dir)
@@ -157,7 +158,12 @@ class LadderRunner:
             metrics["package_check"] = "passed"
             if self.persist_outputs:
                 metrics["output_file"] = str(package_dir)
-            metrics |= await self.deliver(package_dir)
+            try:
+                metrics |= await self.deliver(package_dir)
+            except (DestinationUnavailable, JobRejected):
+                # Kept, as a single output is, for whoever retries it; a refusal (JobRejected) is the job runner's.
+                undelivered = True
+                raise
         except _Failed as exc:
             log.warning("Job %s: %s", job.id, exc)
             return EncodeOutcome.failed(exc.reason, str(exc), metrics=metrics,
@@ -167,7 +173,7 @@ class LadderRunner:
             return EncodeOutcome.failed(exc.reason, str(exc), metrics=metrics, logs=logs)
         finally:
             shutil.rmtree(stage_dir, ignore_errors=True)
-            if not self.persist_outputs:
+            if not self.persist_outputs and not undelivered:
                 shutil.rmtree(package_dir, ignore_errors=True)
         return EncodeOutcome(metrics=metrics, logs=logs)
 

@@ -230,3 +230,20 @@ async def test_a_ladder_delivered_to_s3_arrives_whole_and_plays(
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(s3_server.get("media-out", item["Key"]))
     await assert_arrived_and_plays(back / "shows" / "job-1.hls", ffmpeg)
+
+
+@pytest.mark.slow
+async def test_a_ladder_the_server_refuses_is_a_user_error_and_the_package_stays(
+    tmp_path: Path, ffmpeg: str, dav_server: DavServer  # noqa: F811
+) -> None:
+    """A 403 at deliver=http://…/forbidden/: user_error naming the answer; the package is kept on the worker."""
+    await make_clip(ffmpeg, tmp_path / "media" / "clip.mp4")
+    job = Job(id="job-1", scenario="180p30-h264", parameters={
+        "ladder": LADDER, "input": str(tmp_path / "media" / "clip.mp4"), "deliver": f"{dav_server.url}/forbidden/",
+    })
+    settings: dict[str, Any] = {"persist_outputs": False, "allow_private_outputs": AllowList.parse([dav_server.netloc])}
+    with trio.fail_after(90):
+        result = await run_job(runner(tmp_path, **settings), job)
+    assert (result.status, result.failure_reason) == (JobStatus.FAILED, FailureReason.USER_ERROR.value)
+    assert "403" in result.error
+    assert (tmp_path / "work" / "outputs" / "job-1" / "job-1.hls" / "master.m3u8").is_file()
