@@ -40,13 +40,17 @@ from .ffmpeg import LOCAL_PROTOCOLS, codec_flags, num
 
 __all__ = [
     "AUDIO_NAME",
-    "HLS_MASTER",
     "DASH_MANIFEST",
+    "HLS_MASTER",
     "LadderPlan",
+    "Rates",
+    "Variant",
     "finish_manifest",
     "finish_master_playlist",
     "ladder_plan",
+    "media_rates",
     "rewrite_master_playlist",
+    "staged_video",
     "video_codec_string",
 ]
 
@@ -120,6 +124,7 @@ def ladder_plan(
 
 
 def staged_video(stage_dir: Path, rung: Rung) -> Path:
+    """Where the encodes leave ``rung``'s video for the packager: ``<stage_dir>/<rung.name>.mp4``."""
     return stage_dir / f"{rung.name}.mp4"
 
 
