@@ -69,6 +69,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent.models import HeartbeatReport, JobRequest, NodeRegistered, NodeRegistration
 from agent.worker.lifecycle import PROGRESS_INTERVAL_S
+from bench._farm import checkout_path
 from bench._keepalive import KeptAlive, ProtocolError
 from bench._report import (
     GOALS_NOTE,
@@ -419,8 +420,10 @@ async def _open_master(procs: Processes, work: Path, index: int, args: argparse.
     home = work / f"master-{index}"
     home.mkdir()
     store = ["--db-dsn", args.postgres] if args.postgres else []
+    # Safe path: this checkout's directory (the cwd) must not shadow the other one on sys.path.
+    env = {"PYTHONSAFEPATH": "1", "PYTHONPATH": str(args.before)} if args.before else {}
     running, url = await start_master(procs, home, *store, "--artifacts-dir", str(home / "artifacts"),
-                                      "--heartbeat-interval", f"{args.heartbeat_interval:g}s")
+                                      "--heartbeat-interval", f"{args.heartbeat_interval:g}s", **env)
     return SimMaster(running, url, httpx.AsyncClient(base_url=url, timeout=30))
 
 
@@ -453,10 +456,10 @@ async def simulate(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]
     return steps
 
 
-def revision() -> str:
+def revision(checkout: Path) -> str:
     """The commit the master runs, and whether its code has uncommitted changes: the figures depend on both."""
     def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False)
+        done = subprocess.run(["git", *args], cwd=checkout, capture_output=True, text=True, check=False)
         return done.stdout.strip() if done.returncode == 0 else ""
 
     commit = git("rev-parse", "--short", "HEAD")
@@ -509,7 +512,8 @@ def markdown(steps: Sequence[dict[str, Any]], bars: dict[str, Any], settings: di
         + (", and so does PostgreSQL, whose CPU is not in the masters' figure." if settings["postgres"] else ".")
         + " Empty claims mean the submitter fell behind and the queue ran dry: claims then waited for work too, "
         "so their latency is no longer the master's alone.",
-        f"Command: `{host['command']}`, master at commit {settings['revision']}.",
+        f"Command: `{host['command']}`, master at commit {settings['revision']}"
+        + (f" (the checkout {settings['before']}; the simulator is this one's)." if settings["before"] else "."),
         "",
         f"Largest farm with p99 claim latency under {1000 * BAR_P99_S:g} ms: {largest_held(steps)} agents "
         f"x {settings['slots']} slots.",
@@ -595,6 +599,9 @@ def parser() -> argparse.ArgumentParser:
                         "the run fills its queue)")
     parser.add_argument("--masters", type=int, default=1,
                         help="masters sharing --postgres, agents split between them (default 1)")
+    parser.add_argument("--before", type=checkout_path, metavar="CHECKOUT",
+                        help="run the master(s) of this other checkout instead of this one's, against the same "
+                        "simulator (git worktree add /tmp/before <commit>)")
     parser.add_argument("--out", type=Path, help="output directory (default: a new bench-results/<name>-<date>-<time>/; "
                         "the committed results are in bench/results/)")
     parser.add_argument("--name", default="farm_sim", help="output file name stem (default farm_sim)")
@@ -631,7 +638,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )}
     settings = {key: value for key, value in vars(args).items() if key not in ("out", "check")}
     settings["postgres"] = bool(args.postgres)  # a DSN may carry a password: say only whether one was used
-    settings["revision"] = revision()
+    settings["revision"] = revision(args.before or REPO)
+    settings["before"] = str(args.before or "")
     host = machine()
     text = markdown(steps, bars, settings, host, args.name)
     out = fresh_out_dir(args.name, args.out)

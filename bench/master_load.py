@@ -3,7 +3,7 @@
 Usage (from the repository root; needs the ``[bench]`` extra, ``pip install '.[bench]'``)::
 
     python -m bench.master_load                                  # 8 clients, 3 repeats of 5 s, about a minute
-    python -m bench.master_load --baseline /tmp/before           # also the master of another checkout, interleaved
+    python -m bench.master_load --before /tmp/before             # also the master of another checkout, interleaved
     python -m bench.master_load --postgres postgresql://user@host/postgres
     python bench/master_load.py --help
 
@@ -22,14 +22,14 @@ node token), then, in turn:
 The clients speak HTTP/1.1 over one kept-alive socket each, with requests
 built once, so that the client costs little and the master is what is
 measured; the bench's own CPU is reported beside the master's. Repeats
-interleave health and cycles (and, with ``--baseline``, the two masters,
+interleave health and cycles (and, with ``--before``, the two masters,
 which take turns in alternating order), so drift and other load on the
 machine fall on both sides; medians are reported, and the ratio is the
 median of each repeat's ratio. The master's CPU time per request comes from
 the same phases (psutil), and says what a request costs it whatever the
 client does.
 
-``--baseline CHECKOUT`` measures the master of another checkout of this
+``--before CHECKOUT`` measures the master of another checkout of this
 repository (``git worktree add /tmp/before <commit>``) in the same run, against
 its own store: before and after a change, side by side.
 
@@ -44,7 +44,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import shutil
 import subprocess
 import sys
@@ -63,8 +62,8 @@ import psutil
 import trio
 
 from agent.client import MasterClient
-from agent.config import API_KEY_ENV
 from agent.models import JobRequest, JobResult, JobStatus, NodeRegistration
+from bench._farm import checkout_path
 from bench._keepalive import KeptAlive, ProtocolError
 from bench._report import (
     GOALS_NOTE,
@@ -77,7 +76,7 @@ from bench._report import (
     median,
     write_outputs,
 )
-from tests.support import REPO, Processes, RunningProcess
+from tests.support import REPO, Processes, RunningProcess, start_master
 
 # Every job is the same small one: the clients never run it, they only report it done.
 REQUEST = JobRequest.from_json({"scenario": "144p30-h264", "parameters": {"duration": 1}})
@@ -203,7 +202,7 @@ class Phase:
 
 @attrs.define
 class LoadedMaster:
-    """A master process (this checkout's or the baseline's), its registered clients and its queue."""
+    """A master process (this checkout's or the before checkout's), its registered clients and its queue."""
 
     label: str
     running: RunningProcess
@@ -282,22 +281,6 @@ class LoadedMaster:
             await self.operator.aclose()
 
 
-async def _start_master(procs: Processes, checkout: Path, label: str, store: list[str]) -> tuple[RunningProcess, str]:
-    """``python -m agent master`` run from ``checkout``, so its own code serves; its process and URL."""
-    environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    environment.pop(API_KEY_ENV, None)
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "agent", "master", "--host", "127.0.0.1", "--port", "0", *store,
-         "--heartbeat-interval", MASTER_HEARTBEAT],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=checkout, env=environment,
-    )
-    running = RunningProcess(name=f"{label} master", process=process)
-    procs.started.append(running)
-    procs.nursery.start_soon(running.collect)
-    match = await running.wait_for(r"listening on (https?://\S+)")
-    return running, match.group(1)
-
-
 def _database_on(server_dsn: str, label: str) -> str:
     """A fresh database on the PostgreSQL server of ``server_dsn``; its DSN."""
     import psycopg
@@ -324,9 +307,12 @@ async def open_master(
     home = work / label
     home.mkdir()
     dsn = _database_on(args.postgres, label) if args.postgres else ""
-    store = ["--db-dsn", dsn] if dsn else ["--db", str(home / "master.db")]
+    store = ["--db-dsn", dsn] if dsn else []  # else SQLite in home
     try:
-        running, url = await _start_master(procs, checkout, label, [*store, "--artifacts-dir", str(home / "art")])
+        # Safe path: this checkout's directory (the cwd) must not shadow the other one on sys.path.
+        env = {} if checkout == REPO else {"PYTHONSAFEPATH": "1", "PYTHONPATH": str(checkout)}
+        running, url = await start_master(procs, home, *store, "--artifacts-dir", str(home / "art"),
+                                          "--heartbeat-interval", MASTER_HEARTBEAT, **env)
         host, _, port = url.removeprefix("http://").rpartition(":")
         nodes: list[NodeClient] = []
         for index in range(args.clients):
@@ -349,7 +335,7 @@ async def open_master(
 
 
 async def measure(args: argparse.Namespace, work: Path) -> list[LoadedMaster]:
-    sides = [("current", REPO)] + ([("baseline", args.baseline)] if args.baseline else [])
+    sides = [("current", REPO)] + ([("before", args.before)] if args.before else [])
     async with trio.open_nursery() as nursery:
         procs = Processes(nursery)
         try:
@@ -424,7 +410,7 @@ def markdown(summaries: Sequence[dict[str, Any]], bars: dict[str, Any], settings
         + (" and PostgreSQL, whose CPU is in neither figure." if settings["postgres"] else ".")
         + " Master CPU per request is its process's CPU time over the requests of the same phases.",
         f"Command: `{host['command']}`; this checkout at {settings['revision']}"
-        + (f", baseline {settings['baseline']} at {settings['baseline_revision']}." if settings["baseline"] else "."),
+        + (f", before: {settings['before']} at {settings['before_revision']}." if settings["before"] else "."),
         "",
         markdown_table(COLUMNS, rows(summaries)),
         "",
@@ -465,16 +451,6 @@ def _positive(text: str) -> float:
     return value
 
 
-def _checkout(text: str) -> Path:
-    path = Path(text).resolve()
-    if not (path / "agent" / "master" / "app.py").is_file():
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a checkout of this repository (no agent/master/app.py); make one with "
-            "git worktree add /tmp/before <commit>"
-        )
-    return path
-
-
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.master_load", description=__doc__.split("\n")[0])
     parser.add_argument("--clients", type=int, default=8, help="keep-alive clients, each a node (default 8)")
@@ -484,8 +460,8 @@ def parser() -> argparse.ArgumentParser:
                         "speaks, whose cost then bounds both rates")
     parser.add_argument("--seconds", type=_positive, default=5.0, help="seconds per phase (default 5)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats (default 3)")
-    parser.add_argument("--baseline", type=_checkout, metavar="CHECKOUT",
-                        help="also measure the master of this checkout of the repository, interleaved "
+    parser.add_argument("--before", type=checkout_path, metavar="CHECKOUT",
+                        help="also measure the master of this other checkout, interleaved, on a store of its own "
                         "(git worktree add /tmp/before <commit>)")
     parser.add_argument("--postgres", metavar="DSN", default="",
                         help="run each master on a fresh database created on this PostgreSQL server (the DSN's "
@@ -515,9 +491,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ) for s in summaries}
     settings = {key: value for key, value in vars(args).items() if key not in ("out", "check")}
     settings["postgres"] = bool(args.postgres)  # a DSN may carry a password: say only whether one was used
-    settings["baseline"] = str(args.baseline) if args.baseline else ""
+    settings["before"] = str(args.before) if args.before else ""
     settings["revision"] = revision(REPO)
-    settings["baseline_revision"] = revision(args.baseline) if args.baseline else ""
+    settings["before_revision"] = revision(args.before) if args.before else ""
     host = machine()
     text = markdown(summaries, bars, settings, host)
     out = fresh_out_dir(args.name, args.out)
