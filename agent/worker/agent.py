@@ -30,6 +30,7 @@ import urllib.parse
 from functools import partial
 
 import attrs
+import psutil
 import trio
 
 from agent.client import (
@@ -346,6 +347,8 @@ class Agent:
                 # Jobs whose results are still on their way are ours too, or the master hands them back.
                 active_job_ids=sorted(set(self.state.running) | self.reporter.held_job_ids()),
                 max_concurrent_jobs=self.poller.limit,
+                # The machine's CPU use since the previous heartbeat, for the dashboard's node list.
+                cpu_load_percent=psutil.cpu_percent(interval=None),
             )
             try:
                 reply = await self.client.heartbeat(self.state.node_id, report)

@@ -80,7 +80,7 @@ def progress_of(page: Page, job_id: str) -> float:
 def test_an_operator_logs_in_and_watches_a_running_job_progress_without_reloading(
     page: Page, farm: str, api: httpx.Client
 ) -> None:
-    """After the login the overview shows the node and the job, and the job's progress bar moves by itself."""
+    """After the login the overview shows the node, its CPU load and the job, whose progress bar moves by itself."""
     job_id = api.post("/jobs", json={"scenario": "480p30-h264", "parameters": {"duration": JOB_SECONDS}}).json()["id"]
     try:
         log_in(page, farm)
@@ -97,6 +97,7 @@ def test_an_operator_logs_in_and_watches_a_running_job_progress_without_reloadin
         )
         assert progress_of(page, job_id) > first
         expect(page.locator('#nodes tr[data-node] td.num').first).to_have_text(re.compile(r"[12]/2"))
+        expect(page.locator("#nodes tr[data-node] td.cpu").first).to_have_text(re.compile(r"\d+%"))
         assert page.evaluate("window.notReloaded") is True
     finally:
         api.post(f"/jobs/{job_id}/cancel")
