@@ -247,3 +247,21 @@ async def test_a_ladder_the_server_refuses_is_a_user_error_and_the_package_stays
     assert (result.status, result.failure_reason) == (JobStatus.FAILED, FailureReason.USER_ERROR.value)
     assert "403" in result.error
     assert (tmp_path / "work" / "outputs" / "job-1" / "job-1.hls" / "master.m3u8").is_file()
+
+
+async def test_a_ladder_stopped_midway_stops_every_rung_and_leaves_no_process(tmp_path: Path, ffmpeg: str) -> None:
+    """Stopped after its first progress (split mode, read in real time): the outcome says stopped, no FFmpeg remains."""
+    await make_clip(ffmpeg, tmp_path / "media" / "clip.mp4")
+    ladder_runner = runner(tmp_path, ladder_mode="split", kill_timeout=3)
+    job = Job(id="job-1", scenario="180p30-h264",
+              parameters={"ladder": LADDER, "input": str(tmp_path / "media" / "clip.mp4"), "realtime": True})
+    stop = trio.CancelScope()
+
+    def on_progress(percent: float, snapshot: ProgressSnapshot) -> None:
+        stop.cancel()
+
+    with trio.fail_after(60):
+        outcome = await ladder_runner.run(job, ladder_runner.prepare(job), on_progress, stop)
+    assert outcome.stopped
+    assert processes_mentioning(str(tmp_path)) == []
+    assert list((tmp_path / "work" / "ladders").iterdir()) == []
