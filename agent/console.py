@@ -56,7 +56,7 @@ def format_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def _status(job: Job) -> str:
+def status_shown(job: Job) -> str:
     """The status, or for a pending job no node can take, why: ``waiting: no node offers nvenc``."""
     return job.waiting or job.status.value
 
@@ -65,7 +65,7 @@ def _cut(text: str, width: int = ERROR_WIDTH) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _outcome(job: Job) -> str:
+def outcome_shown(job: Job) -> str:
     """Where a completed job's output went, or why a job failed; ``-`` for neither."""
     if job.status is JobStatus.COMPLETED:
         return str(job.metrics.get("output_file") or job.metrics.get("rtmp_url") or "-")
@@ -92,7 +92,7 @@ def _clock(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-def _pace(job: Job) -> tuple[str, str, str]:
+def pace_shown(job: Job) -> tuple[str, str, str]:
     """fps, speed and ETA of a running job; dashes for others, and before its attempt's first report."""
     live = job.live
     if job.status is not JobStatus.PROCESSING or live is None or job.progress <= 0:
@@ -103,17 +103,17 @@ def _pace(job: Job) -> tuple[str, str, str]:
 
 def _job_row(job: Job) -> list[Any]:
     return [
-        job.sequence_number, job.id, job.scenario, _status(job), f"{job.progress:.0f}%", *_pace(job),
-        job.node_name or job.node_id or "-", _outcome(job),
+        job.sequence_number, job.id, job.scenario, status_shown(job), f"{job.progress:.0f}%", *pace_shown(job),
+        job.node_name or job.node_id or "-", outcome_shown(job),
     ]
 
 
 def _follow_line(job: Job) -> str:
     """One line of ``--follow``: progress, then fps, speed and ETA while running, the outcome once final."""
-    fps, speed, eta = _pace(job)
+    fps, speed, eta = pace_shown(job)
     pace = f" {fps} fps {speed} eta {eta}" if fps != "-" else ""
-    outcome = f" {_outcome(job)}" if job.status.is_final else ""
-    return f"{job.id} {_status(job)} {job.progress:.0f}%{pace} {job.node_name or '-'}{outcome}"
+    outcome = f" {outcome_shown(job)}" if job.status.is_final else ""
+    return f"{job.id} {status_shown(job)} {job.progress:.0f}%{pace} {job.node_name or '-'}{outcome}"
 
 
 def _node_row(node: Node) -> list[Any]:
@@ -231,7 +231,7 @@ async def upload_input(client: MasterClient, path: Path) -> str:
     return ARTIFACT_PREFIX + sha256
 
 
-def _delivered(job: Job) -> list[tuple[str, str]]:
+def delivered_outputs(job: Job) -> list[tuple[str, str]]:
     """(file name, SHA-256) of each output the job delivered to the master."""
     outputs = job.metrics.get("outputs")
     if isinstance(outputs, list):
@@ -295,7 +295,7 @@ async def download_outputs(client: MasterClient, job_ref: str, directory: Path, 
     (the directory's for a package of plain files), and on stderr how many files were fetched or already there.
     """
     job = await client.get_job(job_ref)
-    outputs = _delivered(job)
+    outputs = delivered_outputs(job)
     if not outputs:
         delivered_to = job.metrics.get("delivered_to")
         if job.status is not JobStatus.COMPLETED:
@@ -374,7 +374,7 @@ async def _show_logs(client: MasterClient, args: argparse.Namespace, out: TextIO
         out.write(logs.rstrip("\n") + "\n")
     else:
         why = ": ".join(filter(None, (job.failure_reason, job.error)))
-        print(f"no encoder log for job {job.sequence_number} ({_status(job)}{': ' + why if why else ''})",
+        print(f"no encoder log for job {job.sequence_number} ({status_shown(job)}{': ' + why if why else ''})",
               file=sys.stderr)
 
 

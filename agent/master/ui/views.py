@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import attrs
 
-from ...console import _delivered, _outcome, _pace, _status
+from ...console import delivered_outputs, outcome_shown, pace_shown, status_shown
 from ...models import Job, JobStatus, Node
 from ..store import StoreCounts
 from .feed import ProgressPoint
@@ -49,8 +49,8 @@ class JobView:
 
     @classmethod
     def of(cls, job: Job) -> JobView:
-        fps, speed, eta = _pace(job)
-        return cls(job, _status(job), fps, speed, eta, _outcome(job), _delivered(job))
+        fps, speed, eta = pace_shown(job)
+        return cls(job, status_shown(job), fps, speed, eta, outcome_shown(job), delivered_outputs(job))
 
     @property
     def actions(self) -> list[str]:
