@@ -25,8 +25,9 @@ RUN mkdir -p /home/ffrtmp/work
 VOLUME ["/home/ffrtmp/work"]
 EXPOSE 9091
 # First SIGTERM drains: running jobs get --shutdown-grace (30s), then their encoders
-# are stopped (--kill-timeout, 10s) and the results reported (up to 10s): 50s at worst
-# with the defaults, as the agent logs at start. docker stop waits 10s unless told
+# are stopped (--kill-timeout, 10s), the results reported (up to 10s) and the node
+# deregistered (up to 10s): 60s at worst with the defaults, as the agent logs at
+# start. docker stop waits 10s unless told
 # (--stop-timeout 60 above, docker stop -t 60, Compose stop_grace_period: 60s,
 # Kubernetes terminationGracePeriodSeconds: 60).
 STOPSIGNAL SIGTERM

@@ -48,6 +48,7 @@ from agent.tls import client_context
 from agent.worker.adaptive import serve_adaptive
 from agent.worker.backoff import Backoff
 from agent.worker.breaker import BreakerState, CircuitBreaker
+from agent.worker.encoder import StopPolicy
 from agent.worker.engines.ffmpeg import EncoderNotFound, find_ffmpeg
 from agent.worker.engines.hwaccel import candidates as hardware_candidates
 from agent.worker.events import listen_events
@@ -67,6 +68,17 @@ from agent.worker.status_server import StatusPortUnavailable, create_status_app,
 from agent.worker.tempfiles import remove_stale_temporaries
 
 log = logging.getLogger(__name__)
+
+
+def worst_case_stop_s(config: AgentConfig) -> float:
+    """The longest a drained agent takes to exit, which supervisors' stop timeouts must allow.
+
+    Running jobs get the shutdown grace; their encoders are then stopped within
+    the kill timeout; each result gets one delivery attempt; last, the
+    deregistration gets as long again (``deploy/`` files are checked against it).
+    """
+    encoder_stop = StopPolicy.within(config.kill_timeout).worst_case
+    return config.shutdown_grace + encoder_stop + DELIVERY_ATTEMPT_S + DELIVERY_ATTEMPT_S
 
 
 @attrs.define
@@ -150,10 +162,6 @@ class Agent:
             {candidate.name: candidate in hardware for candidate in hardware_candidates()},
         )
 
-    @property
-    def worst_case_stop_s(self) -> float:
-        return self.config.shutdown_grace + self.runner.stop.worst_case + DELIVERY_ATTEMPT_S
-
     def _breaker_changed(self, state: BreakerState, reason: str) -> None:
         self.state.breaker_open = state is not BreakerState.CLOSED
         self.metrics.breaker_state.set(state.value)
@@ -212,9 +220,10 @@ class Agent:
                 interval=self.config.adaptive_interval,
             ))
         log.info(
-            "Worst-case stop time %.0fs (grace %.0fs + encoder stop %.0fs + result report %.0fs)",
-            self.worst_case_stop_s, self.config.shutdown_grace, self.runner.stop.worst_case,
-            DELIVERY_ATTEMPT_S,
+            "Worst-case stop time %.0fs (grace %.0fs + encoder stop %.0fs + result report %.0fs"
+            " + deregistration %.0fs)",
+            worst_case_stop_s(self.config), self.config.shutdown_grace, self.runner.stop.worst_case,
+            DELIVERY_ATTEMPT_S, DELIVERY_ATTEMPT_S,
         )
         await self._run_jobs_until_drained()
 

@@ -59,7 +59,7 @@ async def test_the_health_check_follows_the_port_and_the_stop_timeout_covers_the
     procs: Processes, tmp_path: Path
 ) -> None:
     """Healthy on the agent's FFRTMP_METRICS_PORT, unhealthy on a port where nothing listens; the documented
-    --stop-timeout is longer than the worst-case stop the agent logs with the image's defaults."""
+    --stop-timeout covers the worst-case stop the agent logs with the image's defaults."""
     _, url = await start_master(procs, tmp_path)
     agent, status_url = await start_agent(procs, "docker", url, tmp_path / "work")
     port = int(status_url.rsplit(":", 1)[1].split("/")[0])
@@ -67,4 +67,4 @@ async def test_the_health_check_follows_the_port_and_the_stop_timeout_covers_the
     assert await health_check(free_port()) != 0
     worst = await agent.wait_for(r"Worst-case stop time (\d+)s")
     documented = re.search(r"--stop-timeout (\d+)", DOCKERFILE)
-    assert documented and int(documented.group(1)) > int(worst.group(1))
+    assert documented and int(documented.group(1)) >= int(worst.group(1))

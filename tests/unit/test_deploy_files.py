@@ -40,6 +40,7 @@ from agent.config import AgentConfig, MasterConfig
 from agent.master.store import open_store
 from agent.models import JobRequest, JobStatus, NodeRegistration
 from agent.settings import Setting, SettingsParser, build, parse_duration
+from agent.worker.agent import worst_case_stop_s
 from agent.worker.encoder import StopPolicy
 from agent.worker.reporter import DELIVERY_ATTEMPT_S
 from tests.postgres import fresh_database, postgres_dsn  # noqa: F401  (the fixture)
@@ -59,17 +60,6 @@ FOREIGN_FLAGS = {
     "--system", "--home-dir", "--shell", "--now", "--build", "--from-literal", "--from-file",
     "--config.file", "--storage.tsdb.path", "--hex",
 }
-
-
-def worst_case_stop_s(config: AgentConfig) -> float:
-    """The longest a drained agent can take to exit: the sum the deploy files' comments spell out.
-
-    Running jobs get the shutdown grace; their encoders are then stopped within
-    the kill timeout (the runner's StopPolicy); each result gets one delivery
-    attempt; last, the deregistration gets as long again.
-    """
-    encoder_stop = StopPolicy.within(config.kill_timeout).worst_case
-    return config.shutdown_grace + encoder_stop + DELIVERY_ATTEMPT_S + DELIVERY_ATTEMPT_S
 
 
 # ---- Reading the files -------------------------------------------------------------------------------
