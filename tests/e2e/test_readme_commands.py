@@ -3,7 +3,7 @@
 What runs: every ``python -m agent ...`` and ``ffrtmp ...`` line of the
 README's literal blocks (the farm in "A farm on several machines", the submit
 with parameters in "Jobs and scenarios", the node commands in "Nodes and
-drains"), ``python -m agent --help`` and ``--version`` on every entry point,
+drains"), the generated-clip ladder of "Ladders", ``python -m agent --help`` and ``--version`` on every entry point,
 and the error line the README quotes for a bad variable. The farm runs in a
 temporary directory, so ``--db master.db`` lands there, with these changes
 only:
@@ -186,7 +186,20 @@ def test_the_farm_commands_run_as_written(farm: Farm) -> None:
     assert _expanded(node_verbs, ("show", "drain", "undrain", "delete")) == [c.replace("vm:9091", "NODE")
                                                                               for c in named]
     ran.add(node_verbs)
+    ran |= {c for c in commands if c.startswith("python -m agent local ") and "ladder=" in c and not NOT_RUN.match(c)}
     assert set(commands) - ran == {c for c in commands if NOT_RUN.match(c)}, "a README command is neither run nor excused"
+
+
+@pytest.mark.slow
+def test_the_ladder_line_of_local_mode_writes_a_package(tmp_path: Path) -> None:
+    """The generated-clip ladder of "Ladders" exits 0, which local mode gives only after the player checks pass."""
+    [ladder] = [c for c in readme_commands() if c.startswith("python -m agent local ") and "ladder=" in c
+                and not NOT_RUN.match(c)]
+    done = subprocess.run([sys.executable, *shlex.split(ladder)[1:]], stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, cwd=tmp_path, env=_environment(XDG_CACHE_HOME=str(tmp_path)),
+                          timeout=RUN_TIMEOUT_S)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert list((tmp_path / "ffrtmp-agent" / "outputs").glob("*/*.hls/master.m3u8")), done.stdout
 
 
 def test_help_and_version_run_on_every_entry_point() -> None:
