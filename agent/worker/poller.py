@@ -65,6 +65,7 @@ class Poller:
     _wake: trio.Event = attrs.field(factory=trio.Event)
     _long_poll_supported: bool = True
     _master_failing: bool = False
+    _said_full: bool = False
 
     @property
     def limit(self) -> int:
@@ -78,9 +79,11 @@ class Poller:
     async def poll(self, job_nursery: trio.Nursery) -> NoReturn:
         log.info("Starting job polling loop (max concurrent jobs: %d)...", self.limit)
         while True:
-            if self.limiter.available_tokens == 0:
-                # Logged once each time the slots fill up, not on every wait.
+            full = self.limiter.available_tokens == 0
+            if full and not self._said_full:
+                # Logged once each time the slots fill up, not on every wait (nor every prefetch).
                 log.info("At max concurrent jobs (%d/%d), waiting...", self.limit, self.limit)
+            self._said_full = full
             prefetch = await self._wait_for_room()
             try:
                 job = await job_nursery.start(partial(self._job_slot, prefetch=prefetch))
