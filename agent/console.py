@@ -34,7 +34,7 @@ from typing import Any, TextIO
 import trio
 
 from agent.client import AuthError, MasterClient, MasterError, TLSVerifyError, file_sha256
-from agent.models import Job, JobRequest, JobStatus, Node
+from agent.models import Job, JobProgress, JobRequest, JobStatus, Node
 from agent.package import Manifest, PackageFile, delivered_manifest, safe_relative
 from agent.scenarios import ARTIFACT_PREFIX
 from agent.transfers import TransferProgress
@@ -57,7 +57,10 @@ def format_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def status_shown(job: Job) -> str:
-    """The status, or for a pending job no node can take, why: ``waiting: no node offers nvenc``."""
+    """The status; for a pending job no node can take, why: ``waiting: no node offers nvenc``;
+    ``prefetched`` for a job leased to a node that waits for a free slot there."""
+    if job.status is JobStatus.PROCESSING and job.live is not None and job.live.stage == JobProgress.PREFETCHED:
+        return JobProgress.PREFETCHED
     return job.waiting or job.status.value
 
 
