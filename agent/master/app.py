@@ -63,6 +63,7 @@ from .auth import Forbidden, Guard
 from .events import EventHub
 from .jsonbody import BodyRejected, JSONResponse, parse_body
 from .metrics import MasterMetrics
+from .nodeview import NodeView
 from .paging import JobQuery, QueryRejected, cursor_after
 from .progress import ProgressBook
 from .store import NotFound, Store, StoreError
@@ -326,18 +327,20 @@ class _Api:
         self._hub = hub
         self.metrics = metrics
         self.guard = Guard(store, api_key=config.api_key, allow_legacy_agents=config.allow_legacy_agents)
+        self._nodes = NodeView(store)
 
     async def _explained(self, jobs: list[Job]) -> list[Job]:
         """The jobs, each pending one saying why no live node takes it (``scheduler.waiting_reason``).
 
-        Worked out on every read from the nodes as they are now, so it is never stale;
-        the nodes are read only when a job is pending. Running jobs show the
-        progress this master holds and has yet to write.
+        Worked out on every read from the nodes as they are now, or were at
+        most a second ago (:mod:`.nodeview`); the nodes are read only when a
+        job is pending. Running jobs show the progress this master holds and
+        has yet to write.
         """
         jobs = [self._progress.merged(job) for job in jobs]
         if not any(job.status is JobStatus.PENDING for job in jobs):
             return jobs
-        nodes = await self._store.list_nodes()
+        nodes = await self._nodes.nodes()
         now = utcnow()
         interval = self._config.heartbeat_interval
         return [attrs.evolve(job, waiting=scheduler.waiting_reason(job, nodes, now, interval)) for job in jobs]
@@ -372,6 +375,7 @@ class _Api:
         )
         node = registered.node
         self.guard.forget(node.id)  # the previous run's token stops working here at once
+        self._nodes.changed()
         log.info(
             "Node %s %s as %s (run %d)",
             node.address, "registered" if registered.created else "re-registered", node.id, node.incarnation,
@@ -415,6 +419,7 @@ class _Api:
         await self._progress.flush()
         node = await self._store.delete_node(request.path_params["ref"])
         self.guard.forget(node.id)
+        self._nodes.changed()
         log.info("Node %s (%s) deleted; its jobs went back to the queue", node.address, node.id)
         return JSONResponse({"status": "deleted", "node_id": node.id, "address": node.address})
 
@@ -424,6 +429,7 @@ class _Api:
         The master keeps the drain, so it holds while the agent restarts or is offline.
         """
         node = await self._store.change_node(request.path_params["ref"], scheduler.drain)
+        self._nodes.changed()
         self._hub.send(node.id, AgentEvent.drain())
         log.info("Node %s (%s) is draining", node.address, node.id)
         return JSONResponse(node.to_json())
@@ -431,6 +437,7 @@ class _Api:
     async def undrain_node(self, request: Request) -> Response:
         """Extension: a drained node is given jobs again; woken at once when connected."""
         node = await self._store.change_node(request.path_params["ref"], scheduler.undrain)
+        self._nodes.changed()
         self._hub.send(node.id, AgentEvent.job_available())
         log.info("Node %s (%s) is no longer drained", node.address, node.id)
         return JSONResponse(node.to_json())
@@ -445,6 +452,7 @@ class _Api:
         await self.guard.check_node(request, node_id)
         await self._write_progress_of_unreported(node_id, [])
         handed_back = await self._store.deregister_node(node_id)
+        self._nodes.changed()
         _log_handed_back(handed_back)
         log.info("Node %s deregistered: offline until it registers again", node_id)
         return JSONResponse({"status": "offline", "node_id": node_id, "handed_back": [job.id for job in handed_back]})
