@@ -65,11 +65,27 @@ if TYPE_CHECKING:
 __all__ = [
     "BANDWIDTH_TOLERANCE",
     "DURATION_TOLERANCE_S",
+    "FPS_TOLERANCE",
     "Bitrate",
+    "DecodeFailed",
+    "Declared",
+    "Decoded",
     "ExpectedRung",
     "PackageKind",
+    "Pair",
+    "Reading",
+    "Segment",
+    "Track",
+    "alignment_problems",
     "check_package",
+    "decode_audio",
+    "decode_video",
+    "match_rungs",
     "measure_hls_bitrate",
+    "read_dash",
+    "read_files",
+    "read_hls",
+    "rung_problems",
 ]
 
 PackageKind = Literal["hls", "dash", "files"]
