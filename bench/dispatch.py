@@ -491,6 +491,26 @@ def _celery_bars(rows: list[dict[str, Any]], latency: list[dict[str, Any]]) -> d
     return bars
 
 
+def versus_celery(summary: dict[str, Any]) -> list[tuple[str, dict[str, float]]]:
+    """Each agent side's figure over Celery's, per cell and dispatch mode; empty without ``--peer celery``."""
+    cells = {(row["loop"], row["seconds"], row["concurrency"]): row["utilisation"] for row in summary["utilisation"]}
+    ratios: list[tuple[str, dict[str, float]]] = []
+    for (loop, seconds, concurrency), celery in cells.items():
+        if loop == CELERY:
+            ratios.append((f"utilisation D={seconds:g}s x{concurrency}", {
+                side: cells[side, seconds, concurrency] / celery
+                for side in (AGENT, BEFORE) if (side, seconds, concurrency) in cells
+            }))
+    p50 = {entry["mode"]: entry["p50_s"] for entry in summary["latency"] if entry["available"]}
+    if CELERY in p50:
+        for mode in ("push", "long-poll", "polling"):
+            sides = {AGENT: mode, BEFORE: f"{mode} ({BEFORE})"}
+            found = {side: p50[name] / p50[CELERY] for side, name in sides.items() if name in p50}
+            if found:
+                ratios.append((f"dispatch p50, {mode}", found))
+    return ratios
+
+
 def utilisation_rows(summary: dict[str, Any]) -> list[list[Any]]:
     return [
         [row["loop"], row["seconds"], row["concurrency"], row["jobs"], row["ideal_s"], row["measured_s"],
@@ -526,6 +546,11 @@ def markdown(summary: dict[str, Any], settings: dict[str, Any], host: dict[str, 
         markdown_table(LATENCY_COLUMNS, latency_rows),
         "",
     ]
+    ratios = versus_celery(summary)
+    if ratios:
+        lines += ["## Against Celery, same run (utilisation: side / Celery; dispatch p50: side / Celery)", "",
+                  markdown_table(("measure", *[side for side in (AGENT, BEFORE) if side in ratios[0][1]]),
+                                 [[name, *values.values()] for name, values in ratios]), ""]
     lines += [GOALS_NOTE, ""]
     lines += [goal_line(name, result) for name, result in summary["bars"].items()]
     return "\n".join(lines)
