@@ -11,7 +11,8 @@ from agent.ladder import MAX_RUNGS, SEGMENT_S, Ladder, Rung, choose_mode
 from agent.master.validation import validate_request
 from agent.models import Job, JobRequest
 from agent.scenarios import EncodeSpec, JobRejected, build_spec
-from agent.worker.engines.ffmpeg_ladder import Rates, Variant, ladder_plan, rewrite_master_playlist, video_codec_string
+from agent.worker.engines.ffmpeg_ladder import Variant, ladder_plan, rewrite_master_playlist, video_codec_string
+from agent.worker.package_check import Bitrate
 
 THREE = "360p30-h264,240p30-h264@300k,144p30-h264@150k"
 STAGE = Path("/work/stage")
@@ -171,8 +172,8 @@ def test_the_master_playlist_gets_measured_rates_with_audio_codecs_and_the_frame
         'AUDIO="group_audio"',
         "1-360p30/index.m3u8",
     ])
-    variant = Variant(Rates(900_000, 700_000), 30.0, "avc1.64001e")
-    rewritten = rewrite_master_playlist(ffmpeg_wrote, {"1-360p30/index.m3u8": variant}, Rates(130_000, 128_000))
+    variant = Variant(Bitrate(900_000, 700_000), 30.0, "avc1.64001e")
+    rewritten = rewrite_master_playlist(ffmpeg_wrote, {"1-360p30/index.m3u8": variant}, Bitrate(130_000, 128_000))
     assert rewritten.splitlines()[2] == (
         '#EXT-X-STREAM-INF:BANDWIDTH=1030000,AVERAGE-BANDWIDTH=828000,RESOLUTION=640x360,'
         'CODECS="avc1.64001e,mp4a.40.2",AUDIO="group_audio",FRAME-RATE=30.000'

@@ -36,6 +36,8 @@ import attrs
 
 from ...ladder import SEGMENT_S, Ladder, LadderMode, Rung
 from ...scenarios import EncodeSpec
+from ..package_check import Bitrate, measure_hls_bitrate
+from ..package_check.hls import attribute_list
 from .ffmpeg import LOCAL_PROTOCOLS, codec_flags, num
 
 __all__ = [
@@ -43,12 +45,10 @@ __all__ = [
     "DASH_MANIFEST",
     "HLS_MASTER",
     "LadderPlan",
-    "Rates",
     "Variant",
     "finish_manifest",
     "finish_master_playlist",
     "ladder_plan",
-    "media_rates",
     "rewrite_master_playlist",
     "staged_video",
     "video_codec_string",
@@ -219,45 +219,15 @@ def _package_argv(ffmpeg: str, ladder: Ladder, stage_dir: Path, audio: bool) -> 
 
 
 @attrs.frozen
-class Rates:
-    """Bits per second of one media playlist: its busiest segment, and all of it."""
-
-    peak: int
-    average: int
-
-    def __add__(self, other: Rates) -> Rates:
-        return Rates(self.peak + other.peak, self.average + other.average)
-
-
-def media_rates(playlist: Path) -> Rates:
-    """Measure a media playlist's segments as written (their sizes over their ``#EXTINF`` durations)."""
-    peak = 0.0
-    total_bytes = 0
-    total_s = 0.0
-    seconds = 0.0
-    for line in playlist.read_text().splitlines():
-        if line.startswith("#EXTINF:"):
-            seconds = float(line.removeprefix("#EXTINF:").split(",")[0])
-        elif line and not line.startswith("#"):
-            size = (playlist.parent / line).stat().st_size
-            total_bytes += size
-            total_s += seconds
-            if seconds > 0:
-                peak = max(peak, size * 8 / seconds)
-    average = total_bytes * 8 / total_s if total_s else 0.0
-    return Rates(round(peak), round(average))
-
-
-@attrs.frozen
 class Variant:
     """What the master playlist says of one rung: measured rates, frame rate, video codec string."""
 
-    rates: Rates
+    rates: Bitrate
     fps: float
     codec: str
 
 
-def rewrite_master_playlist(text: str, variants: dict[str, Variant], audio: Rates | None) -> str:
+def rewrite_master_playlist(text: str, variants: dict[str, Variant], audio: Bitrate | None) -> str:
     """FFmpeg's master playlist with each variant's measured rates (plus its audio's), codecs and ``FRAME-RATE``.
 
     ``variants`` are keyed by the URI the playlist names (``1-1080p30/index.m3u8``);
@@ -270,37 +240,15 @@ def rewrite_master_playlist(text: str, variants: dict[str, Variant], audio: Rate
         if line.startswith("#EXT-X-STREAM-INF:") and uri in variants:
             variant = variants[uri]
             total = variant.rates + audio if audio is not None else variant.rates
-            attributes = _attributes(line.removeprefix("#EXT-X-STREAM-INF:"))
-            attributes["BANDWIDTH"] = str(total.peak)
-            attributes["AVERAGE-BANDWIDTH"] = str(total.average)
+            attributes = attribute_list(line.removeprefix("#EXT-X-STREAM-INF:"))
+            attributes["BANDWIDTH"] = str(round(total.peak))
+            attributes["AVERAGE-BANDWIDTH"] = str(round(total.average))
             codecs = [variant.codec] + ([AUDIO_CODEC_STRING] if audio is not None else [])
             attributes["CODECS"] = '"' + ",".join(codecs) + '"'
             attributes["FRAME-RATE"] = f"{variant.fps:.3f}"
             line = "#EXT-X-STREAM-INF:" + ",".join(f"{key}={value}" for key, value in attributes.items())
         out.append(line)
     return "\n".join(out) + "\n"
-
-
-def _attributes(text: str) -> dict[str, str]:
-    """``KEY=value`` pairs in order, commas inside quoted values kept (``CODECS="avc1.64001f,mp4a.40.2"``)."""
-    attributes: dict[str, str] = {}
-    key, value, quoted = "", "", False
-    reading_key = True
-    for char in text + ",":
-        if reading_key:
-            if char == "=":
-                reading_key = False
-            else:
-                key += char
-        elif char == '"':
-            quoted = not quoted
-            value += char
-        elif char == "," and not quoted:
-            attributes[key.strip()] = value
-            key, value, reading_key = "", "", True
-        else:
-            value += char
-    return attributes
 
 
 def video_codec_string(init: bytes) -> str:
@@ -331,12 +279,12 @@ def finish_master_playlist(package_dir: Path, rungs: Sequence[Rung], audio: bool
     master = package_dir / HLS_MASTER
     variants = {
         f"{rung.name}/{HLS_MEDIA}": Variant(
-            media_rates(package_dir / rung.name / HLS_MEDIA), rung.fps,
+            measure_hls_bitrate(package_dir / rung.name / HLS_MEDIA), rung.fps,
             video_codec_string(next((package_dir / rung.name).glob("init*.mp4")).read_bytes()),
         )
         for rung in rungs
     }
-    audio_rates = media_rates(package_dir / AUDIO_NAME / HLS_MEDIA) if audio else None
+    audio_rates = measure_hls_bitrate(package_dir / AUDIO_NAME / HLS_MEDIA) if audio else None
     master.write_text(rewrite_master_playlist(master.read_text(), variants, audio_rates))
 
 

@@ -12,7 +12,7 @@ from agent.worker.hls import PlaylistRejected, media_resources
 from .manifest import int_or_none, locate, number_or_none
 from .model import VIDEO_CODECS, Bitrate, Declared, Reading, Segment, Track
 
-__all__ = ["measure_hls_bitrate", "read_hls"]
+__all__ = ["attribute_list", "measure_hls_bitrate", "read_hls"]
 
 _AUDIO_CODECS = ("mp4a", "opus", "ac-3", "ec-3", "flac", "mp3")
 
@@ -20,9 +20,14 @@ _ATTRIBUTE = re.compile(r'([A-Z0-9-]+)=("[^"]*"|[^,]*)')
 _EXTINF = re.compile(r"^#EXTINF:\s*(\d+(?:\.\d+)?)")
 
 
+def attribute_list(text: str) -> dict[str, str]:
+    """An HLS attribute list (``BANDWIDTH=1,CODECS="a,b"``) as a dict in its order, values as written (quoted)."""
+    return dict(_ATTRIBUTE.findall(text))
+
+
 def _attributes(text: str) -> dict[str, str]:
-    """An HLS attribute list (``BANDWIDTH=1,CODECS="a,b"``) as a dict, quotes removed."""
-    return {key: value.strip('"') for key, value in _ATTRIBUTE.findall(text)}
+    """An HLS attribute list's values, quotes removed."""
+    return {key: value.strip('"') for key, value in attribute_list(text).items()}
 
 
 def _size(text: str | None) -> tuple[int | None, int | None]:
@@ -160,7 +165,10 @@ def measure_hls_bitrate(media_playlist: Path) -> Bitrate:
     """The peak and average bitrate of a media playlist's segments: what ``BANDWIDTH`` and ``AVERAGE-BANDWIDTH`` say.
 
     A variant with an audio group declares its video's plus the audio's. The
-    init section is left out, as players fetch it once.
+    init section is left out, as players fetch it once. The ladder writes
+    these values into its master playlist
+    (:func:`~agent.worker.engines.ffmpeg_ladder.finish_master_playlist`), and
+    :func:`read_hls` measures the same way, so the two cannot disagree.
 
     Raises:
         OSError: the playlist or a segment cannot be read.
