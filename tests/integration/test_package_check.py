@@ -1,4 +1,4 @@
-"""Ladders packaged by FFmpeg itself, read and decoded by the player check (agent/worker/package_check.py).
+"""Ladders packaged by FFmpeg itself, read and decoded by the player check (agent/worker/package_check/).
 
 Each package is three tiny rungs (320x180, 256x144, 160x90 at 10 fps, one
 keyframe a second, 1 s segments) of a 4 s clip with audio, made once per
@@ -123,14 +123,21 @@ async def test_a_good_ladder_passes_every_check(ffmpeg: str, packages: dict[str,
     assert await check(ffmpeg, packages[kind], kind, list(reversed(RUNGS))) == []
 
 
-async def test_a_missing_hls_segment_is_named_and_its_rung_not_decoded(
-    ffmpeg: str, packages: dict[str, Path], tmp_path: Path
+@pytest.mark.parametrize(("kind", "lost", "expected"), [
+    ("hls", "stream_1/seg_002.m4s", ["stream_1/index.m3u8 names 'seg_002.m4s', which is missing from the package"]),
+    ("dash", "chunk-stream1-*.m4s", [
+        f"manifest.mpd Representation '1' names 'chunk-stream1-0000{n}.m4s', which is missing from the package"
+        for n in range(1, 5)
+    ]),
+])
+async def test_missing_segments_are_named_and_their_rung_not_decoded(
+    ffmpeg: str, packages: dict[str, Path], tmp_path: Path, kind: PackageKind, lost: str, expected: list[str]
 ) -> None:
-    """A segment gone from one media playlist: one problem naming the playlist and the file, no decode noise."""
-    package = copy_of(packages, "hls", tmp_path)
-    (package / "stream_1" / "seg_002.m4s").unlink()
-    problems = await check(ffmpeg, package, "hls")
-    assert problems == ["stream_1/index.m3u8 names 'seg_002.m4s', which is missing from the package"]
+    """One HLS segment, or all of a DASH Representation's, deleted: each missing file is named, no decode noise."""
+    package = copy_of(packages, kind, tmp_path)
+    for segment in package.glob(lost):
+        segment.unlink()
+    assert await check(ffmpeg, package, kind) == expected
 
 
 async def test_a_wrong_resolution_in_the_master_playlist_is_named(
@@ -169,20 +176,6 @@ async def test_a_rung_shorter_than_the_others_is_named_with_its_duration(
     shorter.replace(package / "rung2.mp4")
     problems = await check(ffmpeg, package, "files")
     assert problems == ["90p10-h264 (rung2.mp4) lasts 2.00 s, not 4.00 s like the others"]
-
-
-async def test_an_mpd_whose_representation_lost_its_segments_names_them(
-    ffmpeg: str, packages: dict[str, Path], tmp_path: Path
-) -> None:
-    """The 256x144 Representation's media segments deleted: each missing segment is named, the rest is fine."""
-    package = copy_of(packages, "dash", tmp_path)
-    for segment in package.glob("chunk-stream1-*.m4s"):
-        segment.unlink()
-    problems = await check(ffmpeg, package, "dash")
-    assert problems == [
-        f"manifest.mpd Representation '1' names 'chunk-stream1-0000{n}.m4s', which is missing from the package"
-        for n in range(1, 5)
-    ]
 
 
 async def test_a_ladder_without_its_audio_group_says_it_would_play_silent(
