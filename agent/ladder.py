@@ -203,12 +203,11 @@ def choose_mode(setting: str, ladder: Ladder) -> tuple[LadderMode, str]:
     """The mode a ladder runs in on this worker, and why, for the job's result.
 
     ``single`` and ``split`` are taken as asked. ``auto`` picks ``single``: it
-    decodes once instead of N times. On the 2-core machine we measured (6 s
-    of noisy 1080p30 with audio to 1080p, 720p and 480p, x264 veryfast, three
-    interleaved repeats, medians) single used 8.8 s of CPU against 10.8 s for
-    the rungs as concurrent processes and 10.3 s one after the other, and it
-    finished first or level: 18.7 s wall against 19.5 s and 28.2 s (the
-    machine was shared, so wall times vary; CPU is the steadier figure).
+    decodes once instead of N times. Measured in bench/results/ladder.md
+    (``python -m bench.ladder --duration 8 --repeats 3``: an 8 s 1080p30 clip
+    to 1080p, 720p and 480p on 2 cores), single used 17.5 CPU s against 26.2
+    for split with one ladder at once, 35.5 against 52.6 with two, and
+    finished first in every repeat.
     """
     if setting == "single":
         return "single", "--ladder-mode single"

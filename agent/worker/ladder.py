@@ -9,11 +9,9 @@ output stops advancing (the stall detector watches each process).
 
 Progress is one stream: the slowest encode's position, so in ``split`` mode
 the job reaches 100 % when its last rung does. In ``split`` mode the rung
-processes run at once inside the job's one slot: on the 2-core machine we
-measured (see :func:`~agent.ladder.choose_mode`) that took the same CPU as one
-after the other and less time (median 19.5 s against 28.2 s), since one
-process alone leaves a core idle while it decodes. When one fails, the
-others are stopped.
+processes run at once inside the job's one slot, since one process alone
+leaves a core idle while it decodes; ``single`` still beats them (see
+:func:`~agent.ladder.choose_mode`). When one fails, the others are stopped.
 
 Like the single-file path, every way this can go wrong ends as an
 :class:`~agent.worker.lifecycle.EncodeOutcome`: an encoder exit that shows
