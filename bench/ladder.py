@@ -441,7 +441,7 @@ def markdown(summary: Sequence[dict[str, Any]], runs: Sequence[Run], ladder: Lad
         "user + system seconds (encodes and packaging; in the jobs mode the agent's encoders, its own CPU apart). "
         "fps: a rung's frames over the wall time of the process (or job) that made it. MB: a rung's video "
         "(ladder modes: the staged rung, video only; jobs: the job's MP4 with its audio); package: the whole "
-        "package of one ladder. Every ladder mode's package passed the player checks (agent/worker/package_check.py).",
+        "package of one ladder. Every ladder mode's package passed the player checks (agent/worker/package_check/).",
         "",
         "## Findings",
         "",
