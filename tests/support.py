@@ -245,6 +245,17 @@ async def run_command(*args: str, cwd: Path = REPO) -> Answer:
     return answer
 
 
+async def make_clip_with_audio(ffmpeg: str, path: Path, *, size: str, seconds: float) -> Path:
+    """``seconds`` of a ``size`` test pattern at 25 fps with a sine tone (H.264 and AAC): an input with sound."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    await trio.run_process([
+        ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
+        "-f", "lavfi", "-i", f"testsrc=size={size}:rate=25", "-f", "lavfi", "-i", "sine=frequency=440",
+        "-t", f"{seconds:g}", "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", str(path),
+    ])
+    return path
+
+
 async def wait_for_jobs(client: MasterClient, ids: Sequence[str], timeout: float) -> list[Job]:
     """Poll the master until every job is final; fails with their states if they are not in time."""
     wanted = set(ids)

@@ -10,10 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import trio
 
 from agent.worker.engines.ffmpeg import decodes_cleanly, probe_media
-from tests.support import Answer, run_command
+from tests.support import Answer, make_clip_with_audio, run_command
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -28,13 +27,7 @@ async def local(cwd: Path, *args: str) -> Answer:
 
 async def make_clip(ffmpeg: str, path: Path) -> Path:
     """A small clip with a video and an audio stream, CLIP_SECONDS long."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    await trio.run_process([
-        ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
-        "-f", "lavfi", "-i", "testsrc=size=160x90:rate=25", "-f", "lavfi", "-i", "sine=frequency=440",
-        "-t", f"{CLIP_SECONDS:g}", "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", str(path),
-    ])
-    return path
+    return await make_clip_with_audio(ffmpeg, path, size="160x90", seconds=CLIP_SECONDS)
 
 
 async def assert_transcoded_whole_with_audio(ffmpeg: str, output: Path) -> None:

@@ -27,7 +27,7 @@ from agent.worker.progress import ProgressSnapshot
 from tests.encoder_stubs import stalling
 from tests.integration.test_deliver_http import DavServer, dav_server  # noqa: F401  (the fixture, by name)
 from tests.s3 import S3Server, s3_server  # noqa: F401  (the fixture, by name)
-from tests.support import processes_mentioning, run_job
+from tests.support import make_clip_with_audio, processes_mentioning, run_job
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -36,14 +36,8 @@ CLIP_SECONDS = 2.0
 
 
 async def make_clip(ffmpeg: str, path: Path) -> Path:
-    """CLIP_SECONDS of a 320x180 test pattern at 25 fps with a sine tone."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    await trio.run_process([
-        ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
-        "-f", "lavfi", "-i", "testsrc=size=320x180:rate=25", "-f", "lavfi", "-i", "sine=frequency=440",
-        "-t", f"{CLIP_SECONDS:g}", "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", str(path),
-    ])
-    return path
+    """CLIP_SECONDS of a 320x180 test pattern with a sine tone: the ladders' input."""
+    return await make_clip_with_audio(ffmpeg, path, size="320x180", seconds=CLIP_SECONDS)
 
 
 def runner(tmp_path: Path, **fields: Any) -> JobRunner:
