@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from agent.worker import package_check
 from agent.worker.package_check import (
     Decoded,
     ExpectedRung,
@@ -117,3 +118,14 @@ def test_an_mpd_naming_a_file_outside_the_package_is_refused(tmp_path: Path) -> 
         "players could not fetch it"
     )
     assert not reading.video[0].playable
+
+
+def test_the_public_names_are_pinned() -> None:
+    """The package's surface is its __all__; adding or dropping an export is a deliberate change."""
+    assert sorted(package_check.__all__) == [
+        "BANDWIDTH_TOLERANCE", "Bitrate", "DURATION_TOLERANCE_S", "Declared", "DecodeFailed", "Decoded",
+        "ExpectedRung", "FPS_TOLERANCE", "PackageKind", "Pair", "Reading", "Segment", "Track", "alignment_problems",
+        "check_package", "decode_audio", "decode_video", "match_rungs", "measure_hls_bitrate", "read_dash",
+        "read_files", "read_hls", "rung_problems",
+    ]
+    assert all(hasattr(package_check, name) for name in package_check.__all__)

@@ -39,6 +39,8 @@ General layout: :mod:`.model` holds the data the other modules trade;
 child processes through :func:`~agent.worker.processes.run_child` (own
 session, guarded, killed on cancel), one after the other; :mod:`.compare`
 holds the comparisons (plain code); :mod:`.check` puts them together.
+The names in ``__all__`` below are the package's surface; the modules'
+other names serve one another.
 """
 
 from .check import check_package

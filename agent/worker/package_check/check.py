@@ -17,8 +17,6 @@ from .model import Decoded, DecodeFailed, ExpectedRung, PackageKind, Track
 if TYPE_CHECKING:
     from agent.worker.guardian import Guardian
 
-__all__ = ["check_package"]
-
 
 async def check_package(
     directory: Path,

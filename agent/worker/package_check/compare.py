@@ -8,16 +8,6 @@ import attrs
 
 from .model import VIDEO_CODECS, Declared, Decoded, ExpectedRung, Track
 
-__all__ = [
-    "BANDWIDTH_TOLERANCE",
-    "DURATION_TOLERANCE_S",
-    "FPS_TOLERANCE",
-    "Pair",
-    "alignment_problems",
-    "match_rungs",
-    "rung_problems",
-]
-
 # How far a rung's (or the audio's) duration may be from the expected one:
 # more than the frame or two the fps filter adds or drops at the ends, or
 # AAC's priming, and less than one segment (2 s keyframe interval), so a rung

@@ -15,8 +15,6 @@ from pathlib import Path
 from .manifest import int_or_none, locate, number_or_none
 from .model import Declared, Reading, Segment, Track
 
-__all__ = ["read_dash"]
-
 _MPD_NS = "{urn:mpeg:dash:schema:mpd:2011}"
 _DECIMAL = r"(\d+(?:\.\d+)?)"
 _ISO_DURATION = re.compile(rf"^P(?:{_DECIMAL}D)?(?:T(?:{_DECIMAL}H)?(?:{_DECIMAL}M)?(?:{_DECIMAL}S)?)?$")

@@ -26,8 +26,6 @@ from .model import Decoded, DecodeFailed
 if TYPE_CHECKING:
     from agent.worker.guardian import Guardian
 
-__all__ = ["decode_audio", "decode_video"]
-
 # FFmpeg's decoder names for the scenario codecs.
 _DECODED_CODEC = {"h264": "h264", "hevc": "h265", "vp9": "vp9", "av1": "av1"}
 

@@ -6,8 +6,6 @@ from pathlib import Path
 
 from .model import Reading, Track
 
-__all__ = ["read_files"]
-
 _MEDIA_EXTENSIONS = (".mp4", ".webm")
 
 

@@ -12,8 +12,6 @@ from agent.worker.hls import PlaylistRejected, media_resources
 from .manifest import int_or_none, locate, number_or_none
 from .model import VIDEO_CODECS, Bitrate, Declared, Reading, Segment, Track
 
-__all__ = ["attribute_list", "measure_hls_bitrate", "read_hls"]
-
 _AUDIO_CODECS = ("mp4a", "opus", "ac-3", "ec-3", "flac", "mp3")
 
 _ATTRIBUTE = re.compile(r'([A-Z0-9-]+)=("[^"]*"|[^,]*)')

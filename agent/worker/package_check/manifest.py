@@ -5,8 +5,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-__all__ = ["int_or_none", "locate", "number_or_none"]
-
 
 def _fetchable(package: Path, base: Path, reference: str) -> Path | None:
     """``reference`` (relative to ``base``) as a path, or None if it leaves the package: a URL, ``..``, absolute."""

@@ -10,19 +10,6 @@ import attrs
 if TYPE_CHECKING:
     from agent.scenarios import EncodeSpec
 
-__all__ = [
-    "VIDEO_CODECS",
-    "Bitrate",
-    "DecodeFailed",
-    "Declared",
-    "Decoded",
-    "ExpectedRung",
-    "PackageKind",
-    "Reading",
-    "Segment",
-    "Track",
-]
-
 PackageKind = Literal["hls", "dash", "files"]
 
 # The sample entries of RFC 6381 codec strings -> the project's codec names.
