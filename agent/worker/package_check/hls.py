@@ -12,6 +12,7 @@ from agent.worker.hls import PlaylistRejected, media_resources
 from .manifest import int_or_none, locate, number_or_none
 from .model import VIDEO_CODECS, Bitrate, Declared, Reading, Segment, Track
 
+# RFC 6381 sample entries of audio: a variant that plays an audio group must list one in CODECS.
 _AUDIO_CODECS = ("mp4a", "opus", "ac-3", "ec-3", "flac", "mp3")
 
 _ATTRIBUTE = re.compile(r'([A-Z0-9-]+)=("[^"]*"|[^,]*)')
