@@ -108,7 +108,9 @@ class InputCache:
         final = self.path_for(width, height, fps, duration)
         lock = self._locks.setdefault(final.name, trio.Lock())
         async with lock:
-            if await trio.Path(final).is_file():
+            # One stat, on every job's way to its encoder: in a worker thread it would cost
+            # a thread hop (and a wake-up on a busy machine) for microseconds of work.
+            if final.is_file():
                 os.utime(final)
                 return final
             await trio.Path(self.directory).mkdir(parents=True, exist_ok=True)
