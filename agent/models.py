@@ -27,11 +27,13 @@ __all__ = [
     "HeartbeatReply",
     "HeartbeatReport",
     "Job",
+    "JobAttempt",
     "JobProgress",
     "JobRequest",
     "JobResult",
     "JobStatus",
     "LiveProgress",
+    "MAX_ATTEMPT_ERROR_CHARS",
     "MAX_RESULT_LOG_BYTES",
     "Node",
     "NodeRegistered",
@@ -295,6 +297,49 @@ def log_tail(logs: str, limit: int = MAX_RESULT_LOG_BYTES) -> str:
     if len(encoded) <= limit:
         return logs
     return encoded[-limit:].decode("utf-8", "ignore")
+
+
+# An attempt's error as its history keeps it: errors say what failed in their first
+# line; the whole encoder log of the last attempt stays on the job.
+MAX_ATTEMPT_ERROR_CHARS = 2048
+
+
+@attrs.define
+class JobAttempt(_Wire):
+    """One run of a job on a node, from its claim to its end: an entry of ``GET /jobs/{id}/attempts``.
+
+    ``outcome`` is the status the node's result gave (``completed``, ``failed``,
+    ``canceled``), the operator's action that ended it (``canceled``, ``paused``),
+    :attr:`HANDED_BACK` (the node never started it) or :attr:`LOST` (the master
+    took the lease back: the node went silent, restarted, stopped, was deleted or
+    no longer listed the job). A failure the master retried is still ``failed``.
+    """
+
+    HANDED_BACK: ClassVar[str] = "handed back"
+    LOST: ClassVar[str] = "lost"
+
+    # 1 for a job's first attempt; numbers go on across an operator's retry.
+    number: int
+    node_id: str
+    node_name: str = ""
+    started_at: dt.datetime | None = None
+    ended_at: dt.datetime | None = None
+    outcome: str = ""
+    failure_reason: str = ""
+    error: str = ""
+
+    @classmethod
+    def ended(
+        cls, job: Job, number: int, now: dt.datetime, outcome: str, *, failure_reason: str = "", error: str = ""
+    ) -> JobAttempt:
+        """The attempt ``job`` (still as its node held it) made, ended ``now``; the error cut to
+        :data:`MAX_ATTEMPT_ERROR_CHARS`, ending in an ellipsis."""
+        if len(error) > MAX_ATTEMPT_ERROR_CHARS:
+            error = error[: MAX_ATTEMPT_ERROR_CHARS - 1] + "…"
+        return cls(
+            number=number, node_id=job.node_id, node_name=job.node_name, started_at=job.started_at,
+            ended_at=now, outcome=outcome, failure_reason=failure_reason, error=error,
+        )
 
 
 @attrs.define

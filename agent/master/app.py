@@ -147,6 +147,7 @@ def create_app(
         ("GET", "/jobs/next", _Access.NODE, api.next_job),
         ("GET", "/jobs/{ref}", _Access.OPERATOR, api.get_job),
         ("GET", "/jobs/{ref}/logs", _Access.OPERATOR, api.job_logs),
+        ("GET", "/jobs/{ref}/attempts", _Access.OPERATOR, api.job_attempts),
         ("POST", "/jobs/{ref}/progress", _Access.NODE, api.job_progress),
         ("POST", "/jobs/{ref}/cancel", _Access.OPERATOR, api.changer(_cancel_now)),
         ("POST", "/jobs/{ref}/pause", _Access.OPERATOR, api.changer(lambda: scheduler.pause)),
@@ -603,6 +604,11 @@ class _Api:
     async def job_logs(self, request: Request) -> Response:
         job = await self._store.get_job(request.path_params["ref"])
         return JSONResponse({"job_id": job.id, "logs": job.logs})
+
+    async def job_attempts(self, request: Request) -> Response:
+        """Extension: each ended attempt of the job, oldest first, with its node, times, outcome and error."""
+        attempts = await self._store.list_attempts(request.path_params["ref"])
+        return JSONResponse({"attempts": [attempt.to_json() for attempt in attempts]})
 
     async def _claim(self, node_id: str) -> Job | None:
         try:

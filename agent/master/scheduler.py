@@ -19,6 +19,7 @@ from ..models import (
     FailureReason,
     HeartbeatReport,
     Job,
+    JobAttempt,
     JobProgress,
     JobResult,
     JobStatus,
@@ -50,12 +51,14 @@ __all__ = [
     "is_silent",
     "is_prunable",
     "jobs_to_cancel",
+    "lease_ended",
     "mark_offline",
     "mark_seen",
     "merge_registration",
     "node_max_jobs",
     "pause",
     "record_progress",
+    "result_outcome",
     "resume",
     "retry",
     "runnable",
@@ -278,6 +281,22 @@ def decide_result(job: Job, result: JobResult, now: dt.datetime) -> ResultOutcom
     else:
         after = _retried(job, now, **failure)
     return ResultOutcome(after, _retrying(after) if after.status is JobStatus.PENDING else _SUCCESS, True)
+
+
+def result_outcome(result: JobResult) -> str:
+    """How a node's result ended its attempt, as the attempt history says it (``JobAttempt.outcome``)."""
+    return JobAttempt.HANDED_BACK if result.not_started else result.status.value
+
+
+def lease_ended(before: Job, after: Job) -> bool:
+    """Whether a change from ``before`` to ``after`` ended an attempt: the job was running, and
+    is no longer running on that node (a result, a cancel or pause, a hand-back, a timeout).
+
+    The store then records the attempt (``JobAttempt.ended``) in the same transaction.
+    """
+    if before.status is not JobStatus.PROCESSING:
+        return False
+    return not _is_leased_to(after, before.node_id)
 
 
 def _failed(job: Job, now: dt.datetime, **fields: Any) -> Job:

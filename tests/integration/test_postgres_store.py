@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 import pytest
@@ -18,7 +18,17 @@ import trio
 
 from agent.master import scheduler
 from agent.master.store import NotFound, PostgresStore, SqliteStore, Store, StoreError, open_store
-from agent.models import JobRequest, JobResult, JobStatus, NodeRegistration, Queue, utcnow
+from agent.master.store._sql import ATTEMPTS_KEPT, SqlStore
+from agent.models import (
+    MAX_ATTEMPT_ERROR_CHARS,
+    HeartbeatReport,
+    JobRequest,
+    JobResult,
+    JobStatus,
+    NodeRegistration,
+    Queue,
+    utcnow,
+)
 from tests.postgres import fresh_database, postgres_dsn  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.timeout(30)
@@ -172,3 +182,65 @@ async def test_an_unreachable_database_is_a_store_error_naming_it_without_the_pa
 async def test_sqlite_and_postgres_run_the_same_transactions() -> None:
     """Only the dialect differs: both stores are the one SqlStore class."""
     assert PostgresStore.__mro__[1] is SqliteStore.__mro__[1]
+
+
+async def test_each_attempt_is_recorded_with_its_node_outcome_and_error(store: Store) -> None:
+    """A failure, a lost lease, an unstarted hand-back and a success: four attempts, oldest first, by sequence number."""
+    job = await store.submit(H264, max_retries=3)
+    node = (await store.register_node(NodeRegistration(address="a:1"))).node
+
+    async def run(result: dict[str, Any]) -> None:
+        assert await store.claim(node.id) is not None
+        await store.record_result(JobResult.from_json({"job_id": job.id, "node_id": node.id, **result}))
+
+    await run({"status": "failed", "failure_reason": "runtime_error", "error": "boom " + "x" * 5000})
+    assert await store.claim(node.id) is not None
+    await store.heartbeat(node.id, HeartbeatReport(active_job_ids=[]), heartbeat_interval=0)
+    await run({"status": "failed", "error": "not started: draining", "not_started": True})
+    await run({"status": "completed"})
+    attempts = await store.list_attempts(str(job.sequence_number))
+    assert [(a.number, a.outcome, a.node_id, a.node_name) for a in attempts] == [
+        (1, "failed", node.id, "a:1"), (2, "lost", node.id, "a:1"), (3, "handed back", node.id, "a:1"),
+        (4, "completed", node.id, "a:1"),
+    ]
+    failed, lost, handed_back, completed = attempts
+    assert failed.failure_reason == "runtime_error" and failed.error.startswith("boom xxx")
+    assert len(failed.error) == MAX_ATTEMPT_ERROR_CHARS and failed.error.endswith("…")
+    assert (lost.failure_reason, lost.error) == ("platform_error", "node a:1 no longer runs the job (not in its heartbeat)")
+    assert handed_back.error == "not started: draining" and completed.error == ""
+    assert all(a.started_at is not None and a.ended_at is not None and a.started_at <= a.ended_at for a in attempts)
+    with pytest.raises(NotFound):
+        await store.list_attempts("no-such-job")
+
+
+async def test_a_cancel_and_a_timeout_end_attempts_and_deleting_the_job_deletes_them(store: Store) -> None:
+    """The operator's cancel and the master's timeout are attempts too; both kinds of delete take them along."""
+    node = (await store.register_node(NodeRegistration(address="a:1"))).node
+    canceled = await store.submit(H264, max_retries=3)
+    assert await store.claim(node.id) is not None
+    await store.change_job(canceled.id, lambda job: scheduler.cancel(job, utcnow()))
+    slow = await store.submit(JobRequest(scenario="144p30-h264", parameters={"resource_limits": {"timeout_sec": 1}}), 0)
+    assert await store.claim(node.id) is not None
+    await trio.sleep(1.1)
+    await store.expire_overdue_jobs(None, grace=0)
+    [cancel] = await store.list_attempts(canceled.id)
+    [timeout] = await store.list_attempts(slow.id)
+    assert (cancel.outcome, cancel.error) == ("canceled", "")
+    assert (timeout.outcome, timeout.failure_reason) == ("failed", "timeout")
+    assert "timed out on the master" in timeout.error
+    await store.delete_job(canceled.id)
+    assert await store.delete_finished_before(utcnow() + dt.timedelta(seconds=1)) == 1
+    rows = await cast(SqlStore, store)._db.read(lambda tx: tx.rows("SELECT COUNT(*) FROM job_attempts"))
+    assert rows == [(0,)]
+
+
+async def test_a_job_keeps_only_its_last_attempts(store: Store) -> None:
+    """Past ATTEMPTS_KEPT attempts the oldest go; numbers go on counting."""
+    job = await store.submit(H264, max_retries=ATTEMPTS_KEPT + 5)
+    node = (await store.register_node(NodeRegistration(address="a:1"))).node
+    for number in range(1, ATTEMPTS_KEPT + 3):
+        assert await store.claim(node.id) is not None
+        await store.record_result(JobResult(job_id=job.id, node_id=node.id, status=JobStatus.FAILED, error=f"#{number}"))
+    attempts = await store.list_attempts(job.id)
+    assert [a.number for a in attempts] == list(range(3, ATTEMPTS_KEPT + 3))
+    assert attempts[-1].error == f"#{ATTEMPTS_KEPT + 2}"

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
         HeartbeatReply,
         HeartbeatReport,
         Job,
+        JobAttempt,
         JobRequest,
         JobResult,
         JobStatus,
@@ -92,6 +93,13 @@ class Store(Protocol):
 
         ``node`` is a node id or address: the jobs leased to it, now or last.
         Sequence numbers start at 1, so ``after=0`` is the start.
+        """
+
+    async def list_attempts(self, ref: str) -> list[JobAttempt]:
+        """The job's ended attempts, oldest first: the last ``ATTEMPTS_KEPT`` of them.
+
+        Each is written in the transaction that ended it (a result, a cancel or
+        pause, a hand-back, a timeout), so the history always agrees with the job.
         """
 
     async def claim(self, node_id: str) -> Job | None:

@@ -30,6 +30,7 @@ from ...models import (
     HeartbeatReply,
     HeartbeatReport,
     Job,
+    JobAttempt,
     JobRequest,
     JobResult,
     JobStatus,
@@ -57,6 +58,9 @@ CLAIM_PAGE = 64
 # Candidates decoded at a time from that page where another master may hold some
 # (PostgreSQL's SKIP LOCKED); the first is nearly always the one, so on SQLite one at a time.
 CLAIM_CHUNK = 4
+# Attempts kept per job: enough to read a job that keeps failing, few enough that
+# one bounced for ever does not grow the database.
+ATTEMPTS_KEPT = 50
 
 _JOB_COLUMNS = "id, sequence_number, status, queue_rank, priority_rank, node_id, finished_at, body"
 _FINAL = tuple(status.value for status in JobStatus if status.is_final)
@@ -151,6 +155,12 @@ CREATE TABLE IF NOT EXISTS job_artifacts (
     PRIMARY KEY (job_id, sha256)
 );
 CREATE INDEX IF NOT EXISTS job_artifacts_by_sha256 ON job_artifacts (sha256);
+CREATE TABLE IF NOT EXISTS job_attempts (
+    job_id TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (job_id, number)
+);
 """
 
 
@@ -314,8 +324,11 @@ class SqlStore:
     def _hand_back(self, tx: Transaction, node: Node, jobs: Sequence[Job], why: str, now: dt.datetime) -> list[Job]:
         """Put jobs the node no longer runs back in the queue (see ``scheduler.hand_back_lost``)."""
         returned = [scheduler.hand_back_lost(job, node, why, now) for job in jobs]
-        for job in returned:
+        for before, job in zip(jobs, returned):
             self._save_job(tx, job)
+            self._record_attempt(
+                tx, before, job, JobAttempt.LOST, now, failure_reason=job.failure_reason, error=job.error
+            )
         if any(job.status is JobStatus.PENDING for job in returned):
             self._announce(tx)
         return returned
@@ -334,6 +347,35 @@ class SqlStore:
         return sorted(sha256 for sha256 in named if not tx.rows(
             "SELECT 1 FROM job_artifacts WHERE sha256 = ? LIMIT 1", [sha256]
         ))
+
+    def _record_attempt(
+        self, tx: Transaction, before: Job, after: Job, outcome: str, now: dt.datetime, *,
+        failure_reason: str = "", error: str = "",
+    ) -> None:
+        """Add the attempt that ended when ``before`` became ``after`` (if one did: ``scheduler.lease_ended``)
+        to the job's history, in the transaction that ended it; the last :data:`ATTEMPTS_KEPT` are kept.
+
+        The job's row is locked, so no other transaction numbers an attempt of it meanwhile.
+        """
+        if not scheduler.lease_ended(before, after):
+            return
+        [(last,)] = tx.rows("SELECT MAX(number) FROM job_attempts WHERE job_id = ?", [before.id])
+        attempt = JobAttempt.ended(
+            before, int(last or 0) + 1, now, outcome, failure_reason=failure_reason, error=error
+        )
+        tx.run(
+            "INSERT INTO job_attempts (job_id, number, body) VALUES (?, ?, ?)",
+            [before.id, attempt.number, json.dumps(attempt.to_json())],
+        )
+        if attempt.number > ATTEMPTS_KEPT:
+            tx.run(
+                "DELETE FROM job_attempts WHERE job_id = ? AND number <= ?",
+                [before.id, attempt.number - ATTEMPTS_KEPT],
+            )
+
+    def _forget_attempts(self, tx: Transaction, job_ids: Sequence[str]) -> None:
+        for job_id in job_ids:
+            tx.run("DELETE FROM job_attempts WHERE job_id = ?", [job_id])
 
     def _token_hash(self, tx: Transaction, node_id: str) -> str:
         rows = tx.rows("SELECT token_hash FROM node_tokens WHERE node_id = ?", [node_id])
@@ -364,6 +406,14 @@ class SqlStore:
 
     async def get_job(self, ref: str) -> Job:
         return await self._db.read(lambda tx: self._load_job(tx, ref, lock=False), quick=True)
+
+    async def list_attempts(self, ref: str) -> list[JobAttempt]:
+        def select(tx: Transaction) -> list[JobAttempt]:
+            job = self._load_job(tx, ref, lock=False)
+            rows = tx.rows("SELECT body FROM job_attempts WHERE job_id = ? ORDER BY number", [job.id])
+            return [JobAttempt.from_json(json.loads(row[0])) for row in rows]
+
+        return await self._db.read(select)
 
     async def list_jobs(
         self,
@@ -470,6 +520,10 @@ class SqlStore:
             if outcome.changed:
                 self._save_job(tx, outcome.job)
                 self._refer(tx, outcome.job, package_files)
+                self._record_attempt(
+                    tx, job, outcome.job, scheduler.result_outcome(result), now,
+                    failure_reason=result.failure_reason, error=result.error,
+                )
                 if outcome.job.status is JobStatus.PENDING:
                     self._announce(tx)
             self._release(tx, holder if job.node_id == result.node_id else None, job, outcome.job)
@@ -485,6 +539,8 @@ class SqlStore:
             before, holder = self._lock_job_and_holder(tx, ref)
             after = change(before)
             self._save_job(tx, after)
+            # The operator's cancel or pause ends a running attempt; the job's error is an earlier one's.
+            self._record_attempt(tx, before, after, after.status.value, utcnow())
             self._release(tx, holder, before, after)
             if after.status is JobStatus.PENDING:
                 self._announce(tx)
@@ -530,6 +586,10 @@ class SqlStore:
                 if scheduler.is_overdue(job, now, default_timeout, grace):
                     after = scheduler.expire(job, now).job
                     self._save_job(tx, after)
+                    self._record_attempt(
+                        tx, job, after, JobStatus.FAILED.value, now,
+                        failure_reason=after.failure_reason, error=after.error,
+                    )
                     self._release(tx, holder, job, after)
                     expired.append((job, after))
             if any(after.status is JobStatus.PENDING for _, after in expired):
@@ -545,7 +605,9 @@ class SqlStore:
         def delete(tx: Transaction) -> int:
             where = f"finished_at < ? AND status IN ({_placeholders(len(_FINAL))})"
             params = [cutoff.timestamp(), *_FINAL]
-            self._forget_refs(tx, [str(row[0]) for row in tx.rows(f"SELECT id FROM jobs WHERE {where}", params)])
+            job_ids = [str(row[0]) for row in tx.rows(f"SELECT id FROM jobs WHERE {where}", params)]
+            self._forget_refs(tx, job_ids)
+            self._forget_attempts(tx, job_ids)
             return tx.run(f"DELETE FROM jobs WHERE {where}", params)
 
         return await self._db.write(delete)
@@ -558,6 +620,7 @@ class SqlStore:
                     f"job {job.id} is running on {job.node_name or job.node_id}; cancel it first (ffrtmp jobs cancel)"
                 )
             tx.run("DELETE FROM jobs WHERE id = ?", [job.id])
+            self._forget_attempts(tx, [job.id])
             return job, self._forget_refs(tx, [job.id])
 
         return await self._db.write(delete)
