@@ -26,7 +26,8 @@ checkpoint (the one write that waits for the disk, tens of milliseconds
 when the disk is busy) is taken off the request path: automatic checkpoints
 are off, and every :data:`CHECKPOINT_EVERY_WRITES` writes one is started on a
 second connection in a thread of its own, which SQLite lets run beside the
-writer, so no transaction waits for it.
+writer, so no transaction waits for it. The write after a whole checkpoint
+starts the WAL over and syncs its header; that one runs in the worker thread.
 
 A master holds an exclusive ``flock`` on its database file while it runs, so
 a second master started on the same file warns: SQLite keeps the two
@@ -148,6 +149,7 @@ class SqliteDatabase:
         self._checkpointer = checkpointer
         self._checkpointing = threading.Lock()
         self._writes = 0
+        self._wal_copied = False
 
     @contextlib.contextmanager
     def _translated(self) -> Iterator[None]:
@@ -177,7 +179,10 @@ class SqliteDatabase:
                 raise
             return value
 
-        value = await self._run(transaction, inline=quick and self._inline)
+        # The first write after a whole checkpoint starts the WAL over, which syncs its header
+        # to disk: that one waits in the worker thread, not in the event loop.
+        restarts_wal, self._wal_copied = self._wal_copied, False
+        value = await self._run(transaction, inline=quick and self._inline and not restarts_wal)
         self._writes += 1
         if self._writes >= CHECKPOINT_EVERY_WRITES and self._checkpointer is not None:
             self._writes = 0
@@ -191,9 +196,12 @@ class SqliteDatabase:
             if self._checkpointer is None:
                 return
             try:
-                self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                [(_, in_wal, copied)] = self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
             except sqlite3.Error as exc:  # the next one copies what this one left
                 log.warning("SQLite checkpoint of %s failed: %s", self._path, exc)
+                return
+            # A plain store from this thread: the Trio thread reads it at its next write.
+            self._wal_copied = copied == in_wal
 
     async def read(self, work: Callable[[Transaction], _T], *, quick: bool = False) -> _T:
         return await self._run(lambda: work(_SqliteTransaction(self._db)), inline=quick and self._inline)
