@@ -225,6 +225,7 @@ def console_parser(prog: str) -> argparse.ArgumentParser:
         ("resume", "put a paused job back in the queue"),
         ("retry", "queue a failed or canceled job again, with a fresh retry budget"),
         ("logs", "print the encoder log a job's last result carried"),
+        ("attempts", "list a job's attempts: node, start, end, outcome and error of each run"),
         ("delete", "forget a job that is not running, and the uploaded files no other job uses"),
     ):
         jobs.add_parser(action, help=described, parents=[common]).add_argument(

@@ -7,6 +7,7 @@ hierarchy whose classes say what the caller can do about them:
 * ``AuthError`` — 401/403: a configuration error, retrying cannot help;
 * ``TLSVerifyError`` — the master's certificate did not verify: also configuration;
 * ``UnknownToMaster`` — 404, a normal answer: the master forgot the node or job;
+* ``ExtensionMissing`` — a 404 to the route itself: the master lacks that extension (older, or the Go one);
 * ``StateConflict`` — 409, a normal answer: the job's state forbids the change (a lost lease);
 * ``NameInUse`` — a registration refused: another running agent holds the node name;
 * ``StorageFull`` — 507: the master's artefact store has no room for an upload;
@@ -40,6 +41,7 @@ from agent.models import (
     HeartbeatReply,
     HeartbeatReport,
     Job,
+    JobAttempt,
     JobProgress,
     JobRequest,
     JobResult,
@@ -53,6 +55,7 @@ from agent.models import (
 __all__ = [
     "ArtifactCorrupt",
     "AuthError",
+    "ExtensionMissing",
     "Forbidden",
     "JobPage",
     "MasterClient",
@@ -163,6 +166,11 @@ class UnknownToMaster(MasterError):
 
     The client's view of the store's :class:`agent.master.store.NotFound`.
     """
+
+
+class ExtensionMissing(UnknownToMaster):
+    """404 to an extension's route while the job it names exists: this master (an older one, or
+    the Go master) does not offer the call; only upgrading it helps."""
 
 
 class StateConflict(MasterError):
@@ -478,6 +486,25 @@ class MasterClient:
         """The encoder's stderr tail the job's last result carried."""
         body = await self._call("GET", f"/jobs/{job_id}/logs")
         return str(body.get("logs") or "") if isinstance(body, dict) else ""
+
+    async def job_attempts(self, job_id: str) -> list[JobAttempt]:
+        """Extension: the job's ended attempts, oldest first: node, start, end, outcome and error of each.
+
+        Raises:
+            UnknownToMaster: no job has that id or sequence number.
+            ExtensionMissing: the master keeps no attempt history (it predates it, or is the Go master).
+        """
+        path = f"/jobs/{_segment(job_id)}/attempts"
+        try:
+            body = await self._call("GET", path)
+        except UnknownToMaster:
+            await self.get_job(job_id)  # an unknown job is the 404 to tell: it raises UnknownToMaster itself
+            raise ExtensionMissing(
+                f"the master at {self.base_url} keeps no attempt history (it does not know GET {path}): "
+                "upgrade it to see a job's attempts; 'ffrtmp jobs status' shows the last one's error"
+            ) from None
+        attempts = body.get("attempts") if isinstance(body, dict) else None
+        return [JobAttempt.from_json(item) for item in attempts or []]
 
     async def get_node(self, ref: str) -> Node:
         """Extension: one node, by id or name (``vm:9091``)."""

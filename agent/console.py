@@ -9,7 +9,7 @@ JSON shapes: a command about one job (``jobs status ID``, ``cancel``,
 ``jobs status ID --follow`` does; commands that show several (``jobs list``,
 ``jobs status`` with no ID, ``jobs submit``) print ``{"jobs": [...], "count":
 n}``; ``jobs logs`` prints ``{"job_id", "status", "failure_reason", "error",
-"logs"}``.
+"logs"}``; ``jobs attempts`` prints ``{"attempts": [...]}``, the master's answer.
 
 Files: ``jobs submit --input FILE`` hashes the file, uploads to the master
 only what it does not hold yet (nothing for a file sent before, the rest of
@@ -24,6 +24,7 @@ show their progress on a terminal (:mod:`agent.transfers`).
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import ssl
 import sys
@@ -34,7 +35,7 @@ from typing import Any, TextIO
 import trio
 
 from agent.client import AuthError, MasterClient, MasterError, TLSVerifyError, file_sha256
-from agent.models import Job, JobProgress, JobRequest, JobStatus, Node
+from agent.models import Job, JobAttempt, JobProgress, JobRequest, JobStatus, Node
 from agent.package import Manifest, PackageFile, delivered_manifest, safe_relative
 from agent.scenarios import ARTIFACT_PREFIX
 from agent.transfers import TransferProgress
@@ -45,6 +46,7 @@ FOLLOW_INTERVAL_S = 1.0
 JOB_COLUMNS = ("seq", "id", "scenario", "status", "progress", "fps", "speed", "eta", "node", "output / error")
 # Longer errors are cut, ending in an ellipsis; `jobs status --output json` has them whole.
 ERROR_WIDTH = 60
+ATTEMPT_COLUMNS = ("attempt", "node", "started", "ended", "outcome", "error")
 NODE_COLUMNS = ("id", "address", "status", "cpu_threads", "max_jobs", "active", "last_heartbeat")
 
 
@@ -117,6 +119,19 @@ def _follow_line(job: Job) -> str:
     pace = f" {fps} fps {speed} eta {eta}" if fps != "-" else ""
     outcome = f" {outcome_shown(job)}" if job.status.is_final else ""
     return f"{job.id} {status_shown(job)} {job.progress:.0f}%{pace} {job.node_name or '-'}{outcome}"
+
+
+def _moment(value: dt.datetime | None) -> str:
+    return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
+
+
+def _attempt_row(attempt: JobAttempt) -> list[Any]:
+    """One attempt; its error whole (the master keeps up to 2 KiB) on one line, as the last column."""
+    error = " ".join(": ".join(filter(None, (attempt.failure_reason, attempt.error))).split())
+    return [
+        attempt.number, attempt.node_name or attempt.node_id or "-", _moment(attempt.started_at),
+        _moment(attempt.ended_at), attempt.outcome, error or "-",
+    ]
 
 
 def _node_row(node: Node) -> list[Any]:
@@ -345,6 +360,13 @@ async def run_command(client: MasterClient, args: argparse.Namespace, out: TextI
         return 0
     if args.command == "logs":
         await _show_logs(client, args, out)
+        return 0
+    if args.command == "attempts":
+        attempts = await client.job_attempts(args.job_id)
+        if args.output == "json":
+            out.write(json.dumps({"attempts": [attempt.to_json() for attempt in attempts]}, indent=2) + "\n")
+        else:
+            out.write(format_table(ATTEMPT_COLUMNS, [_attempt_row(attempt) for attempt in attempts]) + "\n")
         return 0
     if args.command == "download":
         return await download_outputs(client, args.job_id, args.output_dir, out)

@@ -10,6 +10,7 @@ a hardware encoder fails, as on a machine without one; any other call exits 0.
 from __future__ import annotations
 
 import sys
+import textwrap
 from pathlib import Path
 
 import attrs
@@ -94,6 +95,11 @@ def succeeding(directory: Path) -> EncoderStub:
 def failing(directory: Path) -> EncoderStub:
     """Exits 1 with ``boom: attempt N failed`` on stderr, N counting every encode so far."""
     return _write(directory, "failing", _FAIL)
+
+
+def flaky(directory: Path, failures: int) -> EncoderStub:
+    """Fails as :func:`failing` does for the first ``failures`` encodes, then succeeds as :func:`succeeding`."""
+    return _write(directory, "flaky", f"if attempts <= {failures}:\n{textwrap.indent(_FAIL, '    ')}{_SUCCEED}")
 
 
 def hanging(directory: Path) -> EncoderStub:
