@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, cast
 import attrs
 import hypercorn
 import hypercorn.trio
-import psutil  # type: ignore[import-untyped]
+import psutil
 import trio
 
 from agent.client import MasterClient
