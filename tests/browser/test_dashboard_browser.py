@@ -117,4 +117,6 @@ def test_a_job_submitted_from_the_form_is_canceled_from_its_page(page: Page, far
     page.click("button[data-action=cancel]")
     expect(status).to_have_text("canceled")
     expect(page.locator("button[data-action=retry]")).to_be_visible()
+    expect(page.locator("#attempts tr[data-attempt]")).to_have_count(1)
+    expect(page.locator("#attempts tr[data-attempt='1']")).to_have_attribute("data-outcome", "canceled")
     assert api.get(f"/jobs/{job_id}").json()["status"] == "canceled"

@@ -239,3 +239,33 @@ def test_a_node_is_drained_and_undrained_from_the_overview(master_url: str, api:
         assert f'action="/ui/nodes/{node_id}/undrain"' in overview
         assert browser.post(f"/ui/nodes/{node_id}/undrain", data={"csrf": token}).status_code == 303
         assert api.get(f"/nodes/{node_id}").json()["draining"] is False
+
+
+def test_a_job_s_page_lists_its_attempts_with_their_errors(master_url: str, api: httpx.Client) -> None:
+    """A failed attempt, then the running one, then the completed one: each on the page with its node and error."""
+    job_id = api.post("/jobs", json={"scenario": "720p30-h264", "queue": "live", "priority": "high"}).json()["id"]
+    node = api.post("/nodes/register", json={"address": "attempts-test:9091"}).json()
+    as_node = {"Authorization": f"Bearer {node['node_token']}"}
+
+    def claim_and_report(**result: str) -> None:
+        claimed = api.get("/jobs/next", params={"node_id": node["id"]}, headers=as_node).json()["job"]
+        assert claimed["id"] == job_id, claimed
+        if result:
+            answer = api.post("/results", json={"job_id": job_id, "node_id": node["id"], **result}, headers=as_node)
+            assert answer.status_code == 200, answer.text
+
+    def attempt_rows(page: str) -> list[tuple[str, str]]:
+        return re.findall(r'<tr data-attempt="(\d+)" data-outcome="([^"]+)"', page)
+
+    claim_and_report(status="failed", failure_reason="runtime_error", error="ffmpeg exited with code 1: <boom>")
+    claim_and_report()
+    with logged_in(master_url) as browser:
+        running_page = browser.get(f"/ui/jobs/{job_id}").text
+        api.post("/results", json={"job_id": job_id, "node_id": node["id"], "status": "completed"}, headers=as_node)
+        done_page = browser.get(f"/ui/jobs/{job_id}", headers={"x-live": "1"}).text
+    assert attempt_rows(running_page) == [("1", "failed"), ("2", "running")]
+    assert attempt_rows(done_page) == [("1", "failed"), ("2", "completed")]
+    for page in (running_page, done_page):
+        assert "<strong>runtime_error</strong>: ffmpeg exited with code 1: &lt;boom&gt;" in page
+        assert page.count("attempts-test:9091") >= 2
+        assert "earlier attempts" not in page

@@ -381,10 +381,12 @@ class Dashboard:
         )
 
     async def job(self, request: Request, session: Session) -> Response:
-        job = await self._api(request).get_job(request.path_params["ref"])
+        api = self._api(request)
+        job = await api.get_job(request.path_params["ref"])
         return self._page_or_live(
             request, session, "job",
             view=JobView.of(job),
+            attempts=await api.job_attempts(job.id),
             parameters=json.dumps(job.parameters, indent=2, sort_keys=True),
             history=Sparkline.of(self.feed.history(job.id)),
             points=len(self.feed.history(job.id)),
