@@ -122,10 +122,13 @@ async def test_a_job_of_a_killed_agent_is_finished_by_another_and_the_late_resul
         async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"}) as http:
             replayed = await http.post("/results", json=late)
         after = await client.get_job(job.id)
+        attempts = await client.job_attempts(job.id)
     assert (done.status, done.retry_count) == (JobStatus.COMPLETED, 1), "an interrupted attempt costs a retry"
     assert done.node_id != running.node_id
     assert replayed.status_code == 409 and "not leased" in replayed.json()["error"]
     assert after == done
+    assert [(a.node_id, a.outcome) for a in attempts] == [(running.node_id, "lost"), (done.node_id, "completed")]
+    assert attempts[0].error == f"node {running.node_name} went silent while holding the job"
 
 
 async def test_a_failing_job_is_retried_max_retries_times_then_failed_with_the_last_error(

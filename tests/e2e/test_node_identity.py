@@ -45,7 +45,8 @@ async def test_an_agent_killed_and_restarted_under_its_name_gets_its_job_back_at
     procs: Processes, tmp_path: Path
 ) -> None:
     """kill -9, restart with the same --node-name and work dir: the job is running again within two
-    heartbeat intervals of the new run's registration (not after the node is declared silent), and completes."""
+    heartbeat intervals of the new run's registration (not after the node is declared silent), and completes;
+    its history shows the killed run's attempt as lost."""
     master, url = await start_master(procs, tmp_path, "--heartbeat-interval", "30s")
     work = tmp_path / "box1"
     first, _ = await start_agent(procs, "box1", url, work, "--node-name", "box1")
@@ -61,10 +62,13 @@ async def test_an_agent_killed_and_restarted_under_its_name_gets_its_job_back_at
         back_after = trio.current_time() - registered
         [done] = await wait_for_jobs(client, [job.id], timeout=60)
         nodes = await client.list_nodes()
+        attempts = await client.job_attempts(job.id)
     print(f"job running again {back_after:.2f}s after the restarted agent registered")
     assert back_after < 2 * BEAT_S, f"running again {back_after:.1f}s after registering\n{second.log}"
     assert (done.status, done.retry_count, done.node_id) == (JobStatus.COMPLETED, 1, before.node_id)
     assert "restarted while holding the job" in again.error
+    assert [(a.number, a.node_name, a.outcome) for a in attempts] == [(1, "box1", "lost"), (2, "box1", "completed")]
+    assert attempts[0].error == "node box1 restarted while holding the job"
     assert [(n.address, n.incarnation) for n in nodes] == [("box1", 2)]
     assert any("is pending again" in line for line in master.lines), master.log
 
