@@ -14,6 +14,7 @@ from agent.models import (
     FailureReason,
     HeartbeatReport,
     Job,
+    JobAttempt,
     JobProgress,
     JobResult,
     JobStatus,
@@ -470,3 +471,39 @@ def test_a_job_back_in_the_queue_or_leased_again_shows_no_earlier_attempt_s_spee
     back = scheduler.hand_back_lost(running, NODE, "went silent", T0)
     assert back.live is None
     assert scheduler.claim(attrs.evolve(back, live=running.live), OTHER, T0).live is None
+
+
+# --- attempts --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "ended"),
+    [
+        (lambda j: scheduler.decide_result(j, result(JobStatus.COMPLETED), T0).job, True),
+        (lambda j: scheduler.decide_result(j, failed(FailureReason.RUNTIME_ERROR), T0).job, True),
+        (lambda j: scheduler.cancel(j, T0), True),
+        (scheduler.pause, True),
+        (lambda j: scheduler.hand_back_lost(j, NODE, "went silent", T0), True),
+        (lambda j: scheduler.record_progress(j, JobProgress(node_id=NODE.id, progress=50)), False),
+    ],
+    ids=["completed", "failed-and-retried", "canceled", "paused", "lost", "progress"],
+)
+def test_an_attempt_ends_when_the_job_stops_running_on_its_node(change: Any, ended: bool) -> None:
+    """A result, a cancel, a pause or a hand-back ends the running attempt; progress does not."""
+    running = leased()
+    assert scheduler.lease_ended(running, change(running)) is ended
+
+
+def test_a_job_that_was_not_running_ends_no_attempt() -> None:
+    """Canceling a pending job, or a canceled job's late result from its node, is no attempt of its own."""
+    pending = job()
+    assert not scheduler.lease_ended(pending, scheduler.cancel(pending, T0))
+    canceled = scheduler.cancel(leased(), T0)
+    late = scheduler.decide_result(canceled, result(JobStatus.CANCELED), T0).job
+    assert not scheduler.lease_ended(canceled, late)
+
+
+def test_an_unstarted_result_is_a_hand_back_in_the_history() -> None:
+    """``not_started`` reads as 'handed back'; any other result as its status."""
+    assert scheduler.result_outcome(result(JobStatus.FAILED, not_started=True)) == JobAttempt.HANDED_BACK
+    assert scheduler.result_outcome(failed(FailureReason.TIMEOUT)) == "failed"

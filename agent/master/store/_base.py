@@ -96,7 +96,7 @@ class Store(Protocol):
         """
 
     async def list_attempts(self, ref: str) -> list[JobAttempt]:
-        """The job's ended attempts, oldest first: the last ``ATTEMPTS_KEPT`` of them.
+        """The job's ended attempts, oldest first: the last 50 of them (``_sql.ATTEMPTS_KEPT``).
 
         Each is written in the transaction that ended it (a result, a cancel or
         pause, a hand-back, a timeout), so the history always agrees with the job.
