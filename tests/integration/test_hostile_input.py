@@ -293,6 +293,7 @@ ROUTES = [
     ("GET", "/health"), ("GET", "/metrics"), ("GET", "/nodes"), ("POST", "/nodes/register"),
     ("DELETE", "/nodes/{}"), ("POST", "/nodes/{}/heartbeat"), ("POST", "/nodes/{}/drain"),
     ("GET", "/jobs"), ("POST", "/jobs"), ("GET", "/jobs/next"), ("GET", "/jobs/{}"), ("GET", "/jobs/{}/logs"),
+    ("GET", "/jobs/{}/attempts"),
     ("POST", "/jobs/{}/progress"), ("POST", "/jobs/{}/cancel"), ("POST", "/jobs/{}/pause"),
     ("POST", "/jobs/{}/resume"), ("POST", "/jobs/{}/retry"), ("POST", "/results"),
 ]
