@@ -218,6 +218,11 @@ class AdaptiveConcurrency:
     def limit(self) -> int:
         return int(self.limiter.total_tokens)
 
+    @property
+    def encoding(self) -> int:
+        """Jobs holding a slot; a prefetched job waits for one and must not count."""
+        return sum(not job.prefetched for job in self.running.values())
+
     def set_limit(self, limit: int, reason: str) -> None:
         if limit != self.limit:
             log.info("Adaptive concurrency: %d -> %d max concurrent jobs (%s)", self.limit, limit, reason)
@@ -229,7 +234,7 @@ class AdaptiveConcurrency:
     async def measure(self) -> Window:
         """One window: settle until the slots match the limit, then count for ``interval`` s."""
         with trio.move_on_after(self.interval):
-            while len(self.running) != self.limit:
+            while self.encoding != self.limit:
                 self.meter.observe(self.running)
                 await trio.sleep(TICK_S)
         self.meter.observe(self.running)
@@ -240,7 +245,7 @@ class AdaptiveConcurrency:
             await trio.sleep(TICK_S)
             self.meter.observe(self.running)
             ticks += 1
-            full_ticks += len(self.running) >= self.limit
+            full_ticks += self.encoding >= self.limit
         throughput = self.meter.take() / max(trio.current_time() - started, TICK_S)
         self.metrics.adaptive_throughput.set(throughput)
         return Window(

@@ -133,6 +133,10 @@ class RunningJob:
         """Claimed, waiting for a slot: its encoder has not started."""
         return self._encode_started is None and self.report is None
 
+    def mark_started(self) -> None:
+        """Its slot is held: from now on it encodes (or ends unstarted), it no longer waits."""
+        self._encode_started = time.monotonic()
+
     def ends_within(self, lead: float) -> bool:
         """Whether its encode is expected to end within ``lead`` seconds (see ``JobLife.ends_within``)."""
         if self._encode_started is None:
@@ -257,7 +261,7 @@ class JobTasks:
                 assert slot is not None
                 await self._wait_for_slot(running, slot)
                 waiting = not slot.held
-            running._encode_started = time.monotonic()
+            running.mark_started()
             self._note_busy_changed()
             async with trio.open_nursery() as nursery:
                 running._nursery = nursery

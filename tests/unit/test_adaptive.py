@@ -36,7 +36,8 @@ def full(limit: int, throughput: float, cpu: float | None = 0.5) -> Window:
 
 
 def running_job(job_id: str, scenario: str = "720p30-h264", runner: JobRunner | None = None, **params: str) -> RunningJob:
-    """A claimed job whose spec was built the way the agent builds it (by ``runner``, or with no settings)."""
+    """A claimed job holding its slot, whose spec was built the way the agent builds it (by ``runner``, or with no
+    settings)."""
     job = Job.from_json({"id": job_id, "scenario": scenario, "status": "processing", "parameters": params})
     life = JobLife(job, "node-1")
     try:
@@ -44,7 +45,9 @@ def running_job(job_id: str, scenario: str = "720p30-h264", runner: JobRunner | 
         life.handle(Claimed(spec=spec))
     except JobRejected as exc:
         life.handle(Claimed(rejection=str(exc)))
-    return RunningJob(life)
+    running = RunningJob(life)
+    running.mark_started()
+    return running
 
 
 def at_frame(job: RunningJob, frame: int) -> None:
@@ -206,3 +209,15 @@ async def test_the_task_raises_the_limiter_logs_and_exports_it(
     assert "Adaptive concurrency: 1 -> 2" in caplog.text
     assert metrics.registry.get_sample_value("ffrtmp_max_concurrent_jobs") == 2
     assert metrics.registry.get_sample_value("ffrtmp_adaptive_throughput_megapixels_per_second") == window.throughput
+
+
+def test_a_prefetched_job_waiting_for_a_slot_does_not_count_as_encoding() -> None:
+    """One job encodes and one waits for its slot: the tuner sees one slot in use, not two."""
+    encoding = running_job("a")
+    waiting = RunningJob(JobLife(Job.from_json({"id": "b", "scenario": "720p30-h264", "status": "processing"}),
+                                 "node-1"))
+    tuner = AdaptiveConcurrency(
+        policy=AdaptivePolicy(low=1, high=4), limiter=trio.CapacityLimiter(1), running={"a": encoding, "b": waiting},
+        metrics=AgentMetrics.create(), interval=1.0,
+    )
+    assert tuner.encoding == 1 == tuner.limit
