@@ -126,8 +126,10 @@ class ResultReporter:
         Raises:
             MasterUnavailable, AuthError: keep the result and try again later.
         """
+        # This run's own results go with the client's token; only an earlier run's need the file.
+        token = "" if result.node_id == self.client.node_id else self.tokens.for_node(result.node_id)
         try:
-            ack = await self.client.send_result(result, token=self.tokens.for_node(result.node_id))
+            ack = await self.client.send_result(result, token=token)
         except Forbidden as exc:
             if result.node_id == self.client.node_id:
                 raise

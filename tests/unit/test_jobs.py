@@ -66,6 +66,7 @@ class FakeMaster:
     status: JobStatus = JobStatus.PROCESSING
     results: list[JobResult] = attrs.field(factory=list)
     reachable: bool = True
+    node_id: str = "node-1"
 
     async def send_progress(self, job_id: str, progress: JobProgress) -> None:
         if self.no_progress_route:
