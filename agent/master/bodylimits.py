@@ -22,6 +22,7 @@ sender that stalls is cut just the same; one that keeps sending is not.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 
@@ -37,6 +38,9 @@ __all__ = ["MAX_BODIES_IN_FLIGHT", "STREAMED_PREFIX", "BodyLimits"]
 MAX_BODIES_IN_FLIGHT = 256
 # Requests under this path stream their bodies to disk (agent/master/artifacts.py).
 STREAMED_PREFIX = "/artifacts/"
+# A declared body this large at most, left unread by the handler, is read before the answer ends, so the
+# connection can take the next request (the largest body the app takes, app.MAX_BODY_BYTES).
+DRAIN_MAX_BYTES = 1024 * 1024
 
 
 def _has_body(scope: Scope) -> bool:
@@ -50,6 +54,15 @@ async def _answer(send: Send, status: int, message: str, headers: dict[str, str]
     raw_headers += [(name.lower().encode(), value.encode()) for name, value in headers.items()]
     await send({"type": "http.response.start", "status": status, "headers": raw_headers})
     await send({"type": "http.response.body", "body": body})
+
+
+async def _drain(receive: Receive) -> None:
+    """Read what is left of a body nobody read; past its deadline, leave it."""
+    with contextlib.suppress(HTTPException):  # the deadline passed: hypercorn closes the connection instead
+        while True:
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                return
 
 
 class BodyLimits:
@@ -90,8 +103,22 @@ class BodyLimits:
                 released = True
                 self._slots.release_on_behalf_of(slot)
 
+        bounded = self._bounded(receive, release)
+        declared = Headers(scope=scope).get("content-length", "")
+        drainable = declared.isdigit() and int(declared) <= DRAIN_MAX_BYTES
+
+        async def send_after_body(message: Message) -> None:
+            # A handler may answer without reading the body (a 404, a route that takes none). If the
+            # answer ended before the body arrived, hypercorn would close the connection under a
+            # client that is free to send its next request on it: read the rest first. A body
+            # too large to take is refused at once instead (413), and its connection closed.
+            last = message["type"] == "http.response.body" and not message.get("more_body", False)
+            if last and drainable and not released:
+                await _drain(bounded)
+            await send(message)
+
         try:
-            await self._app(scope, self._bounded(receive, release), send)
+            await self._app(scope, bounded, send_after_body)
         finally:
             release()
 
