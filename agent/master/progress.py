@@ -4,7 +4,7 @@ An agent reports each running job's progress about once a second; writing
 each report would cost the database one transaction per running job per
 second. The master checks the lease with a read, keeps the latest report per
 job here, and :func:`serve_progress_flush` writes what changed every
-:data:`FLUSH_INTERVAL_S` in one transaction, and :func:`flush_on_exit` once more on shutdown.
+:data:`FLUSH_INTERVAL_S` (a transaction per :data:`FLUSH_SLICE` jobs), and :func:`flush_on_exit` once more on shutdown.
 Reads of this master merge the reports not yet written (:meth:`ProgressBook.merged`),
 so they show the latest value at once; another master on the same database
 sees it within one interval.
@@ -31,6 +31,8 @@ log = logging.getLogger("agent.master")
 # Often enough that another master (and a lost job's hand-back) sees progress a
 # moment later, rarely enough that a thousand running jobs cost one write per interval.
 FLUSH_INTERVAL_S = 2.0
+# Jobs written per transaction of a flush: a few milliseconds of SQLite's one writer each.
+FLUSH_SLICE = 64
 
 
 @attrs.frozen
@@ -85,7 +87,7 @@ class ProgressBook:
         self._pending.pop(job_id, None)
 
     async def flush(self, which: Callable[[LeasedProgress], bool] = lambda held: True) -> bool:
-        """Write the held reports ``which`` selects in one transaction; whether there were any.
+        """Write the held reports ``which`` selects, :data:`FLUSH_SLICE` jobs per transaction; whether there were any.
 
         Raises:
             StoreError: the database failed; the reports are held again, unless newer ones came.
@@ -97,14 +99,18 @@ class ProgressBook:
             for job_id in batch:
                 del self._pending[job_id]
             self._writing = batch
+            held = list(batch.values())
             try:
-                await self._store.save_progress(list(batch.values()))
+                # A transaction per slice: claims and results wait for the one connection between
+                # slices, not for every running job's write at once.
+                for start in range(0, len(held), FLUSH_SLICE):
+                    await self._store.save_progress(held[start : start + FLUSH_SLICE])
+                    self._metrics.progress_writes.inc()
             except BaseException:
                 self._pending = {**batch, **self._pending}
                 raise
             finally:
                 self._writing = {}
-            self._metrics.progress_writes.inc()
             return True
 
 
