@@ -7,6 +7,8 @@ inside it (no TCP port to collide on), creates a database, and stops and
 deletes everything at the end. ``initdb`` refuses to run as root, so as root
 the cluster belongs to the ``postgres`` user and its commands run through
 ``runuser``. Tests that use a database get a fresh one from ``fresh_database``.
+Rule tests that must hold on both stores import ``store_on_each_backend``,
+the ``store`` fixture: once on SQLite, once on a fresh PostgreSQL database.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ import shutil
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+
+from agent.master.store import Store, open_store
 
 SUPERUSER = "ffrtmp"
 
@@ -82,3 +86,18 @@ def fresh_database(server_dsn: str) -> str:
     with psycopg.connect(server_dsn, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     return server_dsn.replace("/postgres?", f"/{name}?")
+
+
+@pytest.fixture(name="store", params=["sqlite", "postgres"])
+async def store_on_each_backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """The ``store`` fixture: a master's store on SQLite in ``tmp_path``, then on a fresh PostgreSQL database.
+
+    Only the PostgreSQL run starts the session's server, so ``-k sqlite`` needs none.
+    """
+    if request.param == "sqlite":
+        async with open_store(str(tmp_path / "master.db")) as sqlite:
+            yield sqlite
+    else:
+        dsn = fresh_database(request.getfixturevalue("postgres_dsn"))
+        async with open_store("", dsn=dsn) as postgres:
+            yield postgres

@@ -9,7 +9,6 @@ checkpoints leave a file another connection reads whole.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -19,23 +18,12 @@ from agent.master.store import Store, open_store
 from agent.master.store._sql import CLAIM_PAGE
 from agent.master.store.sqlite import CHECKPOINT_EVERY_WRITES
 from agent.models import JobRequest, JobResult, JobStatus, NodeRegistration
-from tests.postgres import fresh_database, postgres_dsn  # noqa: F401  (the fixture)
+from tests.postgres import postgres_dsn, store_on_each_backend  # noqa: F401  (the fixtures)
 
 pytestmark = pytest.mark.timeout(60)
 
 CPU_JOB = JobRequest(scenario="144p30-h264")
 GPU_JOB = JobRequest(scenario="144p30-h264", parameters={"codec": "h264_nvenc"})
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    if request.param == "sqlite":
-        async with open_store(str(tmp_path / "master.db")) as sqlite:
-            yield sqlite
-    else:
-        dsn = fresh_database(request.getfixturevalue("postgres_dsn"))
-        async with open_store("", dsn=dsn) as postgres:
-            yield postgres
 
 
 async def test_a_cpu_node_passes_over_more_gpu_jobs_than_a_page_holds(store: Store) -> None:

@@ -8,7 +8,6 @@ two cannot drift apart.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -29,7 +28,7 @@ from agent.models import (
     Queue,
     utcnow,
 )
-from tests.postgres import fresh_database, postgres_dsn  # noqa: F401  (the fixture)
+from tests.postgres import fresh_database, postgres_dsn, store_on_each_backend  # noqa: F401  (the fixtures)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -41,17 +40,6 @@ H264 = JobRequest(scenario="144p30-h264")
 @pytest.fixture
 def database(postgres_dsn: str) -> str:  # noqa: F811
     return fresh_database(postgres_dsn)
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    if request.param == "sqlite":
-        async with open_store(str(tmp_path / "master.db")) as sqlite:
-            yield sqlite
-    else:
-        dsn = fresh_database(request.getfixturevalue("postgres_dsn"))
-        async with open_store("", dsn=dsn) as postgres:
-            yield postgres
 
 
 async def test_a_result_from_a_node_without_the_lease_changes_nothing(store: Store) -> None:
