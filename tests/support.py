@@ -11,6 +11,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -84,13 +85,31 @@ class RunningProcess:
 
     async def stop(self) -> None:
         """SIGTERM, then SIGKILL; used when a test ends with the process still up."""
-        if self.process.returncode is None:
-            self.signal(signal.SIGTERM)
-            with trio.move_on_after(15):
-                await self.process.wait()
-        if self.process.returncode is None:
-            self.process.kill()
-            await self.process.wait()
+        await stop_process(self.process, grace=15.0)
+
+
+async def stop_process(process: trio.Process, grace: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds; returns once the process has exited.
+
+    A test's servers (ours, nginx, Prometheus) exit cleanly on SIGTERM well
+    within ``grace``; SIGKILL is only for a hung one, so no test leaves a
+    process behind. Call it shielded from the test's cancellation.
+    """
+    if process.returncode is None:
+        process.terminate()
+        with trio.move_on_after(grace):
+            await process.wait()
+    if process.returncode is None:
+        process.kill()
+        await process.wait()
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now, for a server that cannot bind port 0 and say which it got."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 @attrs.define

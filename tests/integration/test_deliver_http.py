@@ -29,8 +29,8 @@ from agent.worker.engines.ffmpeg import find_ffmpeg, probe_media
 from agent.worker.inputs import InputCache
 from agent.worker.jobrunner import JobRunner
 from agent.worker.netguard import AllowList
-from tests.integration.test_rtmp import STEP_TIMEOUT_S, free_port, wait_until_listening
-from tests.support import run_job
+from tests.integration.test_rtmp import STEP_TIMEOUT_S, wait_until_listening
+from tests.support import free_port, run_job, stop_process
 
 pytestmark = pytest.mark.slow
 
@@ -94,12 +94,7 @@ async def dav_server(tmp_path: Path) -> AsyncIterator[DavServer]:
         yield DavServer(f"http://127.0.0.1:{port}", f"127.0.0.1:{port}", root / "www", root / "access.log")
     finally:
         with trio.CancelScope(shield=True):
-            process.terminate()
-            with trio.move_on_after(10):
-                await process.wait()
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
+            await stop_process(process)
 
 
 async def encode(tmp_path: Path, allow: list[str], **params: Any) -> tuple[JobResult, Path]:

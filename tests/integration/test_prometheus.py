@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -38,7 +37,7 @@ from agent.client import MasterClient
 from agent.config import API_KEY_ENV
 from agent.models import JobRequest
 from tests.encoder_stubs import progressing
-from tests.support import REPO, Processes, start_agent, start_master
+from tests.support import REPO, Processes, free_port, start_agent, start_master, stop_process
 
 DEPLOY = REPO / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "ffrtmp-farm.json"
@@ -134,13 +133,6 @@ def rule_queries() -> list[tuple[str, str]]:
 # --- Prometheus ----------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def farm_config(master: str, agents: list[str], key_file: Path) -> dict[str, Any]:
     """deploy/prometheus/prometheus.yml aimed at this farm, scraping every second."""
     config: dict[str, Any] = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
@@ -206,12 +198,7 @@ async def prometheus_for(tmp_path: Path) -> AsyncIterator[Any]:
     yield start
     with trio.CancelScope(shield=True):
         for process in started:
-            process.terminate()
-            with trio.move_on_after(10):
-                await process.wait()
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
+            await stop_process(process)
             assert process.returncode is not None
 
 

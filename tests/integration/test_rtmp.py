@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import shutil
-import socket
 import subprocess
 import urllib.parse
 from collections.abc import AsyncIterator, Sequence
@@ -27,7 +26,7 @@ from agent.worker.engines.gstreamer import find_gstreamer
 from agent.worker.inputs import InputCache
 from agent.worker.jobrunner import JobRunner
 from agent.worker.netguard import AllowList
-from tests.support import run_job
+from tests.support import free_port, run_job, stop_process
 
 pytestmark = pytest.mark.slow
 
@@ -57,13 +56,6 @@ rtmp {{
 class RtmpServer:
     url: str
     recordings: Path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def wait_until_listening(port: int, process: trio.Process) -> None:
@@ -97,12 +89,7 @@ async def rtmp_server(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Rt
         yield RtmpServer(url=f"rtmp://127.0.0.1:{port}/live", recordings=root / "recordings")
     finally:
         with trio.CancelScope(shield=True):
-            process.terminate()
-            with trio.move_on_after(10):
-                await process.wait()
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
+            await stop_process(process)
 
 
 async def stream(
