@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -36,8 +37,8 @@ if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
 
 __all__ = [
-    "BenchAgent", "BenchMaster", "CpuReading", "ExtensionGate", "checkout_path", "serve_bench_master",
-    "start_bench_agent", "wait_until_final",
+    "BenchAgent", "BenchMaster", "CpuReading", "ExtensionGate", "checkout_path", "duration_flag", "levels_flag",
+    "positive_seconds", "serve_bench_master", "start_bench_agent", "wait_until_final",
 ]
 
 
@@ -202,3 +203,29 @@ def duration_flag(text: str) -> str:
     except ConfigError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
+
+
+def positive_seconds(text: str) -> float:
+    """A flag of seconds, a number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds above 0")
+    return value
+
+
+def levels_flag(meaning: str) -> Callable[[str], list[int]]:
+    """A flag of comma-separated whole numbers of 1 or more, read sorted and once each.
+
+    ``meaning`` completes the error message, as in ``"concurrency levels of 1
+    or more, such as 1,2,4,8"``.
+    """
+    def levels(text: str) -> list[int]:
+        values = sorted({int(part) for part in text.split(",") if part.strip()})
+        if not values or values[0] < 1:
+            raise argparse.ArgumentTypeError(f"{text!r}: give {meaning}")
+        return values
+
+    return levels

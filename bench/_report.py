@@ -2,26 +2,34 @@
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import csv
 import json
 import math
 import os
 import platform
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.worker.engines.ffmpeg import find_ffmpeg
 from agent.worker.hardware import HostFacts
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 __all__ = [
-    "GOALS_NOTE", "fresh_out_dir", "goal", "goal_line", "goals_exit_code", "machine", "markdown_table", "median",
-    "percentile", "write_outputs",
+    "GOALS_NOTE", "add_output_flags", "fresh_out_dir", "goal", "goal_line", "goals_exit_code", "machine",
+    "markdown_table", "median", "percentile", "revision", "save_figure", "say", "work_directory",
+    "write_outputs",
 ]
 
 # Where runs go unless --out says otherwise: never over the committed bench/results/.
@@ -59,6 +67,51 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "command": shlex.join(["python", *_how_run(), *sys.argv[1:]]),
     }
+
+
+def revision(checkout: Path) -> str:
+    """The commit a checkout is at, and whether its ``agent/`` has uncommitted changes: the figures depend on both."""
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=checkout, capture_output=True, text=True, check=False)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD")
+    if not commit:
+        return "unknown (not a git checkout)"
+    return f"{commit} with uncommitted changes in agent/" if git("status", "--porcelain", "agent") else commit
+
+
+def say(text: str) -> None:
+    """A progress line on stderr, at once: stdout carries only the final table."""
+    print(text, file=sys.stderr, flush=True)
+
+
+def add_output_flags(parser: argparse.ArgumentParser, name: str, *, goals: bool = True, work_dir: bool = False) -> None:
+    """``--out`` and ``--name`` (default ``name``); ``--check`` for a bench with ``goals``; ``--work-dir`` if asked.
+
+    ``--work-dir`` is for benches that write files worth keeping to look at
+    (inputs, encodes); see :func:`work_directory`.
+    """
+    parser.add_argument("--out", type=Path, help="output directory (default: a new bench-results/<name>-<date>-<time>/; "
+                        "the committed results are in bench/results/)")
+    parser.add_argument("--name", default=name, help=f"output file name stem (default {name})")
+    if goals:
+        parser.add_argument("--check", action="store_true",
+                            help="exit 1 when a goal is missed (default: report it, exit 0)")
+    if work_dir:
+        parser.add_argument("--work-dir", type=Path,
+                            help="inputs and outputs of the runs (default: a temporary directory)")
+
+
+@contextlib.contextmanager
+def work_directory(given: Path | None) -> Iterator[Path]:
+    """``given`` (a ``--work-dir``, kept afterwards), or a new temporary directory removed on leaving."""
+    work = (given or Path(tempfile.mkdtemp(prefix="ffrtmp-bench-"))).resolve()
+    try:
+        yield work
+    finally:
+        if given is None:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def _how_run() -> list[str]:
@@ -130,6 +183,15 @@ def write_outputs(
         writer.writerows(rows)
     paths[2].write_text(markdown.rstrip() + "\n")
     return paths
+
+
+def save_figure(figure: Figure, path: Path) -> None:
+    """Lay out, write ``path`` and free the figure (pyplot keeps every open one)."""
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 def _finite(value: Any) -> Any:

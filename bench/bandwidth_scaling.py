@@ -40,7 +40,6 @@ import resource
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -63,12 +62,14 @@ from bench._farm import (
     BenchMaster,
     checkout_path,
     duration_flag,
+    levels_flag,
     serve_bench_master,
     start_bench_agent,
     wait_until_final,
 )
 from bench._report import (
     GOALS_NOTE,
+    add_output_flags,
     fresh_out_dir,
     goal,
     goal_line,
@@ -76,6 +77,8 @@ from bench._report import (
     machine,
     markdown_table,
     median,
+    save_figure,
+    work_directory,
     write_outputs,
 )
 from tests.support import Processes
@@ -454,21 +457,13 @@ def plot(summary: dict[str, Any], path: Path) -> None:
         axes.set_ylim(bottom=0)
         axes.grid(alpha=0.3)
         axes.legend(loc="lower right")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-
-
-def _levels(text: str) -> list[int]:
-    levels = sorted({int(part) for part in text.split(",") if part.strip()})
-    if not levels or levels[0] < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: give concurrency levels of 1 or more, such as 1,2,4,8")
-    return levels
+    save_figure(figure, path)
 
 
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.bandwidth_scaling", description=__doc__.split("\n")[0])
-    parser.add_argument("--levels", type=_levels, default=[1, 2, 4, 8], help="concurrency levels (default 1,2,4,8)")
+    parser.add_argument("--levels", type=levels_flag("concurrency levels of 1 or more, such as 1,2,4,8"),
+                        default=[1, 2, 4, 8], help="concurrency levels (default 1,2,4,8)")
     parser.add_argument("--jobs", type=int, default=8, help="jobs per run (default 8)")
     parser.add_argument("--scenario", default="720p30-h264", help="scenario of every job (default 720p30-h264)")
     parser.add_argument("--duration", type=float, default=3.0, help="seconds of video per job (default 3)")
@@ -481,11 +476,7 @@ def parser() -> argparse.ArgumentParser:
                         help=f"--adaptive-interval of that run (default {DEFAULT_ADAPTIVE_INTERVAL})")
     parser.add_argument("--poll-interval", type=duration_flag, default=DEFAULT_POLL_INTERVAL,
                         help=f"the agent's --poll-interval (default {DEFAULT_POLL_INTERVAL})")
-    parser.add_argument("--out", type=Path, help="output directory (default: a new bench-results/<name>-<date>-<time>/; "
-                        "the committed results are in bench/results/)")
-    parser.add_argument("--name", default="bandwidth_scaling", help="output file name stem (default bandwidth_scaling)")
-    parser.add_argument("--check", action="store_true", help="exit 1 when a goal is missed (default: report it, exit 0)")
-    parser.add_argument("--work-dir", type=Path, help="inputs and outputs of the runs (default: a temporary directory)")
+    add_output_flags(parser, "bandwidth_scaling", work_dir=True)
     parser.add_argument("--before", type=checkout_path,
                         help="also run the agent of this other checkout (git worktree add PATH COMMIT), in turn")
     return parser
@@ -494,12 +485,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    work = args.work_dir or Path(tempfile.mkdtemp(prefix="ffrtmp-bench-"))
-    try:
+    with work_directory(args.work_dir) as work:
         runs = trio.run(measure, args, work)
-    finally:
-        if args.work_dir is None:
-            shutil.rmtree(work, ignore_errors=True)
     cores = os.cpu_count() or 1
     summary = summarise(runs, args.levels, cores)
     settings = {key: value for key, value in vars(args).items() if key not in ("out", "work_dir", "check")}

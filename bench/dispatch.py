@@ -74,6 +74,7 @@ from bench._farm import (
 )
 from bench._report import (
     GOALS_NOTE,
+    add_output_flags,
     fresh_out_dir,
     goal,
     goal_line,
@@ -82,6 +83,7 @@ from bench._report import (
     markdown_table,
     median,
     percentile,
+    say,
     write_outputs,
 )
 from bench.celery_peer import CeleryPeer, CeleryUnavailable, open_celery_peer
@@ -403,13 +405,13 @@ async def _measure(args: argparse.Namespace, work: Path, peer: CeleryPeer | None
                             run = await bench.agent_utilisation(side, seconds, concurrency, repeat)
                         runs.append(run)
                         cpu = "" if run.agent_cpu_s is None else f", {1000 * run.agent_cpu_s / run.jobs:.1f} ms CPU per job"
-                        _say(f"repeat {repeat + 1} {side} D={seconds:g}s x{concurrency}: "
+                        say(f"repeat {repeat + 1} {side} D={seconds:g}s x{concurrency}: "
                              f"{run.jobs} jobs, utilisation {run.utilisation:.3f}{cpu}")
             if args.go_jobs:
                 for seconds in sorted({seconds for seconds, _ in args.cells}):
                     run = await bench.go_utilisation(seconds)
                     runs.append(run)
-                    _say(f"Go loop model D={seconds:g}s x{run.concurrency}: utilisation {run.utilisation:.3f}")
+                    say(f"Go loop model D={seconds:g}s x{run.concurrency}: utilisation {run.utilisation:.3f}")
             latency_runs: list[tuple[str, str, bool, bool]] = [
                 (side, mode, push, long_poll) for mode, push, long_poll in MODES if mode in args.modes
                 for side in measured if side != CELERY
@@ -423,17 +425,13 @@ async def _measure(args: argparse.Namespace, work: Path, peer: CeleryPeer | None
                 else:
                     result = await bench.latency(side, mode, push, long_poll)
                 latencies.append(result)
-                _say(f"latency {result['mode']}: " + (
+                say(f"latency {result['mode']}: " + (
                     f"p50 {1000 * result['p50_s']:.1f} ms, p95 {1000 * result['p95_s']:.1f} ms"
                     if result["available"] else result["reason"]))
         finally:
             await procs.stop_all()
         nursery.cancel_scope.cancel()
     return {"utilisation_runs": [run.to_json() for run in runs], "latency": latencies}
-
-
-def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 def summarise(results: dict[str, Any]) -> dict[str, Any]:
@@ -625,10 +623,7 @@ def parser() -> argparse.ArgumentParser:
                         help="poll tick of the Go loop model (default 2s; the Go agent's default was 10s)")
     parser.add_argument("--go-concurrency", type=int, default=4, help="slots of the Go loop model (default 4)")
     parser.add_argument("--go-jobs", type=int, default=8, help="jobs per Go loop model run (default 8; 0 skips it)")
-    parser.add_argument("--out", type=Path, help="output directory (default: a new bench-results/<name>-<date>-<time>/; "
-                        "the committed results are in bench/results/)")
-    parser.add_argument("--name", default="dispatch", help="output file name stem (default dispatch)")
-    parser.add_argument("--check", action="store_true", help="exit 1 when a goal is missed (default: report it, exit 0)")
+    add_output_flags(parser, "dispatch")
     return parser
 
 

@@ -52,7 +52,6 @@ import random
 import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -69,10 +68,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent.models import HeartbeatReport, JobRequest, NodeRegistered, NodeRegistration
 from agent.worker.lifecycle import PROGRESS_INTERVAL_S
-from bench._farm import checkout_path
+from bench._farm import checkout_path, positive_seconds
 from bench._keepalive import KeptAlive, ProtocolError
 from bench._report import (
     GOALS_NOTE,
+    add_output_flags,
     fresh_out_dir,
     goal,
     goal_line,
@@ -81,6 +81,8 @@ from bench._report import (
     markdown_table,
     median,
     percentile,
+    revision,
+    say,
     write_outputs,
 )
 from tests.support import REPO, Processes, RunningProcess, start_master
@@ -441,11 +443,11 @@ async def simulate(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]
             for agents in args.agents:
                 step = await farm.measure(agents)
                 steps.append(step)
-                _say(f"{agents} agents x {args.slots}: {step['claims_per_s']:.1f} claims/s, claim p50 "
+                say(f"{agents} agents x {args.slots}: {step['claims_per_s']:.1f} claims/s, claim p50 "
                      f"{1000 * step['claim_p50_s']:.1f} ms p99 {1000 * step['claim_p99_s']:.1f} ms, master CPU "
                      f"{step['master_cpu_percent']:.0f}%, {sum(step['requests_per_s'].values()):.0f} requests/s")
                 if not step["held"]:
-                    _say(f"p99 claim latency not under {1000 * BAR_P99_S:g} ms at {agents} agents: the ramp stops")
+                    say(f"p99 claim latency not under {1000 * BAR_P99_S:g} ms at {agents} agents: the ramp stops")
                     break
             nursery.cancel_scope.cancel()
         finally:
@@ -454,22 +456,6 @@ async def simulate(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]
                     await master.http.aclose()
             await procs.stop_all()
     return steps
-
-
-def revision(checkout: Path) -> str:
-    """The commit the master runs, and whether its code has uncommitted changes: the figures depend on both."""
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=checkout, capture_output=True, text=True, check=False)
-        return done.stdout.strip() if done.returncode == 0 else ""
-
-    commit = git("rev-parse", "--short", "HEAD")
-    if not commit:
-        return "unknown (not a git checkout)"
-    return f"{commit} with uncommitted changes in agent/" if git("status", "--porcelain", "agent") else commit
-
-
-def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 def largest_held(steps: Sequence[dict[str, Any]]) -> int:
@@ -571,29 +557,19 @@ def _ints(text: str) -> list[int]:
     return values
 
 
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds above 0")
-    return value
-
-
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.farm_sim", description=__doc__.split("\n")[0])
     parser.add_argument("--agents", type=_ints, default=[10, 25, 50, 100],
                         help="farm sizes of the ramp, growing (default 10,25,50,100: about 2 minutes)")
     parser.add_argument("--slots", type=int, default=4, help="job slots per simulated agent (default 4)")
-    parser.add_argument("--job-seconds", type=_positive, default=10.0,
+    parser.add_argument("--job-seconds", type=positive_seconds, default=10.0,
                         help="length of each stub job; also the settling time of each step (default 10)")
     parser.add_argument("--progress-interval", type=float, default=PROGRESS_INTERVAL_S,
                         help=f"seconds between progress reports of a running job, as the agent sends them "
                         f"(default {PROGRESS_INTERVAL_S:g}; 0 sends none)")
-    parser.add_argument("--heartbeat-interval", type=_positive, default=30.0,
+    parser.add_argument("--heartbeat-interval", type=positive_seconds, default=30.0,
                         help="seconds between heartbeats, also given to the master (default 30, the agent's)")
-    parser.add_argument("--window", type=_positive, default=10.0, help="seconds measured per step (default 10)")
+    parser.add_argument("--window", type=positive_seconds, default=10.0, help="seconds measured per step (default 10)")
     parser.add_argument("--postgres", metavar="DSN", default="",
                         help="run the master(s) on this PostgreSQL database instead of SQLite (a throw-away one: "
                         "the run fills its queue)")
@@ -602,10 +578,7 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--before", type=checkout_path, metavar="CHECKOUT",
                         help="run the master(s) of this other checkout instead of this one's, against the same "
                         "simulator (git worktree add /tmp/before <commit>)")
-    parser.add_argument("--out", type=Path, help="output directory (default: a new bench-results/<name>-<date>-<time>/; "
-                        "the committed results are in bench/results/)")
-    parser.add_argument("--name", default="farm_sim", help="output file name stem (default farm_sim)")
-    parser.add_argument("--check", action="store_true", help="exit 1 when a goal is missed (default: report it, exit 0)")
+    add_output_flags(parser, "farm_sim")
     return parser
 
 

@@ -50,7 +50,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -70,8 +69,17 @@ from agent.worker.engines.ffmpeg import TEST_SOURCE, find_ffmpeg, num, probe_med
 from agent.worker.engines.ffmpeg_ladder import LadderPlan, finish_master_playlist, ladder_plan, staged_video
 from agent.worker.package_check import ExpectedRung, check_package
 from agent.worker.processes import child_env
-from bench._farm import BenchAgent, BenchMaster, duration_flag, serve_bench_master, start_bench_agent
-from bench._report import fresh_out_dir, machine, markdown_table, median, write_outputs
+from bench._farm import BenchAgent, BenchMaster, duration_flag, levels_flag, serve_bench_master, start_bench_agent
+from bench._report import (
+    add_output_flags,
+    fresh_out_dir,
+    machine,
+    markdown_table,
+    median,
+    save_figure,
+    work_directory,
+    write_outputs,
+)
 from tests.support import Processes, wait_for_jobs
 
 log = logging.getLogger("bench.ladder")
@@ -486,16 +494,7 @@ def plot(summary: Sequence[dict[str, Any]], path: Path) -> None:
         axes.set_title(title)
         axes.grid(axis="y", alpha=0.3)
         axes.legend(loc="upper left")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-
-
-def _levels(text: str) -> list[int]:
-    levels = sorted({int(part) for part in text.split(",") if part.strip()})
-    if not levels or levels[0] < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: give numbers of ladders at once, 1 or more, such as 1,2")
-    return levels
+    save_figure(figure, path)
 
 
 def _modes(text: str) -> list[str]:
@@ -524,15 +523,13 @@ def parser() -> argparse.ArgumentParser:
                         "scenarios' default)")
     parser.add_argument("--input", type=Path, help="a clip to encode (default: a generated 1080p30 clip with audio)")
     parser.add_argument("--duration", type=float, default=8.0, help="seconds of input to encode (default 8)")
-    parser.add_argument("--levels", type=_levels, help="ladders at once (default 1 and the number of cores)")
+    parser.add_argument("--levels", type=levels_flag("numbers of ladders at once, 1 or more, such as 1,2"),
+                        help="ladders at once (default 1 and the number of cores)")
     parser.add_argument("--modes", type=_modes, default=list(MODES), help="modes to run (default single,split,jobs)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats; medians are reported (default 3)")
     parser.add_argument("--poll-interval", type=duration_flag, default=DEFAULT_POLL_INTERVAL,
                         help=f"the agent's --poll-interval in the jobs mode (default {DEFAULT_POLL_INTERVAL})")
-    parser.add_argument("--out", type=Path, help="output directory (default: a new bench-results/<name>-<date>-<time>/; "
-                        "the committed results are in bench/results/)")
-    parser.add_argument("--name", default="ladder", help="output file name stem (default ladder)")
-    parser.add_argument("--work-dir", type=Path, help="inputs and outputs of the runs (default: a temporary directory)")
+    add_output_flags(parser, "ladder", goals=False, work_dir=True)
     return parser
 
 
@@ -551,18 +548,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.input is not None and not args.input.is_file():
         print(f"error: --input {args.input} is not a file", file=sys.stderr)
         return 2
-    work = (args.work_dir or Path(tempfile.mkdtemp(prefix="ffrtmp-bench-"))).resolve()
-    try:
-        runs, commands = trio.run(measure, args, work)
-    except (BenchFailed, ExceptionGroup) as exc:
-        failure = _bench_failure(exc)
-        if failure is None:
-            raise
-        print(f"error: {failure}", file=sys.stderr)
-        return 1
-    finally:
-        if args.work_dir is None:
-            shutil.rmtree(work, ignore_errors=True)
+    with work_directory(args.work_dir) as work:
+        try:
+            runs, commands = trio.run(measure, args, work)
+        except (BenchFailed, ExceptionGroup) as exc:
+            failure = _bench_failure(exc)
+            if failure is None:
+                raise
+            print(f"error: {failure}", file=sys.stderr)
+            return 1
     cores = os.cpu_count() or 1
     ladder = Ladder.from_params({"ladder": args.ladder, "package": args.package, "preset": args.preset})
     summary = summarise(runs, ladder, cores)

@@ -45,7 +45,6 @@ import json
 import logging
 import math
 import shutil
-import subprocess
 import sys
 import tempfile
 import uuid
@@ -63,10 +62,11 @@ import trio
 
 from agent.client import MasterClient
 from agent.models import JobRequest, JobResult, JobStatus, NodeRegistration
-from bench._farm import checkout_path
+from bench._farm import checkout_path, positive_seconds
 from bench._keepalive import KeptAlive, ProtocolError
 from bench._report import (
     GOALS_NOTE,
+    add_output_flags,
     fresh_out_dir,
     goal,
     goal_line,
@@ -74,6 +74,8 @@ from bench._report import (
     machine,
     markdown_table,
     median,
+    revision,
+    say,
     write_outputs,
 )
 from tests.support import REPO, Processes, RunningProcess, start_master
@@ -364,7 +366,7 @@ async def _repeats(masters: list[LoadedMaster], args: argparse.Namespace) -> Non
             fastest = max(phase.rate for phase in master.phases if phase.kind == "cycles")
             await master.fill_queue(math.ceil(QUEUE_MARGIN * fastest * args.seconds) + 2 * args.clients)
             cycles = await master.run_phase("cycles", args.seconds)
-            _say(f"{master.label} repeat {repeat + 1}: {health.rate:.0f} health/s, {cycles.rate:.0f} cycles/s "
+            say(f"{master.label} repeat {repeat + 1}: {health.rate:.0f} health/s, {cycles.rate:.0f} cycles/s "
                  f"(ratio {cycles.rate / health.rate:.3f}); master CPU {1000 * health.master_cpu_s / health.done:.2f}"
                  f" ms/health, {1000 * cycles.master_cpu_s / max(cycles.done, 1):.2f} ms/cycle"
                  + ("; the queue ran dry" if cycles.ran_dry else ""))
@@ -425,32 +427,6 @@ def markdown(summaries: Sequence[dict[str, Any]], bars: dict[str, Any], settings
     return "\n".join(lines)
 
 
-def revision(checkout: Path) -> str:
-    """The commit a checkout is at, and whether its ``agent/`` has uncommitted changes."""
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=checkout, capture_output=True, text=True, check=False)
-        return done.stdout.strip() if done.returncode == 0 else ""
-
-    commit = git("rev-parse", "--short", "HEAD")
-    if not commit:
-        return "unknown (not a git checkout)"
-    return f"{commit} with uncommitted changes in agent/" if git("status", "--porcelain", "agent") else commit
-
-
-def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a number above 0")
-    return value
-
-
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.master_load", description=__doc__.split("\n")[0])
     parser.add_argument("--clients", type=int, default=8, help="keep-alive clients, each a node (default 8)")
@@ -458,7 +434,7 @@ def parser() -> argparse.ArgumentParser:
                         help="raw: HTTP/1.1 requests built once on one kept-alive socket, so the master is what "
                         "is measured (default); agent: the agent's own client (httpx, wire types), as a farm "
                         "speaks, whose cost then bounds both rates")
-    parser.add_argument("--seconds", type=_positive, default=5.0, help="seconds per phase (default 5)")
+    parser.add_argument("--seconds", type=positive_seconds, default=5.0, help="seconds per phase (default 5)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats (default 3)")
     parser.add_argument("--before", type=checkout_path, metavar="CHECKOUT",
                         help="also measure the master of this other checkout, interleaved, on a store of its own "
@@ -466,10 +442,7 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--postgres", metavar="DSN", default="",
                         help="run each master on a fresh database created on this PostgreSQL server (the DSN's "
                         "user needs CREATE DATABASE) instead of SQLite")
-    parser.add_argument("--out", type=Path, help="output directory (default: a new bench-results/<name>-<date>-<time>/; "
-                        "the committed results are in bench/results/)")
-    parser.add_argument("--name", default="master_load", help="output file name stem (default master_load)")
-    parser.add_argument("--check", action="store_true", help="exit 1 when a goal is missed (default: report it, exit 0)")
+    add_output_flags(parser, "master_load")
     return parser
 
 
