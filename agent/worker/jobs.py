@@ -262,6 +262,7 @@ class JobTasks:
                 await self._wait_for_slot(running, slot)
                 waiting = not slot.held
             running.mark_started()
+            self._count_active()
             self._note_busy_changed()
             async with trio.open_nursery() as nursery:
                 running._nursery = nursery
@@ -369,13 +370,17 @@ class JobTasks:
     def _track(self, running: RunningJob) -> None:
         self.running[running.job.id] = running
         self._idle = trio.Event()
-        self.metrics.active_jobs.set(len(self.running))
+        self._count_active()
 
     def _untrack(self, running: RunningJob) -> None:
         del self.running[running.job.id]
-        self.metrics.active_jobs.set(len(self.running))
+        self._count_active()
         if not self.running:
             self._idle.set()
+
+    def _count_active(self) -> None:
+        """The gauge counts jobs holding a slot: a prefetched one waits for its slot, so it never passes the limit."""
+        self.metrics.active_jobs.set(sum(not running.prefetched for running in self.running.values()))
 
     def _account(self, running: RunningJob, report: Report) -> None:
         """Metrics for every result; the breaker only for jobs that ended by themselves."""

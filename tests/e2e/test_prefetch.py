@@ -20,7 +20,7 @@ import trio
 from agent.client import MasterClient
 from agent.models import Job, JobProgress, JobRequest, JobStatus
 from tests import encoder_stubs
-from tests.support import Processes, run_command, start_agent, start_master, wait_for_jobs
+from tests.support import Processes, run_command, scrape_gauge, start_agent, start_master, wait_for_jobs
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +41,8 @@ async def _until(client: MasterClient, job_id: str, shown: Callable[[Job], bool]
 
 
 async def test_a_job_claimed_ahead_shows_as_prefetched_until_a_slot_frees(procs: Processes, tmp_path: Path) -> None:
-    """One slot, two jobs: the second is leased, ``prefetched`` on the master, the CLI and the agent, then runs."""
+    """One slot, two jobs: the second is leased, ``prefetched`` on the master, the CLI and the agent (not counted
+    as active), then runs."""
     _, url = await start_master(procs, tmp_path)
     stub = encoder_stubs.sleeping(tmp_path / "stub", ENCODE_S)
     async with MasterClient(url) as client:
@@ -52,9 +53,11 @@ async def test_a_job_claimed_ahead_shows_as_prefetched_until_a_slot_frees(procs:
         waiting = await _until(client, second, prefetched)
         async with httpx.AsyncClient(base_url=status_url) as http:
             shown = {job["id"]: job["stage"] for job in (await http.get("/jobs")).json()["jobs"]}
+            active = await scrape_gauge(http, "ffrtmp_active_jobs")
         listed = await run_command("jobs", "list", "--master", url)
         assert waiting.status is JobStatus.PROCESSING and waiting.node_id == (await client.get_job(first)).node_id
         assert shown == {first: JobProgress.ENCODING, second: JobProgress.PREFETCHED}
+        assert active == 1, "a prefetched job holds no slot, so the gauge stays within the limit"
         assert len(stub.entries) == 1, "the prefetched job's encoder has not started"
         [row] = [line for line in listed.out.splitlines() if second in line]
         assert JobProgress.PREFETCHED in row.split(), listed
