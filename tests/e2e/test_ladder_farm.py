@@ -25,6 +25,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 
 KEY = "ladder-key"
 RUNGS = [ExpectedRung(r.text, r.width, r.height, r.fps, r.codec) for r in Ladder.parse(LADDER).rungs]
+# What jobs download prints last: the package's entry, or for plain files the package's directory.
+ENTRY = {"hls": "master.m3u8", "dash": "manifest.mpd"}
 
 
 async def ffrtmp(url: str, *args: str) -> Answer:
@@ -55,9 +57,10 @@ async def test_local_names_the_bad_rung_before_anything_starts(tmp_path: Path) -
     )
 
 
-@pytest.mark.parametrize("mode", ["single", "split"])
+@pytest.mark.parametrize(("mode", "package"), [("single", "hls"), ("split", "hls"), ("single", "dash"),
+                                               ("split", "files")])
 async def test_a_farm_encodes_an_uploaded_clip_into_a_ladder_that_downloads_and_plays(
-    procs: Processes, tmp_path: Path, ffmpeg: str, mode: str
+    procs: Processes, tmp_path: Path, ffmpeg: str, mode: str, package: Package
 ) -> None:
     """submit --input with a ladder; the agent's mode is in the result; jobs download writes a package that plays."""
     clip = await make_clip(ffmpeg, tmp_path / "mine" / "clip.mp4")
@@ -65,7 +68,7 @@ async def test_a_farm_encodes_an_uploaded_clip_into_a_ladder_that_downloads_and_
     await start_agent(procs, "agent", url, tmp_path / "agent", "--api-key", KEY, "--ladder-mode", mode)
 
     submitted = await ffrtmp(url, "jobs", "submit", "--scenario", "180p30-h264", "--param", f"ladder={LADDER}",
-                             "--input", str(clip), "--output", "json")
+                             "--param", f"package={package}", "--input", str(clip), "--output", "json")
     assert submitted.code == 0, submitted
     job_id = str(json.loads(submitted.out)["jobs"][0]["id"])
     async with MasterClient(url, KEY) as client:
@@ -75,10 +78,10 @@ async def test_a_farm_encodes_an_uploaded_clip_into_a_ladder_that_downloads_and_
 
     downloaded = await ffrtmp(url, "jobs", "download", job_id, "-o", str(tmp_path / "back"))
     assert downloaded.code == 0, downloaded
-    master_playlist = Path(downloaded.out.strip().splitlines()[-1])
-    assert master_playlist.name == "master.m3u8" and master_playlist.parent.parent == tmp_path / "back"
-    assert await check_package(master_playlist.parent, "hls", RUNGS, ffmpeg=ffmpeg, duration=CLIP_SECONDS,
-                               audio=True) == []
+    printed = Path(downloaded.out.strip().splitlines()[-1])  # the entry (playlist, MPD), or the directory of files
+    directory = printed if package == "files" else printed.parent
+    assert directory.parent == tmp_path / "back" and printed.name == ENTRY.get(package, directory.name)
+    assert await check_package(directory, package, RUNGS, ffmpeg=ffmpeg, duration=CLIP_SECONDS, audio=True) == []
 
 
 async def test_a_farm_refuses_a_bad_rung_at_submit(procs: Processes, tmp_path: Path) -> None:
