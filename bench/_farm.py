@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BenchAgent", "BenchMaster", "CpuReading", "ExtensionGate", "checkout_path", "duration_flag", "levels_flag",
-    "positive_seconds", "serve_bench_master", "start_bench_agent", "wait_until_final",
+    "positive_seconds", "require_running", "serve_bench_master", "start_bench_agent", "wait_until_final",
 ]
 
 
@@ -161,6 +161,18 @@ async def start_bench_agent(
         procs, name, master_url, work_dir, "--allow-master-as-worker", "--skip-confirmation", *flags, **env
     )
     return BenchAgent(running)
+
+
+def require_running(running: RunningProcess, what: str) -> None:
+    """Stop the bench, with the end of its log, if ``what`` (a master, say) has exited: the figures would be void.
+
+    Raises:
+        SystemExit: the process has exited; the message names ``what``, its exit code and its last log lines.
+    """
+    code = running.process.returncode
+    if code is not None:
+        tail = "\n".join(running.lines[-20:])
+        raise SystemExit(f"error: {what} exited with {code}; its log ends:\n{tail}")
 
 
 # How often a run asks the master whether its jobs are done. Each question costs the

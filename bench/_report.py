@@ -104,9 +104,9 @@ def add_output_flags(parser: argparse.ArgumentParser, name: str, *, goals: bool 
 
 
 @contextlib.contextmanager
-def work_directory(given: Path | None) -> Iterator[Path]:
-    """``given`` (a ``--work-dir``, kept afterwards), or a new temporary directory removed on leaving."""
-    work = (given or Path(tempfile.mkdtemp(prefix="ffrtmp-bench-"))).resolve()
+def work_directory(given: Path | None = None, *, prefix: str = "ffrtmp-bench-") -> Iterator[Path]:
+    """``given`` (a ``--work-dir``, kept afterwards), or a new temporary directory ``prefix...`` removed on leaving."""
+    work = (given or Path(tempfile.mkdtemp(prefix=prefix))).resolve()
     try:
         yield work
     finally:

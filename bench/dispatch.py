@@ -47,7 +47,6 @@ import secrets
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -84,6 +83,7 @@ from bench._report import (
     median,
     percentile,
     say,
+    work_directory,
     write_outputs,
 )
 from bench.celery_peer import CeleryPeer, CeleryUnavailable, open_celery_peer
@@ -632,14 +632,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.cells is None:
         args.cells = [(seconds, concurrency) for seconds in args.durations for concurrency in args.concurrency]
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    work = Path(tempfile.mkdtemp(prefix="ffrtmp-dispatch-"))
-    try:
-        results = trio.run(measure, args, work)
-    except CeleryUnavailable as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    with work_directory(prefix="ffrtmp-dispatch-") as work:
+        try:
+            results = trio.run(measure, args, work)
+        except CeleryUnavailable as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     summary = summarise(results)
     settings = {key: value for key, value in vars(args).items() if key not in ("out", "check")}
     host = machine()

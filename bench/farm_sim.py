@@ -50,10 +50,8 @@ import logging
 import math
 import random
 import resource
-import shutil
 import statistics
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -68,7 +66,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent.models import HeartbeatReport, JobRequest, NodeRegistered, NodeRegistration
 from agent.worker.lifecycle import PROGRESS_INTERVAL_S
-from bench._farm import checkout_path, positive_seconds
+from bench._farm import checkout_path, positive_seconds, require_running
 from bench._keepalive import KeptAlive, ProtocolError
 from bench._report import (
     GOALS_NOTE,
@@ -83,6 +81,7 @@ from bench._report import (
     percentile,
     revision,
     say,
+    work_directory,
     write_outputs,
 )
 from tests.support import REPO, Processes, RunningProcess, start_master
@@ -297,10 +296,7 @@ class SimMaster:
         return process.memory_info().rss, sum(conn.status == psutil.CONN_ESTABLISHED for conn in connections)
 
     def check_alive(self) -> None:
-        code = self.running.process.returncode
-        if code is not None:
-            tail = "\n".join(self.running.lines[-20:])
-            raise SystemExit(f"error: the master at {self.url} exited with {code}; its log ends:\n{tail}")
+        require_running(self.running, f"the master at {self.url}")
 
 
 @attrs.define
@@ -598,11 +594,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cli.error(f"--masters {args.masters} needs --postgres DSN: masters share one queue only through PostgreSQL")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     _raise_open_file_limit()
-    work = Path(tempfile.mkdtemp(prefix="ffrtmp-farm-sim-"))
-    try:
+    with work_directory(prefix="ffrtmp-farm-sim-") as work:
         steps = trio.run(simulate, args, work)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     held = largest_held(steps)
     bars = {"largest_farm_held": goal(
         held, BAR_AGENTS, f"agents x {args.slots} slots served at p99 claim latency under {1000 * BAR_P99_S:g} ms "

@@ -44,9 +44,7 @@ import argparse
 import json
 import logging
 import math
-import shutil
 import sys
-import tempfile
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -62,7 +60,7 @@ import trio
 
 from agent.client import MasterClient
 from agent.models import JobRequest, JobResult, JobStatus, NodeRegistration
-from bench._farm import checkout_path, positive_seconds
+from bench._farm import checkout_path, positive_seconds, require_running
 from bench._keepalive import KeptAlive, ProtocolError
 from bench._report import (
     GOALS_NOTE,
@@ -76,6 +74,7 @@ from bench._report import (
     median,
     revision,
     say,
+    work_directory,
     write_outputs,
 )
 from tests.support import REPO, Processes, RunningProcess, start_master
@@ -218,10 +217,7 @@ class LoadedMaster:
         return float(times.user + times.system)
 
     def check_alive(self) -> None:
-        code = self.running.process.returncode
-        if code is not None:
-            tail = "\n".join(self.running.lines[-20:])
-            raise SystemExit(f"error: the {self.label} master exited with {code}; its log ends:\n{tail}")
+        require_running(self.running, f"the {self.label} master")
 
     async def fill_queue(self, jobs: int) -> None:
         """Submit jobs until ``jobs`` are queued (untimed)."""
@@ -452,11 +448,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.clients < 1 or args.repeats < 1:
         cli.error("--clients and --repeats must be 1 or more")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    work = Path(tempfile.mkdtemp(prefix="ffrtmp-master-load-"))
-    try:
+    with work_directory(prefix="ffrtmp-master-load-") as work:
         masters = trio.run(measure, args, work)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     summaries = [summarise(master) for master in masters]
     bars = {f"cycles_per_health_{s['master']}": goal(
         s["ratio"], BAR_RATIO, f"claim + result cycles/s over GET /health requests/s of the {s['master']} master, "
