@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from typing import Any, TypeVar
@@ -69,6 +70,7 @@ from .progress import ProgressBook
 from .store import NotFound, Store, StoreError
 from .tokens import hash_token, new_token
 from .ui import Dashboard
+from .ui.feed import FarmFeed
 from .validation import JobRejected, validate_request
 
 __all__ = ["MAX_BODY_BYTES", "MAX_LONG_POLL_S", "create_app"]
@@ -126,7 +128,9 @@ def create_app(
         An ASGI app for hypercorn on Trio; :func:`~agent.master.server.serve_master` serves it.
     """
     metrics = metrics or MasterMetrics()
-    api = _Api(store, config, hub, metrics, artifacts, progress or ProgressBook(store, metrics))
+    # The web dashboard at / and /ui/...: a client of these routes in the same process (agent/master/ui).
+    dashboard = Dashboard(store, config, artifacts=artifacts is not None)
+    api = _Api(store, config, hub, metrics, artifacts, progress or ProgressBook(store, metrics), dashboard.feed)
     timed = api.metrics.timed
     # Who may call a route: anyone (OPEN), a holder of the API key (OPERATOR: the CLI,
     # and registration), or the node the request speaks for, with its token (NODE;
@@ -171,8 +175,6 @@ def create_app(
         for method, path, access, endpoint in http_routes
     ]
     routes.append(WebSocketRoute("/nodes/{node_id}/events", api.events))
-    # The web dashboard at / and /ui/...: a client of these routes in the same process (agent/master/ui).
-    dashboard = Dashboard(store, config, artifacts=artifacts is not None)
     routes += dashboard.routes()
     return Starlette(
         routes=routes,
@@ -320,9 +322,11 @@ class _Api:
         metrics: MasterMetrics,
         artifacts: ArtifactStore | None,
         progress: ProgressBook,
+        feed: FarmFeed,
     ) -> None:
         self._store = store
         self._progress = progress
+        self._feed = feed
         self._artifacts = artifacts
         self._config = config
         self._hub = hub
@@ -393,6 +397,8 @@ class _Api:
         if report is not None:
             await self._write_progress_of_unreported(node_id, report.active_job_ids)
         reply, lost = await self._store.heartbeat(node_id, report, self._config.heartbeat_interval)
+        if report is not None:
+            self._feed.note_heartbeat(node_id, report)
         _log_handed_back(lost)
         if reply.cancel_job_ids:
             log.info("Telling node %s to stop jobs %s", node_id, reply.cancel_job_ids)
@@ -649,7 +655,9 @@ class _Api:
         """
         report = _parse(JobProgress, await _read_json(request))
         await self.guard.check_node(request, report.node_id)
-        self._progress.record(await self._store.get_job(request.path_params["ref"]), report)
+        job = await self._store.get_job(request.path_params["ref"])
+        self._progress.record(job, report)
+        self._feed.note_progress(job.id, report, time.time())
         return JSONResponse({"status": "ok"})
 
     def changer(
@@ -697,6 +705,7 @@ class _Api:
             raise
         self._progress.forget(result.job_id)  # the result carries the attempt's last progress
         if outcome.changed:
+            self._feed.note_result(result, time.time())
             label = (
                 outcome.ack.status if outcome.ack.status == "retrying" else outcome.job.status.value
             )

@@ -12,7 +12,7 @@ from agent.master.store import StoreCounts
 from agent.master.ui.feed import HISTORY_POINTS, THROUGHPUT_WINDOW_S, FarmFeed, ProgressPoint
 from agent.master.ui.sessions import SESSION_LIFETIME_S, Session, SessionSigner
 from agent.master.ui.views import FarmTotals, JobView, Sparkline, ago
-from agent.models import Job, JobStatus, LiveProgress, Node
+from agent.models import HeartbeatReport, Job, JobProgress, JobResult, JobStatus, LiveProgress, Node
 
 
 def test_a_signed_session_reads_back_until_it_expires() -> None:
@@ -44,24 +44,21 @@ def test_the_csrf_token_is_the_session_s_own() -> None:
     assert first.csrf_matches(first.csrf) and not first.csrf_matches(second.csrf) and not first.csrf_matches("")
 
 
-def test_heartbeats_progress_and_results_are_noted_from_their_bodies() -> None:
-    """CPU load (when measured), a bounded progress history and completed results; each write bumps the version."""
+def test_heartbeats_progress_and_results_are_kept_as_the_routes_hand_them_over() -> None:
+    """CPU load (when measured), a bounded progress history and completed results."""
     feed = FarmFeed()
-    feed.note_write("POST", "/nodes/n1/heartbeat", json.dumps({"cpu_load_percent": 42.5}).encode())
-    feed.note_write("POST", "/nodes/n2/heartbeat", json.dumps({"cpu_load_percent": 0.0}).encode())
+    feed.note_heartbeat("n1", HeartbeatReport(cpu_load_percent=42.5))
+    feed.note_heartbeat("n2", HeartbeatReport(cpu_load_percent=0.0))
     for i in range(HISTORY_POINTS + 10):
-        feed.note_write("POST", "/jobs/j1/progress", json.dumps({"node_id": "n1", "progress": i / 10}).encode())
-    feed.note_write("POST", "/results", json.dumps({"job_id": "j1", "node_id": "n1", "status": "completed"}).encode())
-    feed.note_write("POST", "/results", json.dumps({"job_id": "j2", "node_id": "n1", "status": "failed"}).encode())
-    feed.note_write("POST", "/jobs/j3/progress", b"not json")
+        feed.note_progress("j1", JobProgress(node_id="n1", progress=i / 10), at=1000.0 + i)
+    feed.note_result(JobResult(job_id="j1", node_id="n1", status=JobStatus.COMPLETED), at=1000.0)
+    feed.note_result(JobResult(job_id="j2", node_id="n1", status=JobStatus.FAILED), at=1000.0)
     assert feed.cpu_load == {"n1": 42.5}
     history = feed.history("j1")
     assert len(history) == HISTORY_POINTS and history[-1].percent == (HISTORY_POINTS + 9) / 10
     assert feed.history("j3") == []
-    assert feed.version == 2 + HISTORY_POINTS + 10 + 3
-    now = history[-1].at
-    assert feed.completed_recently(now) == 1
-    assert feed.completed_recently(now + THROUGHPUT_WINDOW_S + 1) == 0
+    assert feed.completed_recently(1000.0) == 1
+    assert feed.completed_recently(1000.0 + THROUGHPUT_WINDOW_S + 1) == 0
 
 
 async def test_a_waiting_page_wakes_on_the_next_change() -> None:

@@ -4,22 +4,20 @@ Every state change of the farm reaches the master as a request that writes —
 a submit, a cancel, a heartbeat, a progress report, a result — so
 :class:`WatchWrites`, a middleware around the API, notes each one answered
 2xx in a :class:`FarmFeed`. Pages subscribed over server-sent events
-(``/ui/events``) wake on it, and the master's handlers stay as they are.
+(``/ui/events``) wake on it.
 
-Three things the store does not keep are taken from the small bodies of
-those requests and held here, bounded: each node's CPU load from its last
-heartbeat, each running job's recent progress reports (the job page's
-history), and when results completed a job (the farm's throughput). They
-are this master's view: behind several masters on one PostgreSQL each sees
-the agents that talk to it, and a restart starts them afresh.
+Three things the store does not keep are handed to the feed by the API's
+routes, from the requests they have already read, and held here, bounded:
+each node's CPU load from its last heartbeat, each running job's recent
+progress reports (the job page's history), and when results completed a job
+(the farm's throughput). They are this master's view: behind several
+masters on one PostgreSQL each sees the agents that talk to it, and a
+restart starts them afresh.
 """
 
 from __future__ import annotations
 
 import collections
-import json
-import re
-import time
 
 import attrs
 import trio
@@ -35,10 +33,6 @@ HISTORY_POINTS = 300
 HISTORY_JOBS = 500
 # Completed jobs per this window make the farm's throughput.
 THROUGHPUT_WINDOW_S = 600.0
-# Heartbeats, progress reports and results are a few hundred bytes; more is not one of them.
-_BODY_LIMIT = 16 * 1024
-_HEARTBEAT = re.compile(r"/nodes/(?P<ref>[^/]+)/heartbeat")
-_PROGRESS = re.compile(r"/jobs/(?P<ref>[^/]+)/progress")
 _READS = ("GET", "HEAD", "OPTIONS")
 
 
@@ -105,34 +99,9 @@ class FarmFeed:
         while self._completed and self._completed[0] < now - THROUGHPUT_WINDOW_S:
             self._completed.popleft()
 
-    def note_write(self, method: str, path: str, body: bytes) -> None:
-        """A write answered 2xx: take what the dashboard keeps from its body, then wake the pages."""
-        now = time.time()
-        try:
-            data = json.loads(body) if body else None
-            if (match := _HEARTBEAT.fullmatch(path)) and data is not None:
-                self.note_heartbeat(match["ref"], HeartbeatReport.from_json(data))
-            elif match := _PROGRESS.fullmatch(path):
-                self.note_progress(match["ref"], JobProgress.from_json(data), now)
-            elif path == "/results" and method == "POST":
-                self.note_result(JobResult.from_json(data), now)
-        except ValueError:
-            pass  # the handler accepted it; a body we cannot read only costs the dashboard a detail
-        self.note_change()
-
-
-def _wants_body(method: str, path: str) -> bool:
-    return method == "POST" and (
-        path == "/results" or _HEARTBEAT.fullmatch(path) is not None or _PROGRESS.fullmatch(path) is not None
-    )
-
 
 class WatchWrites:
-    """ASGI middleware: tell ``feed`` of every request that writes and is answered 2xx.
-
-    Reads pass untouched; the bodies of heartbeats, progress reports and
-    results are copied as the handler reads them (at most 16 KiB each).
-    """
+    """ASGI middleware: tell ``feed`` of every request that writes and is answered 2xx."""
 
     def __init__(self, app: ASGIApp, feed: FarmFeed) -> None:
         self._app = app
@@ -142,15 +111,7 @@ class WatchWrites:
         if scope["type"] != "http" or scope["method"] in _READS:
             await self._app(scope, receive, send)
             return
-        method, path = scope["method"], scope["path"]
-        body = bytearray()
         status = 0
-
-        async def copying_receive() -> Message:
-            message = await receive()
-            if message["type"] == "http.request" and len(body) < _BODY_LIMIT:
-                body.extend(message.get("body", b""))
-            return message
 
         async def watching_send(message: Message) -> None:
             nonlocal status
@@ -158,7 +119,6 @@ class WatchWrites:
                 status = message["status"]
             await send(message)
 
-        await self._app(scope, copying_receive if _wants_body(method, path) else receive, watching_send)
+        await self._app(scope, receive, watching_send)
         if 200 <= status < 300:
-            self._feed.note_write(method, path, bytes(body) if len(body) <= _BODY_LIMIT else b"")
-
+            self._feed.note_change()
