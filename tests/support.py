@@ -219,7 +219,8 @@ def _ignore(percent: float, snapshot: ProgressSnapshot) -> None:
 
 
 async def run_job(
-    runner: JobRunner, job: Job, on_progress: Callable[[float, ProgressSnapshot], None] = _ignore
+    runner: JobRunner, job: Job, on_progress: Callable[[float, ProgressSnapshot], None] = _ignore,
+    on_launch: Callable[[], None] = lambda: None,
 ) -> JobResult:
     """One job through the runner and its lifecycle, as a worker runs it, with no master to report to."""
     life = JobLife(job, "node-1")
@@ -233,7 +234,7 @@ async def run_job(
             life.handle(Progressed(percent, snapshot, trio.current_time()))
             on_progress(percent, snapshot)
 
-        outcome = await runner.run(job, action.spec, progressed, trio.CancelScope())
+        outcome = await runner.run(job, action.spec, progressed, trio.CancelScope(), on_launch)
         [action] = life.handle(EncoderExited(outcome))
     assert isinstance(action, Report)
     return action.result

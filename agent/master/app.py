@@ -516,6 +516,8 @@ class _Api:
                 headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)},
             )
         job = await self._store.submit(job_request, self._config.max_retries)
+        # An agent's long-poll (or the push channel) woken by the submit claims it before this answer is made.
+        await trio.sleep(0)
         log.info("Job %s submitted (#%d, scenario: %s)", job.id, job.sequence_number, job.scenario)
         [explained] = await self._explained([job])
         return JSONResponse(explained.to_json(), status_code=201)

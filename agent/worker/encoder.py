@@ -52,6 +52,8 @@ class EncoderWatch:
     """What we learned from a running encoder; readable even after a cancel."""
 
     on_progress: Callable[[ProgressSnapshot], None] = lambda snapshot: None
+    # Called once the encoder process runs (its pid is set).
+    on_start: Callable[[], None] = lambda: None
     pid: int | None = None
     returncode: int | None = None
     last_progress: ProgressSnapshot | None = None
@@ -111,6 +113,7 @@ async def run_encoder(
             partial(run_child, argv, guardian=guardian, stop=partial(stop_process_group, stop), cwd=cwd)
         )
         watch.pid = process.pid
+        watch.on_start()
         log.debug("encoder started, pid %d: %s", process.pid, " ".join(argv))
         # Only the stall deadline cancels this scope; the caller's cancels come from outside it.
         nursery.cancel_scope.deadline = stall.deadline

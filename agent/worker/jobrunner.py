@@ -250,18 +250,22 @@ class JobRunner:
         spec: EncodeSpec,
         on_progress: Callable[[float, ProgressSnapshot], None],
         stop: trio.CancelScope,
+        on_launch: Callable[[], None] = lambda: None,
     ) -> EncodeOutcome:
         """Encode ``spec`` and say how it went; never raises for a problem of the job or this worker.
 
         Cancelling ``stop`` stops the encoder the graceful way and ends the run
         with ``stopped`` set. Only a cancellation from outside ``stop`` escapes.
+        ``on_launch`` is called once the encoder process runs (for a ladder, as
+        its encodes begin); not at all when the job fails before that.
         """
         with stop:
-            return await self._run(job, spec, on_progress)
+            return await self._run(job, spec, on_progress, on_launch)
         return EncodeOutcome(stopped=True)
 
     async def _run(
-        self, job: Job, spec: EncodeSpec, on_progress: Callable[[float, ProgressSnapshot], None]
+        self, job: Job, spec: EncodeSpec, on_progress: Callable[[float, ProgressSnapshot], None],
+        on_launch: Callable[[], None],
     ) -> EncodeOutcome:
         shortage = self._space_shortage(spec)
         if shortage:
@@ -271,8 +275,9 @@ class JobRunner:
             spec = attrs.evolve(spec, rtmp_url=await self._output_url(job, spec))
             async with self._open_input(spec) as input_path:
                 if spec.ladder is not None:
+                    on_launch()
                     return await self._encode_ladder(job, spec, input_path, on_progress)
-                return await self._encode(job, spec, input_path, on_progress)
+                return await self._encode(job, spec, input_path, on_progress, on_launch)
         except InputGenerationFailed as exc:
             return EncodeOutcome.failed(FailureReason.PLATFORM_ERROR, str(exc))
         except JobRejected as exc:
@@ -361,6 +366,7 @@ class JobRunner:
         spec: EncodeSpec,
         input_path: str,
         on_progress: Callable[[float, ProgressSnapshot], None],
+        on_launch: Callable[[], None],
     ) -> EncodeOutcome:
         output_path = self._output_path(job, spec)
         target = str(output_path) if spec.output_mode == "file" else spec.rtmp_url
@@ -373,7 +379,9 @@ class JobRunner:
                 if attempt.unavailable:
                     fallbacks.append((attempt.label, attempt.unavailable))
                     continue
-                watch = EncoderWatch(on_progress=lambda snap: on_progress(percent(snap, length), snap))
+                watch = EncoderWatch(
+                    on_progress=lambda snap: on_progress(percent(snap, length), snap), on_start=on_launch
+                )
                 started = time.monotonic()
                 argv = self._argv(attempt, spec, input_path, target)
                 log.debug("job %s: %s", job.id, argv)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, NoReturn, Protocol
 
 import attrs
@@ -68,7 +69,7 @@ class EncodeRunner(Protocol):
     def prepare(self, job: Job) -> EncodeSpec: ...
 
     async def run(
-        self, job: Job, spec: EncodeSpec, on_progress: Any, stop: trio.CancelScope
+        self, job: Job, spec: EncodeSpec, on_progress: Any, stop: trio.CancelScope, on_launch: Callable[[], None]
     ) -> EncodeOutcome: ...
 
 
@@ -127,6 +128,8 @@ class RunningJob:
     _slot_wait: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     _shown_prefetched: bool = False
     _encode_started: float | None = None
+    # Set once its encoder runs, or once it will not start soon (it waits for a slot, or it ended).
+    _launched: trio.Event = attrs.field(factory=trio.Event)
 
     @property
     def prefetched(self) -> bool:
@@ -238,6 +241,17 @@ class JobTasks:
         """Encodes expected to end within ``lead`` seconds: the slots a prefetch may wait for."""
         return sum(running.ends_within(lead) for running in self.running.values())
 
+    async def until_launched(self, job_id: str) -> None:
+        """Until the job's encoder runs, or the job waits for a slot or has ended.
+
+        The poller's next claim waits for it: a process starts in a worker
+        thread, which waits for the event loop to let go of the GIL, so a
+        claim sent meanwhile delays the encoder.
+        """
+        running = self.running.get(job_id)
+        if running is not None:
+            await running._launched.wait()
+
     def hand_back_prefetched(self) -> None:
         """Stop every prefetched job's wait for a slot: each goes back to the master unstarted."""
         for running in self.running.values():
@@ -259,6 +273,7 @@ class JobTasks:
             waiting = slot is not None and not slot.held
             if waiting and not draining:
                 assert slot is not None
+                running._launched.set()
                 await self._wait_for_slot(running, slot)
                 waiting = not slot.held
             running.mark_started()
@@ -273,6 +288,7 @@ class JobTasks:
                 self._apply(running, running.life.handle(StopRequested(StopReason.SHUTDOWN)))
                 self._apply(running, running.life.handle(Claimed(draining=True)))  # never started
                 self._apply(running, running.life.handle(EncoderExited(EncodeOutcome(stopped=True))))
+            running._launched.set()
             self._untrack(running)
             assert running.report is not None
             # Before the slot is freed: a breaker this opens hands the prefetched jobs back first.
@@ -335,7 +351,7 @@ class JobTasks:
             self.metrics.encoder_progressed(running.tally, snapshot, time.monotonic())
             self._apply(running, running.life.handle(Progressed(percent, snapshot, trio.current_time())))
 
-        outcome = await self.runner.run(running.job, spec, on_progress, running.stop_scope)
+        outcome = await self.runner.run(running.job, spec, on_progress, running.stop_scope, running._launched.set)
         self._apply(running, running.life.handle(EncoderExited(outcome)))
 
     async def _watch(self, running: RunningJob) -> NoReturn:

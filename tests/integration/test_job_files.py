@@ -46,6 +46,21 @@ async def test_a_job_that_would_fill_the_disk_is_refused_before_anything_runs(tm
     assert not (tmp_path / "inputs").exists() and not (tmp_path / "work" / "outputs").exists()
 
 
+async def test_the_launch_is_told_once_the_encoder_runs_and_never_for_a_refused_job(tmp_path: Path) -> None:
+    """What the poller waits for before its next claim: told once, before the encoder's first progress."""
+    events: list[str] = []
+    job = Job(id="job-1", scenario="144p30-h264", parameters={"duration": 1})
+    with trio.fail_after(STEP_TIMEOUT_S):
+        result = await run_job(runner(tmp_path), job, lambda percent, snapshot: events.append("progress"),
+                               lambda: events.append("launched"))
+    assert result.status is JobStatus.COMPLETED, result.error
+    assert events[0] == "launched" and events.count("launched") == 1 and "progress" in events
+    events.clear()
+    free = shutil.disk_usage(tmp_path).free
+    refused = await run_job(runner(tmp_path, min_free_mb=free // 2**20 + 2**20), job, on_launch=lambda: events.append("launched"))
+    assert refused.failure_reason == FailureReason.RESOURCE_ERROR.value and events == []
+
+
 async def test_without_persistence_the_files_are_measured_then_removed(tmp_path: Path) -> None:
     """PERSIST_OUTPUTS/PERSIST_INPUTS false: sizes are in the metrics, the files are gone."""
     result = await run(runner(tmp_path, persist_outputs=False, persist_inputs=False))

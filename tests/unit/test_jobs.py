@@ -8,6 +8,7 @@ task waits (``autojump_clock``), so simulated minutes take milliseconds.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from agent.models import FailureReason, Job, JobProgress, JobResult, JobStatus, 
 from agent.scenarios import EncodeSpec, build_spec
 from agent.worker.breaker import BreakerState, CircuitBreaker
 from agent.worker.identity import NodeTokens
-from agent.worker.jobs import STATUS_POLL_INTERVAL_S, JobTasks
+from agent.worker.jobs import STATUS_POLL_INTERVAL_S, JobTasks, Slot
 from agent.worker.lifecycle import EncodeOutcome, StopReason
 from agent.worker.metrics import AgentMetrics
 from agent.worker.progress import ProgressSnapshot
@@ -40,13 +41,19 @@ class FakeRunner:
 
     failure: FailureReason | None = None
     started: list[str] = attrs.field(factory=list)
+    # Seconds from the start of the run to the encoder's launch (its process running).
+    launch_s: float = 0.0
 
     def prepare(self, job: Job) -> EncodeSpec:
         return build_spec(job)
 
-    async def run(self, job: Job, spec: EncodeSpec, on_progress: Any, stop: trio.CancelScope) -> EncodeOutcome:
+    async def run(
+        self, job: Job, spec: EncodeSpec, on_progress: Any, stop: trio.CancelScope, on_launch: Callable[[], None]
+    ) -> EncodeOutcome:
         self.started.append(job.id)
         with stop:
+            await trio.sleep(self.launch_s)
+            on_launch()
             for second in range(1, int(spec.duration) + 1):
                 await trio.sleep(1)
                 on_progress(100.0 * second / spec.duration, ProgressSnapshot(frame=30 * second, out_time_s=second))
@@ -228,3 +235,58 @@ async def test_a_result_the_master_cannot_take_goes_to_the_outbox_and_out_when_i
                 await trio.sleep(1)
         nursery.cancel_scope.cancel()
     assert [(r.job_id, r.status) for r in master.results] == [("j1", JobStatus.COMPLETED)]
+
+
+async def claimed(driver: JobTasks, job_id: str) -> None:
+    """Until the job's task has started (tracked), without letting the mock clock move."""
+    while job_id not in driver.running:
+        await trio.sleep(0)
+
+
+async def test_until_launched_returns_once_the_encoder_runs(autojump_clock: trio.testing.MockClock) -> None:
+    """The poller's next claim waits for this: the encoder's launch, not the whole job."""
+    driver, _ = tasks(runner=FakeRunner(launch_s=0.03))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: driver.run(job(seconds=5), "node-1", draining=False))
+        await claimed(driver, "j1")
+        await driver.until_launched("j1")
+        assert trio.current_time() == pytest.approx(0.03)
+        assert "j1" in driver.running
+        nursery.cancel_scope.cancel()
+
+
+async def test_until_launched_returns_for_a_job_that_ends_without_an_encoder(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A job stopped before its process runs (here: canceled while its input is fetched) ends the wait too."""
+    driver, sink = tasks(runner=FakeRunner(launch_s=60))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: driver.run(job(seconds=5), "node-1", draining=False))
+        await claimed(driver, "j1")
+
+        async def cancel_later() -> None:
+            await trio.sleep(1)
+            driver.stop("j1", StopReason.CANCELED)
+
+        nursery.start_soon(cancel_later)
+        await driver.until_launched("j1")
+        assert trio.current_time() == pytest.approx(1)
+    assert [result.status for _, result in sink.results] == [JobStatus.CANCELED]
+    await driver.until_launched("j1")  # a job no longer here: at once
+    assert trio.current_time() == pytest.approx(1)
+
+
+async def test_until_launched_returns_for_a_prefetched_job_waiting_for_its_slot(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A prefetched job waits for a slot another job holds: the poller must not wait with it."""
+    limiter = trio.CapacityLimiter(1)
+    busy = await Slot.taken(limiter)
+    driver, _ = tasks()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: driver.run(job(seconds=5), "node-1", draining=False, slot=Slot(limiter)))
+        await claimed(driver, "j1")
+        await driver.until_launched("j1")
+        assert trio.current_time() == pytest.approx(0) and driver.prefetched == 1
+        busy.release()
+        nursery.cancel_scope.cancel()
