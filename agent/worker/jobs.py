@@ -128,7 +128,7 @@ class RunningJob:
     _slot_wait: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     _shown_prefetched: bool = False
     _encode_started: float | None = None
-    # Set once its encoder runs, or once it will not start soon (it waits for a slot, or it ended).
+    # Set once its encoder runs, or once it ended without one.
     _launched: trio.Event = attrs.field(factory=trio.Event)
 
     @property
@@ -139,6 +139,11 @@ class RunningJob:
     def mark_started(self) -> None:
         """Its slot is held: from now on it encodes (or ends unstarted), it no longer waits."""
         self._encode_started = time.monotonic()
+
+    @property
+    def launching(self) -> bool:
+        """Holding its slot, its encoder not running yet."""
+        return self._encode_started is not None and not self._launched.is_set()
 
     def ends_within(self, lead: float) -> bool:
         """Whether its encode is expected to end within ``lead`` seconds (see ``JobLife.ends_within``)."""
@@ -241,16 +246,15 @@ class JobTasks:
         """Encodes expected to end within ``lead`` seconds: the slots a prefetch may wait for."""
         return sum(running.ends_within(lead) for running in self.running.values())
 
-    async def until_launched(self, job_id: str) -> None:
-        """Until the job's encoder runs, or the job waits for a slot or has ended.
+    async def until_launched(self) -> None:
+        """Until every job holding a slot has its encoder running (or has ended).
 
-        The poller's next claim waits for it: a process starts in a worker
-        thread, which waits for the event loop to let go of the GIL, so a
-        claim sent meanwhile delays the encoder.
+        The poller's claims wait for it: a process starts in a worker thread,
+        which waits for the event loop to let go of the GIL, so a claim sent
+        meanwhile delays the encoder.
         """
-        running = self.running.get(job_id)
-        if running is not None:
-            await running._launched.wait()
+        while (launching := next((r for r in self.running.values() if r.launching), None)) is not None:
+            await launching._launched.wait()
 
     def hand_back_prefetched(self) -> None:
         """Stop every prefetched job's wait for a slot: each goes back to the master unstarted."""
@@ -273,7 +277,6 @@ class JobTasks:
             waiting = slot is not None and not slot.held
             if waiting and not draining:
                 assert slot is not None
-                running._launched.set()
                 await self._wait_for_slot(running, slot)
                 waiting = not slot.held
             running.mark_started()
@@ -298,15 +301,21 @@ class JobTasks:
             await self.reporter.deliver(running.report.result)
 
     async def _wait_for_slot(self, running: RunningJob, slot: Slot) -> None:
-        """Wait for a slot; after a while, tell the master that the job waits (stage ``prefetched``)."""
+        """Wait for a slot; after a while, tell the master that the job waits (stage ``prefetched``).
+
+        In this one task: a freed slot resumes it at once, where a sibling task
+        to cancel first would hold the next encoder back for two more turns of
+        the event loop. A slot freed while the stage is sent may go to a fresh
+        claim instead; the job then takes the next one.
+        """
         with running._slot_wait:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._show_prefetched, running)
+            with trio.move_on_after(PREFETCH_SHOWN_AFTER_S):
                 await slot.acquire()
-                nursery.cancel_scope.cancel()
+            if not slot.held:
+                await self._show_prefetched(running)
+                await slot.acquire()
 
     async def _show_prefetched(self, running: RunningJob) -> None:
-        await trio.sleep(PREFETCH_SHOWN_AFTER_S)
         if not self.progress_supported:
             return
         update = JobProgress(node_id=running.life.node_id, progress=0.0, stage=JobProgress.PREFETCHED)

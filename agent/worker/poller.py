@@ -5,7 +5,8 @@ never holds a job it has no room for, and it goes back for the next slot as
 soon as the claimed job's encoder runs (:data:`LAUNCH_WAIT_S` at most; a claim
 sent while a process starts would delay it): a queue of N jobs fills N free
 slots in N round trips, not N poll intervals. It sleeps only when the master
-has no work, or while the circuit breaker is open.
+has no work, or while the circuit breaker is open. Prefetch claims wait for
+launches too: a prefetched job taking a freed slot starts before the next is claimed.
 
 With ``--prefetch N`` it also claims while every slot is busy, up to N jobs
 and only for a running encode expected to end within :data:`PREFETCH_LEAD_S`:
@@ -49,8 +50,8 @@ PREFETCH_LEAD_S = 1.0
 # While every slot is busy, how often the poller looks again at whether one ends soon
 # (at once when a job ends or a prefetched one starts).
 PREFETCH_CHECK_S = 0.1
-# After a claim, the next one waits until the claimed job's encoder runs, this long at most:
-# starting it is a few milliseconds, fetching or generating its input may take longer.
+# A claim waits until the encoders of the jobs holding slots run, this long at most:
+# starting one is a few milliseconds, fetching or generating its input may take longer.
 LAUNCH_WAIT_S = 0.05
 
 
@@ -89,6 +90,8 @@ class Poller:
                 log.info("At max concurrent jobs (%d/%d), waiting...", self.limit, self.limit)
             self._said_full = full
             prefetch = await self._wait_for_room()
+            with trio.move_on_after(LAUNCH_WAIT_S):
+                await self.jobs.until_launched()
             try:
                 job = await job_nursery.start(partial(self._job_slot, prefetch=prefetch))
             except MasterUnavailable as exc:
@@ -104,10 +107,7 @@ class Poller:
                 log.info("The master at %s answers again", self.client.base_url)
                 self._master_failing = False
             self.backoff.reset()
-            if job is not None:
-                with trio.move_on_after(LAUNCH_WAIT_S):
-                    await self.jobs.until_launched(job.id)
-            elif not self._long_poll_supported:
+            if job is None and not self._long_poll_supported:
                 await self._wait_for_work()
 
     async def _back_off(self, exc: MasterError) -> None:

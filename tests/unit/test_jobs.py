@@ -249,7 +249,7 @@ async def test_until_launched_returns_once_the_encoder_runs(autojump_clock: trio
     async with trio.open_nursery() as nursery:
         nursery.start_soon(lambda: driver.run(job(seconds=5), "node-1", draining=False))
         await claimed(driver, "j1")
-        await driver.until_launched("j1")
+        await driver.until_launched()
         assert trio.current_time() == pytest.approx(0.03)
         assert "j1" in driver.running
         nursery.cancel_scope.cancel()
@@ -269,24 +269,29 @@ async def test_until_launched_returns_for_a_job_that_ends_without_an_encoder(
             driver.stop("j1", StopReason.CANCELED)
 
         nursery.start_soon(cancel_later)
-        await driver.until_launched("j1")
+        await driver.until_launched()
         assert trio.current_time() == pytest.approx(1)
     assert [result.status for _, result in sink.results] == [JobStatus.CANCELED]
-    await driver.until_launched("j1")  # a job no longer here: at once
+    await driver.until_launched()  # no job here: at once
     assert trio.current_time() == pytest.approx(1)
 
 
-async def test_until_launched_returns_for_a_prefetched_job_waiting_for_its_slot(
+async def test_until_launched_skips_a_prefetched_job_waiting_for_its_slot(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """A prefetched job waits for a slot another job holds: the poller must not wait with it."""
+    """A prefetched job waits for a slot another job holds: the poller must not wait with it; it waits once the slot is its."""
     limiter = trio.CapacityLimiter(1)
     busy = await Slot.taken(limiter)
-    driver, _ = tasks()
+    driver, _ = tasks(runner=FakeRunner(launch_s=0.5))
     async with trio.open_nursery() as nursery:
         nursery.start_soon(lambda: driver.run(job(seconds=5), "node-1", draining=False, slot=Slot(limiter)))
         await claimed(driver, "j1")
-        await driver.until_launched("j1")
+        await driver.until_launched()
         assert trio.current_time() == pytest.approx(0) and driver.prefetched == 1
+        await trio.sleep(1)
         busy.release()
+        while driver.prefetched:
+            await trio.sleep(0)
+        await driver.until_launched()
+        assert trio.current_time() == pytest.approx(1.5)
         nursery.cancel_scope.cancel()
