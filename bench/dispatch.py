@@ -13,9 +13,12 @@ agent processes:
 
 - Slot utilisation for each D and concurrency C: ``rounds x C`` jobs wait in
   the queue when the agent starts; utilisation is the ideal makespan
-  (``rounds x D``) over the measured one, from the first claim to the last
-  result on the master. The agent's CPU time per job comes from the same
-  runs. The same jobs, at ``--go-concurrency``, also go through
+  (``rounds x D``) over the measured one, from the first stub's start to the
+  last stub's end, as the stubs wrote them (the Celery peer's stub writes the
+  same marks, so both sides are timed between the same events). The agent's
+  makespan on its master (first claim to last result, which adds a claim's
+  and a result's round trip) is reported beside it. The agent's CPU time per
+  job comes from the same runs. The same jobs, at ``--go-concurrency``, also go through
   :class:`~bench.goloop.GoLoop`, the original Go agent's one claim per tick.
 - Dispatch latency, from ``POST /jobs`` to the encoder's start, for a job
   submitted to an idle agent, with each way the master can tell it: push
@@ -115,21 +118,23 @@ case " $* " in
   *_nvenc\\ *|*_qsv\\ *|*_vaapi\\ *) exit 1 ;;  # no hardware encoders here
 esac
 case "$output" in
-  -|pipe:*) ;;
+  -|pipe:*) output="" ;;
   *) printf '%s\\n' "$started" > "$output" ;;
 esac
 case " $* " in
-  *" -progress "*) exec {sleep} {seconds} ;;
+  *" -progress "*)
+    {sleep} {seconds}
+    [ -z "$output" ] || printf '%s\\n' "${{EPOCHREALTIME:-$(date +%s.%N)}}" >> "$output" ;;
 esac
 """
 
 UTILISATION_COLUMNS = ("loop", "D s", "jobs at once", "jobs", "ideal s", "measured s", "utilisation",
-                       "agent CPU ms per job")
+                       "agent CPU ms per job", "claim to result s", "utilisation, claim to result")
 LATENCY_COLUMNS = ("dispatch", "samples", "p50 ms", "p95 ms", "max ms")
 
 
 def write_stub(directory: Path, seconds: float) -> Path:
-    """A bash script: it records its start time in its output file (the last argument), then sleeps.
+    """A bash script: it writes its start time into its output file (the last argument), sleeps, then adds its end.
 
     bash's ``EPOCHREALTIME`` gives the start to the microsecond without
     starting another process; a probe of a hardware encoder fails, as on a
@@ -144,10 +149,21 @@ def write_stub(directory: Path, seconds: float) -> Path:
     return path
 
 
-def encoder_started(outputs: Path, job_id: str) -> float:
-    """The wall-clock time the stub wrote into the job's output file."""
+def stub_marks(marker: Path) -> tuple[float, float]:
+    """The wall-clock start and end a stub (this bench's or the Celery peer's) wrote into ``marker``."""
+    start, end = marker.read_text().split()
+    return float(start), float(end)
+
+
+def job_marks(outputs: Path, job_id: str) -> tuple[float, float]:
+    """The wall-clock start and end the stub wrote into the job's output file."""
     [output] = (outputs / job_id).iterdir()
-    return float(output.read_text())
+    return stub_marks(output)
+
+
+def stub_span(marks: Sequence[tuple[float, float]]) -> float:
+    """First stub start to last stub end: the makespan as the stubs themselves saw it, on every side alike."""
+    return max(end for _, end in marks) - min(start for start, _ in marks)
 
 
 @attrs.frozen
@@ -159,6 +175,8 @@ class Utilisation:
     repeat: int
     measured_s: float
     agent_cpu_s: float | None = None
+    # The agent's makespan as its master saw it: first claim to last result (None for Celery).
+    master_span_s: float | None = None
 
     @property
     def ideal_s(self) -> float:
@@ -231,8 +249,9 @@ class DispatchBench:
         try:
             async with MasterClient(master.url) as client:
                 ids = [(await client.submit_job(REQUEST)).id for _ in range(jobs)]
+                work = self._agent_dir()
                 agent = await self._agent(
-                    side, f"{side}-{seconds:g}s-x{concurrency}-{repeat}", master.url, self._agent_dir(),
+                    side, f"{side}-{seconds:g}s-x{concurrency}-{repeat}", master.url, work,
                     "--max-concurrent-jobs", str(concurrency), "--ffmpeg", str(self.stub(seconds)),
                     "--poll-interval", self.args.poll_interval,
                 )
@@ -244,7 +263,8 @@ class DispatchBench:
                     await agent.stop()
         finally:
             scope.cancel()
-        return Utilisation(side, seconds, concurrency, jobs, repeat, _span(done), used.agent_s)
+        marks = [job_marks(work / "outputs", job_id) for job_id in ids]
+        return Utilisation(side, seconds, concurrency, jobs, repeat, stub_span(marks), used.agent_s, _span(done))
 
     async def celery_utilisation(self, peer: CeleryPeer, seconds: float, concurrency: int, repeat: int) -> Utilisation:
         """The same jobs through the Celery worker: queued first, then the worker starts."""
@@ -252,13 +272,15 @@ class DispatchBench:
 
         def run() -> float:
             peer.flush()
-            results = [peer.submit(seconds, peer.marker()) for _ in range(jobs)]
+            markers = [peer.marker() for _ in range(jobs)]
+            results = [peer.submit(seconds, marker) for marker in markers]
             peer.start_worker(concurrency)
             try:
-                spans = [result.get(timeout=60 + 10 * jobs * seconds) for result in results]
+                for result in results:
+                    result.get(timeout=60 + 10 * jobs * seconds)
             finally:
                 peer.stop_worker()
-            return float(max(end for _, end in spans) - min(start for start, _ in spans))
+            return stub_span([stub_marks(marker) for marker in markers])
 
         span: float = await trio.to_thread.run_sync(run)
         return Utilisation(CELERY, seconds, concurrency, jobs, repeat, span)
@@ -271,7 +293,7 @@ class DispatchBench:
             marker = peer.marker()
             submitted = time.time()
             peer.submit(LATENCY_JOB_S, marker).get(timeout=30)
-            return float(marker.read_text()) - submitted
+            return stub_marks(marker)[0] - submitted
 
         latencies: list[float] = []
         await trio.to_thread.run_sync(peer.flush)
@@ -307,7 +329,8 @@ class DispatchBench:
                 loop_nursery.cancel_scope.cancel()
         finally:
             scope.cancel()
-        return Utilisation("Go loop model", seconds, concurrency, jobs, 0, _span(done))
+        span = stub_span([stub_marks(outputs / job.id) for job in done])
+        return Utilisation("Go loop model", seconds, concurrency, jobs, 0, span, master_span_s=_span(done))
 
     async def latency(self, side: str, mode: str, push: bool, long_poll: bool) -> dict[str, Any]:
         """Submit-to-start latencies of jobs sent one at a time to an idle agent."""
@@ -342,7 +365,7 @@ class DispatchBench:
                         # being measured (Celery's get() waits on a Redis subscription, costing nothing meanwhile).
                         await trio.sleep(LATENCY_JOB_S)
                         await wait_for_jobs(client, [job_id], timeout=30 + 2 * poll_interval)
-                        latencies.append(encoder_started(work / "outputs", job_id) - submitted)
+                        latencies.append(job_marks(work / "outputs", job_id)[0] - submitted)
                     await submitter.aclose()
                 finally:
                     await agent.stop()
@@ -454,11 +477,14 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
     rows = []
     for (loop, seconds, concurrency), runs in cells.items():
         cpu = [run["agent_cpu_s"] / run["jobs"] for run in runs if run["agent_cpu_s"] is not None]
+        master_spans = [run["master_span_s"] for run in runs if run.get("master_span_s") is not None]
         rows.append({
             "loop": loop, "seconds": seconds, "concurrency": concurrency, "jobs": runs[0]["jobs"],
             "ideal_s": runs[0]["ideal_s"], "measured_s": median([run["measured_s"] for run in runs]),
             "utilisation": median([run["utilisation"] for run in runs]),
             "agent_cpu_s_per_job": median(cpu),
+            "master_span_s": median(master_spans),
+            "master_utilisation": median([runs[0]["ideal_s"] / span for span in master_spans]),
         })
     order = {AGENT: 0, BEFORE: 1, CELERY: 2}
     rows.sort(key=lambda row: (row["seconds"], row["concurrency"], order.get(row["loop"], 3)))
@@ -469,7 +495,7 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
             bars[f"utilisation D={seconds:g}s x{concurrency}"] = goal(
                 row["utilisation"], bar,
                 f"Busy share of {concurrency} slots running {seconds:g} s jobs: the ideal makespan over the "
-                "measured one, first claim to last result; 1.0 means no slot ever waits for its next job.",
+                "measured one, first stub start to last stub end; 1.0 means no slot ever waits for its next job.",
             )
     bars.update(_celery_bars(rows, results["latency"]))
     return {"utilisation": rows, "latency": results["latency"], "bars": bars}
@@ -525,7 +551,7 @@ def versus_celery(summary: dict[str, Any]) -> list[tuple[str, dict[str, float]]]
 def utilisation_rows(summary: dict[str, Any]) -> list[list[Any]]:
     return [
         [row["loop"], row["seconds"], row["concurrency"], row["jobs"], row["ideal_s"], row["measured_s"],
-         row["utilisation"], 1000 * row["agent_cpu_s_per_job"]]
+         row["utilisation"], 1000 * row["agent_cpu_s_per_job"], row["master_span_s"], row["master_utilisation"]]
         for row in summary["utilisation"]
     ]
 
@@ -544,11 +570,15 @@ def markdown(summary: dict[str, Any], settings: dict[str, Any], host: dict[str, 
         f"Go loop model polls every {settings['go_poll_interval']}.",
         *([f"\"agent before\" is the agent of {settings['before']} (the same master)."] if settings.get("before") else []),
         *(["Celery: 5.x prefork worker, -c = jobs at once, prefetch multiplier 1, -O fair, Redis broker and "
-           "backend; its span is first task start to last task end, as the tasks saw them."]
+           "backend; its task runs the same kind of stub, which writes the same marks."]
           if settings.get("peer") == "celery" else []),
         f"Command: `{host['command']}`",
         "",
-        "## Slot utilisation (ideal makespan / measured, first claim to last result)",
+        "## Slot utilisation (ideal makespan / measured)",
+        "",
+        "Measured: first stub start to last stub end, from the marks each stub writes, alike on every side. "
+        "Claim to result: the agent's makespan as its master saw it, first claim to last result recorded, "
+        "which adds a claim's and a result's round trip.",
         "",
         markdown_table(UTILISATION_COLUMNS, utilisation_rows(summary)),
         "",
