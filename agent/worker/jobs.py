@@ -52,7 +52,7 @@ from agent.worker.lifecycle import (
 from agent.worker.metrics import AgentMetrics, EncoderTally
 from agent.worker.progress import ProgressSnapshot
 
-__all__ = ["EncodeRunner", "JobTasks", "ProgressCalls", "ResultSink", "RunningJob", "Slot"]
+__all__ = ["LAUNCH_WAIT_S", "EncodeRunner", "JobTasks", "ProgressCalls", "ResultSink", "RunningJob", "Slot"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,9 @@ STATUS_POLL_INTERVAL_S = 5.0
 # A prefetched job still waiting for a slot after this long is shown as such on the master;
 # one that waits less costs no request (most wait a fraction of a job's length).
 PREFETCH_SHOWN_AFTER_S = 1.0
+# A claim, or a result, waits until the encoders of the jobs holding slots run, this long at most:
+# starting one is a few milliseconds, fetching or generating its input may take longer.
+LAUNCH_WAIT_S = 0.05
 
 
 class EncodeRunner(Protocol):
@@ -298,7 +301,20 @@ class JobTasks:
             self._account(running, running.report)
             if slot is not None:
                 slot.release()
+                await self._let_next_launch()
             await self.reporter.deliver(running.report.result)
+
+    async def _let_next_launch(self) -> None:
+        """Let a job that waited for the slot just freed start its encoder before the result is sent.
+
+        A turn of the event loop lets it take the slot; building and sending
+        the result would otherwise hold up its process start (see
+        :meth:`until_launched`). The slot is free already, so the result
+        waits a few milliseconds at most, and not at all with no such job.
+        """
+        await trio.sleep(0)
+        with trio.move_on_after(LAUNCH_WAIT_S):
+            await self.until_launched()
 
     async def _wait_for_slot(self, running: RunningJob, slot: Slot) -> None:
         """Wait for a slot; after a while, tell the master that the job waits (stage ``prefetched``).

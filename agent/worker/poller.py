@@ -34,7 +34,7 @@ from agent.client import MasterClient, MasterError, MasterUnavailable, UnknownTo
 from agent.models import Job
 from agent.worker.backoff import Backoff
 from agent.worker.breaker import BreakerState, CircuitBreaker
-from agent.worker.jobs import JobTasks, Slot
+from agent.worker.jobs import LAUNCH_WAIT_S, JobTasks, Slot
 from agent.worker.state import AgentState
 
 log = logging.getLogger(__name__)
@@ -50,9 +50,6 @@ PREFETCH_LEAD_S = 1.0
 # While every slot is busy, how often the poller looks again at whether one ends soon
 # (at once when a job ends or a prefetched one starts).
 PREFETCH_CHECK_S = 0.1
-# A claim waits until the encoders of the jobs holding slots run, this long at most:
-# starting one is a few milliseconds, fetching or generating its input may take longer.
-LAUNCH_WAIT_S = 0.05
 
 
 @attrs.define

@@ -295,3 +295,19 @@ async def test_until_launched_skips_a_prefetched_job_waiting_for_its_slot(
         await driver.until_launched()
         assert trio.current_time() == pytest.approx(1.5)
         nursery.cancel_scope.cancel()
+
+
+async def test_a_freed_slots_next_job_launches_before_the_result_is_sent(autojump_clock: trio.testing.MockClock) -> None:
+    """The prefetched job takes the slot and starts its encoder; only then does the result of the one before go."""
+    limiter = trio.CapacityLimiter(1)
+    driver, sink = tasks(runner=FakeRunner(launch_s=0.01))
+    first = await Slot.taken(limiter)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: driver.run(job("first", seconds=1), "node-1", draining=False, slot=first))
+        nursery.start_soon(lambda: driver.run(job("next", seconds=5), "node-1", draining=False, slot=Slot(limiter)))
+        while not sink.results:
+            await trio.sleep(0.001)
+        nursery.cancel_scope.cancel()
+    [(delivered_at, result)] = [(at, r) for at, r in sink.results if r.job_id == "first"]
+    # The first encode launched at 0.01 and ran 1 s; the next launched 0.01 s after taking the slot.
+    assert delivered_at == pytest.approx(1.02) and result.status is JobStatus.COMPLETED

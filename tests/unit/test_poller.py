@@ -9,9 +9,9 @@ import trio.testing
 
 from agent.models import Job
 from agent.worker.breaker import CircuitBreaker
-from agent.worker.jobs import JobTasks
+from agent.worker.jobs import LAUNCH_WAIT_S, JobTasks
 from agent.worker.metrics import AgentMetrics
-from agent.worker.poller import LAUNCH_WAIT_S, Poller
+from agent.worker.poller import Poller
 from agent.worker.state import AgentState
 from tests.unit.test_jobs import FakeMaster, FakeRunner, Sink, job
 
