@@ -300,21 +300,27 @@ class JobTasks:
             # Before the slot is freed: a breaker this opens hands the prefetched jobs back first.
             self._account(running, running.report)
             if slot is not None:
+                next_up = self._longest_waiting()
                 slot.release()
-                await self._let_next_launch()
+                if next_up is not None:
+                    await self._let_launch(next_up)
             await self.reporter.deliver(running.report.result)
 
-    async def _let_next_launch(self) -> None:
-        """Let a job that waited for the slot just freed start its encoder before the result is sent.
+    def _longest_waiting(self) -> RunningJob | None:
+        """The prefetched job that has waited longest: a freed slot goes to it (the limiter is FIFO)."""
+        return next((running for running in self.running.values() if running.prefetched), None)
 
-        A turn of the event loop lets it take the slot; building and sending
-        the result would otherwise hold up its process start (see
-        :meth:`until_launched`). The slot is free already, so the result
-        waits a few milliseconds at most, and not at all with no such job.
+    async def _let_launch(self, running: RunningJob) -> None:
+        """Let the job the freed slot went to start its encoder before the result is sent.
+
+        Building and sending the result would otherwise hold up its process
+        start (see :meth:`until_launched`). The slot is free already, so the
+        result waits a few milliseconds, :data:`LAUNCH_WAIT_S` at most.
+        Shielded, as the delivery after it: a cancel (the agent quitting)
+        must not skip the result.
         """
-        await trio.sleep(0)
-        with trio.move_on_after(LAUNCH_WAIT_S):
-            await self.until_launched()
+        with trio.move_on_after(LAUNCH_WAIT_S, shield=True):
+            await running._launched.wait()
 
     async def _wait_for_slot(self, running: RunningJob, slot: Slot) -> None:
         """Wait for a slot; after a while, tell the master that the job waits (stage ``prefetched``).

@@ -6,7 +6,8 @@ soon as the claimed job's encoder runs (:data:`LAUNCH_WAIT_S` at most; a claim
 sent while a process starts would delay it): a queue of N jobs fills N free
 slots in N round trips, not N poll intervals. It sleeps only when the master
 has no work, or while the circuit breaker is open. Prefetch claims wait for
-launches too: a prefetched job taking a freed slot starts before the next is claimed.
+launches too: a prefetched job taking a freed slot starts before the next
+claim is sent.
 
 With ``--prefetch N`` it also claims while every slot is busy, up to N jobs
 and only for a running encode expected to end within :data:`PREFETCH_LEAD_S`:

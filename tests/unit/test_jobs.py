@@ -311,3 +311,24 @@ async def test_a_freed_slots_next_job_launches_before_the_result_is_sent(autojum
     [(delivered_at, result)] = [(at, r) for at, r in sink.results if r.job_id == "first"]
     # The first encode launched at 0.01 and ran 1 s; the next launched 0.01 s after taking the slot.
     assert delivered_at == pytest.approx(1.02) and result.status is JobStatus.COMPLETED
+
+
+async def test_a_job_cancelled_from_outside_with_a_slot_still_delivers_its_result(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A cancel from outside ends the job as a shutdown: its slot goes to the prefetched job and the result still goes.
+
+    The result waits for the prefetched job's launch first: a wait that the cancel cut short would skip the delivery.
+    """
+    limiter = trio.CapacityLimiter(1)
+    driver, sink = tasks(runner=FakeRunner(launch_s=0.01))
+    slot = await Slot.taken(limiter)
+    async with trio.open_nursery() as outer:
+        outer.start_soon(lambda: driver.run(job("prefetched", seconds=5), "node-1", draining=False, slot=Slot(limiter)))
+        async with trio.open_nursery() as inner:
+            inner.start_soon(lambda: driver.run(job("running", seconds=60), "node-1", draining=False, slot=slot))
+            await trio.sleep(2.5)
+            inner.cancel_scope.cancel()
+        assert [(result.job_id, result.status) for _, result in sink.results] == [("running", JobStatus.FAILED)]
+        assert "prefetched" in driver.running and not driver.running["prefetched"].prefetched
+        outer.cancel_scope.cancel()
