@@ -84,9 +84,11 @@ class Guardian:
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the guardian process until cancelled; closing its pipe lets it exit quietly."""
 
+        # The process's own pipe: a cancel may come before ``self._stdin`` is set (a signal while
+        # the agent starts), and the guardian, deaf to signals, leaves only on end of file.
         async def close_pipe(process: trio.Process) -> None:
-            if self._stdin is not None:
-                await self._stdin.aclose()
+            if process.stdin is not None:
+                await process.stdin.aclose()
 
         async with trio.open_nursery() as nursery:
             process = await nursery.start(

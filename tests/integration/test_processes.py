@@ -86,3 +86,18 @@ async def test_a_marked_child_never_watched_is_killed_too(tmp_path: Path) -> Non
         child.kill()
         child.wait()
         guardian_process.wait()
+
+
+async def test_a_guardian_whose_start_is_cancelled_exits_at_any_moment() -> None:
+    """A signal while the agent starts may cancel the guardian's start after its process exists.
+
+    Its pipe is closed then too, so the guardian (which ignores SIGINT and SIGTERM) exits and the
+    start returns; the cancel comes at a spread of moments across the start.
+    """
+    for attempt in range(40):
+        guardian = Guardian()
+        with trio.fail_after(10):
+            with trio.move_on_after(attempt * 0.0005):
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(guardian.serve)
+                    nursery.cancel_scope.cancel()
