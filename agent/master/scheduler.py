@@ -128,12 +128,16 @@ def _hardware_codec(job: Job) -> str:
 
 
 def can_run(job: Job, node: Node) -> bool:
-    """Whether ``node`` can encode ``job``: a hardware codec needs a GPU that offers it.
+    """Whether ``node`` can encode ``job``: a hardware codec needs a GPU that offers it."""
+    return _offers(node, _hardware_codec(job))
+
+
+def _offers(node: Node, codec: str) -> bool:
+    """Whether ``node`` offers the GPU family ``codec`` (``""``: none needed).
 
     A GPU node that lists no capabilities is trusted with any hardware codec,
     as the Go agent reports none.
     """
-    codec = _hardware_codec(job)
     if not codec:
         return True
     if not node.has_gpu:
@@ -162,19 +166,27 @@ def waiting_reason(job: Job, nodes: Iterable[Node], now: dt.datetime, heartbeat_
 
     The first reason that holds is given, so the operator reads what to change:
     no node at all, no node with the hardware codec the job names, or only
-    drained nodes that could run it.
+    drained nodes that could run it. Every submit and every read of a pending
+    job asks, so the nodes are gone through once and only until one could
+    take the job: in a working farm, the first live node.
     """
     if job.status is not JobStatus.PENDING:
         return ""
-    live = [node for node in nodes if is_live(node, now, heartbeat_interval)]
-    if not live:
+    codec = _hardware_codec(job)
+    any_live = any_capable = False
+    for node in nodes:
+        if not is_live(node, now, heartbeat_interval):
+            continue
+        any_live = True
+        if _offers(node, codec):
+            if not _is_drained(node):
+                return ""
+            any_capable = True
+    if not any_live:
         return "waiting: no node is online"
-    capable = [node for node in live if can_run(job, node)]
-    if not capable:
-        return f"waiting: no node offers {_hardware_codec(job)}"
-    if all(_is_drained(node) for node in capable):
-        return "waiting: every node that can run it is draining (ffrtmp nodes undrain NODE)"
-    return ""
+    if not any_capable:
+        return f"waiting: no node offers {codec}"
+    return "waiting: every node that can run it is draining (ffrtmp nodes undrain NODE)"
 
 
 def claim(job: Job, node: Node, now: dt.datetime) -> Job:

@@ -145,6 +145,12 @@ def test_a_pending_job_says_why_no_node_takes_it() -> None:
     )
     assert scheduler.waiting_reason(job(2), [live], T0, 30.0) == ""
     assert scheduler.waiting_reason(leased(3), [], T0, 30.0) == ""
+    # Any order of nodes: a drained or unable one before the one that can take it changes nothing.
+    gpu = attrs.evolve(live, has_gpu=True, gpu_capabilities=["h264_nvenc"])
+    assert scheduler.waiting_reason(nvenc, [scheduler.drain(gpu), live, gpu], T0, 30.0) == ""
+    assert scheduler.waiting_reason(nvenc, [live, scheduler.drain(gpu)], T0, 30.0).startswith(
+        "waiting: every node that can run it is draining"
+    )
 
 
 def test_hardware_codecs_need_a_gpu_that_offers_them() -> None:
