@@ -657,9 +657,9 @@ class _Api:
         """
         report = _parse(JobProgress, await _read_json(request))
         await self.guard.check_node(request, report.node_id)
-        job = await self._store.get_job(request.path_params["ref"])
-        self._progress.record(job, report)
-        self._feed.note_progress(job.id, report, time.time())
+        lease = await self._store.lease(request.path_params["ref"])
+        self._progress.record(lease, report)
+        self._feed.note_progress(lease.job_id, report, time.time())
         return JSONResponse({"status": "ok"})
 
     def changer(

@@ -66,16 +66,15 @@ class ProgressBook:
         # Flushes take turns, so an older batch never lands after a newer one.
         self._flushing = trio.Lock()
 
-    def record(self, job: Job, report: JobProgress) -> Job:
-        """Keep ``report`` for the stored ``job``; the job as it now reads.
+    def record(self, lease: scheduler.Lease, report: JobProgress) -> None:
+        """Keep ``report`` for the job of the stored ``lease``.
 
         Raises:
             Conflict: the job is not leased to ``report.node_id``.
         """
-        updated = scheduler.record_progress(job, report)
+        lease.check_held_by(report.node_id)
         self._metrics.progress_updates.inc()
-        self._pending[job.id] = LeasedProgress(job.id, job.sequence_number, job.started_at, report)
-        return updated
+        self._pending[lease.job_id] = LeasedProgress(lease.job_id, lease.sequence_number, lease.started_at, report)
 
     def merged(self, job: Job) -> Job:
         """The stored ``job`` with the progress this master holds for it and has not yet written."""

@@ -35,6 +35,7 @@ __all__ = [
     "OFFLINE_AFTER_BEATS",
     "FREE_HANDBACKS",
     "Conflict",
+    "Lease",
     "NameTaken",
     "ResultOutcome",
     "apply_heartbeat",
@@ -220,6 +221,24 @@ def _unleased(job: Job, **changes: Any) -> Job:
 
 def _is_leased_to(job: Job, node_id: str) -> bool:
     return job.status is JobStatus.PROCESSING and job.node_id == node_id
+
+
+@attrs.frozen
+class Lease:
+    """Who holds a job, and since when: what a progress report is checked against, read without the rest of the job."""
+
+    job_id: str
+    sequence_number: int
+    status: JobStatus
+    node_id: str
+    started_at: dt.datetime | None
+
+    def check_held_by(self, node_id: str) -> None:
+        """Raises:
+            Conflict: the job is not leased to ``node_id``.
+        """
+        if not (self.status is JobStatus.PROCESSING and self.node_id == node_id):
+            raise Conflict(f"job {self.job_id} is not leased to node {node_id}")
 
 
 # --- results -----------------------------------------------------------------

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
         Queue,
     )
     from ..progress import LeasedProgress
-    from ..scheduler import ResultOutcome
+    from ..scheduler import Lease, ResultOutcome
 
 __all__ = ["NotFound", "Registered", "Store", "StoreCounts", "StoreError"]
 
@@ -79,6 +79,9 @@ class Store(Protocol):
 
     async def get_job(self, ref: str) -> Job:
         """A job by id, or by sequence number when ``ref`` is all digits."""
+
+    async def lease(self, ref: str) -> Lease:
+        """Who holds the job ``ref`` names (as :meth:`get_job`) and since when, without the rest of it."""
 
     async def list_jobs(
         self,

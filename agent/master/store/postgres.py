@@ -51,6 +51,7 @@ POSTGRES = Dialect(
     skip_locked=" FOR UPDATE SKIP LOCKED",
     next_sequence="SELECT nextval('job_sequence_numbers')",
     announce=f"NOTIFY {CHANNEL}",
+    body_field="(body::json ->> '{}')",
 )
 
 _T = TypeVar("_T")

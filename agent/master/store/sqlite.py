@@ -69,6 +69,7 @@ SQLITE = Dialect(
     skip_locked="",
     next_sequence="SELECT COALESCE(MAX(sequence_number), 0) + 1 FROM jobs",
     announce="",
+    body_field="json_extract(body, '$.{}')",
 )
 
 _T = TypeVar("_T")
