@@ -266,8 +266,8 @@ def _ack_json(ack: ResultAck) -> dict[str, Any]:
     return ack.to_json()
 
 
-async def _wait_for_job(receive: Receive, available: trio.Event, deadline: float) -> bool:
-    """Wait until a job may be pending, or the deadline; ``False`` when the client hung up.
+async def _wait_for_job(receive: Receive, woken: trio.Event, deadline: float) -> bool:
+    """Wait until woken for a job (:mod:`.doorbell`), or the deadline; ``False`` when the client hung up.
 
     Claiming for a client that left would lease a job nobody runs.
     """
@@ -283,7 +283,7 @@ async def _wait_for_job(receive: Receive, available: trio.Event, deadline: float
 
         nursery.start_soon(watch_client)
         with trio.move_on_at(deadline):
-            await available.wait()
+            await woken.wait()
         nursery.cancel_scope.cancel()
     return not client_left
 
@@ -638,14 +638,23 @@ class _Api:
         except ValueError:
             raise HTTPException(400, "wait must be a number of seconds") from None
         deadline = trio.current_time() + wait
-        while True:
-            # Taken before the claim, so a submit between the two still wakes us.
-            available = self._store.job_available
-            job = await self._claim(node_id)
-            if job is not None or trio.current_time() >= deadline:
-                break
-            if not await _wait_for_job(request.receive, available, deadline):
-                return JSONResponse({"job": None})
+        doorbell = self._store.doorbell
+        node = await self._nodes.node(node_id) if wait > 0 else None
+        # Queued before each claim, so a job queued during the claim still wakes it.
+        waiter = doorbell.enter(node) if wait > 0 else None
+        try:
+            while True:
+                job = await self._claim(node_id)
+                if job is not None or waiter is None or trio.current_time() >= deadline:
+                    break
+                if not await _wait_for_job(request.receive, waiter.woken, deadline):
+                    return JSONResponse({"job": None})
+                if waiter.woken.is_set():  # the claim that follows answers the wake
+                    doorbell.leave(waiter, used=True)
+                    waiter = doorbell.enter(node)
+        finally:
+            if waiter is not None:
+                doorbell.leave(waiter)
         if job is not None:
             log.info("Job %s (#%d) leased to node %s", job.id, job.sequence_number, job.node_name)
         return JSONResponse({"job": job.to_json() if job is not None else None})

@@ -82,5 +82,5 @@ class EventHub:
         """
         task_status.started()
         while True:
-            await store.job_available.wait()
+            await store.doorbell.rung.wait()
             self.broadcast(AgentEvent.job_available())

@@ -7,6 +7,9 @@ a farm of hundreds of nodes. The view keeps the last read for a moment; a
 change of nodes through this master (registration, drain, deletion ...)
 drops it at once, so a reason is never staler than :data:`NODE_VIEW_S`, and
 only for what happened elsewhere: a node going silent, another master's changes.
+Waiting long-polls are woken for the jobs their nodes can take as the view has
+them (:mod:`.doorbell`). One read at a time: requests arriving during a read
+wait for it rather than start their own.
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ class NodeView:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._nodes: list[Node] = []
+        self._by_id: dict[str, Node] = {}
         self._until = -NODE_VIEW_S
+        self._reading = trio.Lock()
 
     async def nodes(self) -> list[Node]:
         """Every node, read afresh when the last read is older than :data:`NODE_VIEW_S` or was dropped.
@@ -40,9 +45,17 @@ class NodeView:
             StoreError: the database failed.
         """
         if trio.current_time() >= self._until:
-            self._nodes = await self._store.list_nodes()
-            self._until = trio.current_time() + NODE_VIEW_S
+            async with self._reading:
+                if trio.current_time() >= self._until:  # not read meanwhile
+                    self._nodes = await self._store.list_nodes()
+                    self._by_id = {node.id: node for node in self._nodes}
+                    self._until = trio.current_time() + NODE_VIEW_S
         return self._nodes
+
+    async def node(self, node_id: str) -> Node | None:
+        """The node as :meth:`nodes` has it; None when it is not there (yet)."""
+        await self.nodes()
+        return self._by_id.get(node_id)
 
     def changed(self) -> None:
         """A node changed through this master: the next reason reads the nodes afresh."""

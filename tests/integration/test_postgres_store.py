@@ -174,12 +174,18 @@ async def test_a_ref_that_cannot_name_a_job_is_not_found(store: Store, ref: str)
 
 
 async def test_a_job_queued_through_one_master_wakes_the_other(database: str) -> None:
-    """NOTIFY/LISTEN: the second store's job_available is set by a submit on the first."""
+    """NOTIFY/LISTEN with the count: a submit on the first wakes one long-poll waiting on the second, two wake two."""
     async with open_store("", dsn=database) as first, open_store("", dsn=database) as second:
-        woken = second.job_available
+        waiters = [second.doorbell.enter(None) for _ in range(4)]
         await first.submit(H264, max_retries=3)
         with trio.fail_after(5):
-            await woken.wait()
+            await waiters[0].woken.wait()
+        await first.submit(H264, max_retries=3)
+        await first.submit(H264, max_retries=3)
+        with trio.fail_after(5):
+            await waiters[2].woken.wait()
+        await trio.sleep(0.3)  # an extra wake would have come by now
+        assert [waiter.woken.is_set() for waiter in waiters] == [True, True, True, False]
 
 
 async def test_an_unreachable_database_is_a_store_error_naming_it_without_the_password(tmp_path: Path) -> None:

@@ -9,8 +9,6 @@ from typing import TYPE_CHECKING, Protocol
 import attrs
 
 if TYPE_CHECKING:
-    import trio
-
     from ...models import (
         HeartbeatReply,
         HeartbeatReport,
@@ -23,6 +21,7 @@ if TYPE_CHECKING:
         NodeRegistration,
         Queue,
     )
+    from ..doorbell import Doorbell
     from ..progress import LeasedProgress
     from ..scheduler import Lease, ResultOutcome
 
@@ -69,11 +68,8 @@ class Store(Protocol):
     """
 
     @property
-    def job_available(self) -> trio.Event:
-        """Set (and replaced) whenever a job becomes pending; long-polls wait on it.
-
-        Take it *before* a claim that came back empty, so a submit in between is not missed.
-        """
+    def doorbell(self) -> Doorbell:
+        """Rung whenever jobs become pending, here or (PostgreSQL) through another master; long-polls wait on it."""
 
     async def submit(self, request: JobRequest, max_retries: int) -> Job: ...
 

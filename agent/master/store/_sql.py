@@ -24,7 +24,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
 
 import attrs
-import trio
 
 from ...models import (
     HeartbeatReply,
@@ -43,6 +42,7 @@ from ...models import (
 from ...scenarios import ARTIFACT_PREFIX
 from .. import scheduler
 from ..artifacts import is_sha256
+from ..doorbell import Doorbell
 from ..tokens import token_matches
 from ._base import NotFound, Registered, StoreCounts
 
@@ -89,7 +89,7 @@ class Dialect:
     skip_locked: str
     # A query returning the next job sequence number.
     next_sequence: str
-    # Run in a transaction that made a job pending, to wake other masters ("" for none).
+    # Run in a transaction that made jobs pending, with their count, to wake other masters ("" for none).
     announce: str
     # An expression reading the text of the top-level field ``{}`` of a row's JSON ``body`` (NULL if null).
     body_field: str
@@ -220,7 +220,7 @@ class SqlStore:
     def __init__(self, db: Database) -> None:
         self._db = db
         self._sql = db.dialect
-        self._job_available = trio.Event()
+        self._doorbell = Doorbell()
 
     async def aclose(self) -> None:
         await self._db.aclose()
@@ -234,17 +234,17 @@ class SqlStore:
     # --- waking long-polls -------------------------------------------------------------
 
     @property
-    def job_available(self) -> trio.Event:
-        return self._job_available
+    def doorbell(self) -> Doorbell:
+        return self._doorbell
 
-    def ring(self) -> None:
-        """Wake everyone waiting for a job; also called when another master announces one."""
-        self._job_available.set()
-        self._job_available = trio.Event()
+    def _ring(self, jobs: Iterable[Job]) -> None:
+        """Wake a long-poll for each of ``jobs`` that is pending now (:mod:`agent.master.doorbell`)."""
+        self._doorbell.ring(job for job in jobs if job.status is JobStatus.PENDING)
 
-    def _announce(self, tx: Transaction) -> None:
+    def _announce(self, tx: Transaction, pending: int) -> None:
+        """Tell other masters (on PostgreSQL) that this transaction made ``pending`` jobs pending."""
         if self._sql.announce:
-            tx.run(self._sql.announce)
+            tx.run(self._sql.announce, [str(pending)])
 
     # --- rows --------------------------------------------------------------------------
 
@@ -336,8 +336,8 @@ class SqlStore:
             self._record_attempt(
                 tx, before, job, JobAttempt.LOST, now, failure_reason=job.failure_reason, error=job.error
             )
-        if any(job.status is JobStatus.PENDING for job in returned):
-            self._announce(tx)
+        if pending := sum(job.status is JobStatus.PENDING for job in returned):
+            self._announce(tx, pending)
         return returned
 
     def _refer(self, tx: Transaction, job: Job, package_files: Sequence[str] = ()) -> None:
@@ -404,11 +404,11 @@ class SqlStore:
             )
             self._insert_job(tx, job)
             self._refer(tx, job)
-            self._announce(tx)
+            self._announce(tx, 1)
             return job
 
         job = await self._db.write(insert, quick=True)
-        self.ring()
+        self._ring([job])
         return job
 
     async def get_job(self, ref: str) -> Job:
@@ -545,13 +545,12 @@ class SqlStore:
                     failure_reason=result.failure_reason, error=result.error,
                 )
                 if outcome.job.status is JobStatus.PENDING:
-                    self._announce(tx)
+                    self._announce(tx, 1)
             self._release(tx, holder if job.node_id == result.node_id else None, job, outcome.job)
             return outcome
 
         outcome = await self._db.write(apply, quick=True)
-        if outcome.job.status is JobStatus.PENDING:
-            self.ring()
+        self._ring([outcome.job])
         return outcome
 
     async def change_job(self, ref: str, change: Callable[[Job], Job]) -> tuple[Job, Job]:
@@ -563,12 +562,11 @@ class SqlStore:
             self._record_attempt(tx, before, after, after.status.value, utcnow())
             self._release(tx, holder, before, after)
             if after.status is JobStatus.PENDING:
-                self._announce(tx)
+                self._announce(tx, 1)
             return before, after
 
         before, after = await self._db.write(apply, quick=True)
-        if after.status is JobStatus.PENDING:
-            self.ring()
+        self._ring([after])
         return before, after
 
     async def save_progress(self, updates: Sequence[LeasedProgress]) -> int:
@@ -612,13 +610,12 @@ class SqlStore:
                     )
                     self._release(tx, holder, job, after)
                     expired.append((job, after))
-            if any(after.status is JobStatus.PENDING for _, after in expired):
-                self._announce(tx)
+            if pending := sum(after.status is JobStatus.PENDING for _, after in expired):
+                self._announce(tx, pending)
             return expired
 
         expired = await self._db.write(sweep)
-        if any(after.status is JobStatus.PENDING for _, after in expired):
-            self.ring()
+        self._ring([after for _, after in expired])
         return expired
 
     async def delete_finished_before(self, cutoff: dt.datetime) -> int:
@@ -710,8 +707,7 @@ class SqlStore:
             return Registered(node=node, created=existing is None, handed_back=handed_back)
 
         registered = await self._db.write(upsert)
-        if registered.handed_back:
-            self.ring()
+        self._ring(registered.handed_back)
         return registered
 
     async def node_token_hash(self, node_id: str) -> str:
@@ -747,8 +743,7 @@ class SqlStore:
             return HeartbeatReply(cancel_job_ids=stop, drain=node.status == scheduler.DRAINING), lost
 
         reply, lost = await self._db.write(beat, quick=True)
-        if lost:
-            self.ring()
+        self._ring(lost)
         return reply, lost
 
     async def list_nodes(self) -> list[Node]:
@@ -766,20 +761,19 @@ class SqlStore:
             return node
 
         node = await self._db.write(apply)
-        self.ring()  # an undrained node may claim at once
+        self._doorbell.ring_all()  # an undrained node may claim at once
         return node
 
     async def delete_node(self, ref: str) -> Node:
-        def delete(tx: Transaction) -> tuple[Node, int]:
+        def delete(tx: Transaction) -> tuple[Node, list[Job]]:
             node = self._find_node(tx, ref)
             leased = self._leased_jobs(tx, node.id, lock=True)
             requeued = self._hand_back(tx, node, leased, "was deleted while holding the job", utcnow())
             self._forget_node(tx, node.id)
-            return node, len(requeued)
+            return node, requeued
 
         node, requeued = await self._db.write(delete)
-        if requeued:
-            self.ring()
+        self._ring(requeued)
         return node
 
     def _forget_node(self, tx: Transaction, node_id: str) -> None:
@@ -796,8 +790,7 @@ class SqlStore:
             return self._hand_back(tx, node, leased, "stopped while holding the job", now)
 
         handed_back = await self._db.write(depart)
-        if handed_back:
-            self.ring()
+        self._ring(handed_back)
         return handed_back
 
     async def prune_offline_nodes(self, retention: float) -> list[Node]:
@@ -815,9 +808,10 @@ class SqlStore:
     async def mark_silent_nodes_offline(self, heartbeat_interval: float) -> list[Node]:
         now = utcnow()
 
-        def sweep(tx: Transaction) -> tuple[list[Node], int]:
+        def sweep(tx: Transaction) -> tuple[list[Node], list[Job]]:
             seen = tx.rows("SELECT body FROM nodes WHERE status != 'offline'")
-            silent, requeued = [], 0
+            silent: list[Node] = []
+            requeued: list[Job] = []
             for candidate in _nodes(seen):
                 if not scheduler.is_silent(candidate, now, heartbeat_interval):
                     continue
@@ -825,13 +819,12 @@ class SqlStore:
                 if scheduler.is_silent(node, now, heartbeat_interval):
                     self._save_node(tx, scheduler.mark_offline(node))
                     leased = self._leased_jobs(tx, node.id, lock=True)
-                    requeued += len(self._hand_back(tx, node, leased, "went silent while holding the job", now))
+                    requeued += self._hand_back(tx, node, leased, "went silent while holding the job", now)
                     silent.append(node)
             return silent, requeued
 
         silent, requeued = await self._db.write(sweep)
-        if requeued:
-            self.ring()
+        self._ring(requeued)
         return silent
 
     async def count_pending(self) -> int:

@@ -50,7 +50,7 @@ POSTGRES = Dialect(
     lock=" FOR UPDATE",
     skip_locked=" FOR UPDATE SKIP LOCKED",
     next_sequence="SELECT nextval('job_sequence_numbers')",
-    announce=f"NOTIFY {CHANNEL}",
+    announce=f"SELECT pg_notify('{CHANNEL}', ?)",
     body_field="(body::json ->> '{}')",
 )
 
@@ -156,12 +156,13 @@ class PostgresDatabase:
         return await trio.to_thread.run_sync(connect)
 
     async def serve_announcements(
-        self, on_notify: Callable[[], None], *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self, on_notify: Callable[[int | None], None], *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Call ``on_notify`` for every announcement on :data:`CHANNEL`; runs until cancelled.
+        """Call ``on_notify`` with the jobs announced on :data:`CHANNEL`, as they come; runs until cancelled.
 
         Waits on the connection's socket in Trio, so no thread sits blocked. A
-        lost connection is opened again; ``on_notify`` is called then too, as
+        lost connection is opened again; ``on_notify(None)`` is called then, as
         announcements may have been missed meanwhile.
 
         Raises:
@@ -178,13 +179,13 @@ class PostgresDatabase:
                 with conn:
                     while True:
                         await trio.lowlevel.wait_readable(conn.fileno())
-                        if any(True for _ in conn.notifies(timeout=0)):
-                            on_notify()
+                        if jobs := sum(_announced(notify.payload) for notify in conn.notifies(timeout=0)):
+                            on_notify(jobs)
             except error as exc:
                 log.warning("Lost the PostgreSQL notification channel (%s); reconnecting", exc)
             while True:
                 await trio.sleep(RECONNECT_S)
-                on_notify()
+                on_notify(None)
                 try:
                     conn = await self._listening()
                     break
@@ -199,6 +200,11 @@ class PostgresDatabase:
                 await trio.to_thread.run_sync(conn.close)
 
 
+def _announced(payload: str) -> int:
+    """The jobs one announcement says were queued; a master that sends no count announces one."""
+    return int(payload) if payload.isascii() and payload.isdigit() else 1
+
+
 class PostgresStore(SqlStore):
     """The store in one PostgreSQL database, shared by any number of masters."""
 
@@ -209,8 +215,15 @@ class PostgresStore(SqlStore):
     async def serve_announcements(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Wake this master's long-polls when any master queues a job; runs until cancelled."""
-        await self._postgres.serve_announcements(self.ring, task_status=task_status)
+        """Wake this master's long-polls when any master queues jobs, one per job; runs until cancelled."""
+
+        def wake(jobs: int | None) -> None:
+            if jobs is None:
+                self.doorbell.ring_all()
+            else:
+                self.doorbell.ring_count(jobs)
+
+        await self._postgres.serve_announcements(wake, task_status=task_status)
 
     @classmethod
     async def open(cls, dsn: str) -> PostgresStore:
