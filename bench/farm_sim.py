@@ -15,7 +15,9 @@ protocol (the agent's routes, bodies and node tokens): register (node
 token), heartbeat listing the jobs they hold, long-poll claim
 (``GET /jobs/next?wait=N``) per free slot, progress every
 ``--progress-interval`` while a stub job runs (a ``trio.sleep``, no process),
-then the result. A submitter keeps the queue fed, so a claim never waits
+then the result; and, as the agent does, each holds its node's event
+channel (``WS /nodes/{id}/events``, counting what is pushed on it; not with
+``--no-events``). A submitter keeps the queue fed, so a claim never waits
 for work and its time is the master's.
 
 The simulated agents talk through :class:`bench._keepalive.KeptAlive`, HTTP/1.1
@@ -62,6 +64,7 @@ import attrs
 import httpx
 import psutil
 import trio
+import trio_websocket
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.models import HeartbeatReport, JobRequest, NodeRegistered, NodeRegistration
@@ -107,7 +110,7 @@ HISTOGRAM = "ffrtmp_master_request_seconds"
 OWN_ROUTE = "GET /metrics"
 
 COLUMNS = ("agents", "slots", "claims/s", "claim p50 ms", "claim p99 ms", "empty claims", "failed calls",
-           "requests/s", "master CPU %", "running jobs", "master CPU ms/s per running job", "master RSS MiB",
+           "requests/s", "pushed events/s", "master CPU %", "running jobs", "master CPU ms/s per running job", "master RSS MiB",
            "connections", "simulator CPU %", "p99 held")
 
 
@@ -120,11 +123,12 @@ class Tally:
     claim_latencies_s: list[float] = attrs.field(factory=list)
     empty_claims: int = 0
     completed: int = 0
+    events_received: int = 0
     failures: collections.Counter[str] = attrs.field(factory=collections.Counter)
 
     def open_window(self) -> None:
         self.window_open = True
-        self.claim_latencies_s, self.empty_claims, self.completed = [], 0, 0
+        self.claim_latencies_s, self.empty_claims, self.completed, self.events_received = [], 0, 0, 0
         self.failures = collections.Counter()
 
     def claimed(self, seconds: float) -> None:
@@ -137,6 +141,9 @@ class Tally:
 
     def done(self) -> None:
         self.completed += self.window_open
+
+    def pushed(self) -> None:
+        self.events_received += self.window_open
 
     def failed(self, failure: CallFailed) -> None:
         if self.window_open:
@@ -174,12 +181,15 @@ class SimAgent:
     progress_s: float
     heartbeat_s: float
     tally: Tally
+    events: bool
     active: set[str] = attrs.field(factory=set)
 
     async def serve(self) -> None:
-        """Beat and work until cancelled."""
+        """Beat and work (and hold the event channel) until cancelled."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._beat)
+            if self.events:
+                nursery.start_soon(self._listen)
             for _ in range(self.slots):
                 nursery.start_soon(self._slot)
 
@@ -202,6 +212,22 @@ class SimAgent:
         finally:
             with trio.CancelScope(shield=True):
                 await connection.aclose()
+
+    async def _listen(self) -> None:
+        """Hold the node's event channel, as the agent does, counting what the master pushes on it."""
+        host, port = self.address
+        headers = [(b"Authorization", f"Bearer {self.token}".encode())]
+        while True:
+            try:
+                async with trio_websocket.open_websocket(
+                    host, port, f"/nodes/{self.node_id}/events", use_ssl=False, extra_headers=headers
+                ) as ws:
+                    while True:
+                        await ws.get_message()
+                        self.tally.pushed()
+            except (trio_websocket.HandshakeError, trio_websocket.ConnectionClosed, OSError) as exc:
+                self.tally.failed(CallFailed(f"events: {type(exc).__name__}"))
+                await trio.sleep(RETRY_AFTER_S)
 
     async def _slot(self) -> None:
         connection = self._connection()
@@ -333,7 +359,7 @@ class Farm:
         await connection.aclose()
         agent = SimAgent(registered.node.id, registered.node_token, master.address, self.args.slots,
                          self.args.job_seconds, self.args.progress_interval, self.args.heartbeat_interval,
-                         self.tally)
+                         self.tally, self.args.events)
         self.agents.append(agent)
         self.nursery.start_soon(agent.serve)
 
@@ -403,6 +429,7 @@ def _step(farm: Farm, agents: int, seconds: float, before: Sequence[MasterReadin
         "claims": len(latencies), "claims_per_s": len(latencies) / seconds, "results": tally.completed,
         "claim_p50_s": median(latencies), "claim_p99_s": p99, "claim_max_s": max(latencies, default=math.nan),
         "empty_claims": tally.empty_claims, "failed_calls": dict(tally.failures),
+        "events_per_s": tally.events_received / seconds,
         "requests_per_s": {route: count / seconds for route, count in sorted(counts.items()) if count},
         "master_ms_per_request": {route: 1000 * sums[route] / count for route, count in counts.items() if count},
         "master_cpu_percent": master_cpu_percent,
@@ -468,7 +495,7 @@ def rows(steps: Sequence[dict[str, Any]]) -> list[list[Any]]:
     return [[
         step["agents"], step["slots"], step["claims_per_s"], 1000 * step["claim_p50_s"], 1000 * step["claim_p99_s"],
         step["empty_claims"], sum(step["failed_calls"].values()), sum(step["requests_per_s"].values()),
-        step["master_cpu_percent"], step["running_jobs"], step["master_cpu_ms_per_s_per_running_job"],
+        step.get("events_per_s", 0.0), step["master_cpu_percent"], step["running_jobs"], step["master_cpu_ms_per_s_per_running_job"],
         step["master_rss_bytes"] / 2**20, step["master_connections"],
         step["simulator_cpu_percent"], "yes" if step["held"] else "no",
     ] for step in steps]
@@ -489,7 +516,10 @@ def markdown(steps: Sequence[dict[str, Any]], bars: dict[str, Any], settings: di
         "",
         f"{host['cores']} cores ({host['cpu_model']}), Python {host['python']}; progress every "
         f"{settings['progress_interval']:g} s, heartbeat every {settings['heartbeat_interval']:g} s, long-poll "
-        f"claims (wait={LONG_POLL_S}); {settings['window']:g} s window per step after one job length of settling. "
+        f"claims (wait={LONG_POLL_S}), "
+        + ("each agent holding its event channel as the agent does (pushed events/s: what they received); "
+           if settings.get("events") else "no event channels; ")
+        + f"{settings['window']:g} s window per step after one job length of settling. "
         "The simulator shares the cores with the master(s)"
         + (", and so does PostgreSQL, whose CPU is not in the masters' figure." if settings["postgres"] else ".")
         + " Empty claims mean the submitter fell behind and the queue ran dry: claims then waited for work too, "
@@ -566,6 +596,8 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--heartbeat-interval", type=positive_seconds, default=30.0,
                         help="seconds between heartbeats, also given to the master (default 30, the agent's)")
     parser.add_argument("--window", type=positive_seconds, default=10.0, help="seconds measured per step (default 10)")
+    parser.add_argument("--no-events", dest="events", action="store_false",
+                        help="simulated agents do not hold the event channel (WS /nodes/{id}/events) the agent holds")
     parser.add_argument("--postgres", metavar="DSN", default="",
                         help="run the master(s) on this PostgreSQL database instead of SQLite (a throw-away one: "
                         "the run fills its queue)")

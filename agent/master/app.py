@@ -380,6 +380,7 @@ class _Api:
         )
         node = registered.node
         self.guard.forget(node.id)  # the previous run's token stops working here at once
+        self._hub.forget(node.id)
         self._nodes.changed()
         log.info(
             "Node %s %s as %s (run %d)",
@@ -426,6 +427,7 @@ class _Api:
         await self._progress.flush()
         node = await self._store.delete_node(request.path_params["ref"])
         self.guard.forget(node.id)
+        self._hub.forget(node.id)
         self._nodes.changed()
         log.info("Node %s (%s) deleted; its jobs went back to the queue", node.address, node.id)
         return JSONResponse({"status": "deleted", "node_id": node.id, "address": node.address})
@@ -459,6 +461,7 @@ class _Api:
         await self.guard.check_node(request, node_id)
         await self._write_progress_of_unreported(node_id, [])
         handed_back = await self._store.deregister_node(node_id)
+        self._hub.forget(node_id)
         self._nodes.changed()
         _log_handed_back(handed_back)
         log.info("Node %s deregistered: offline until it registers again", node_id)
@@ -638,6 +641,8 @@ class _Api:
         except ValueError:
             raise HTTPException(400, "wait must be a number of seconds") from None
         deadline = trio.current_time() + wait
+        if wait > 0:
+            self._hub.note_long_poll(node_id)  # woken by its long-poll, not by pushes
         doorbell = self._store.doorbell
         node = await self._nodes.node(node_id) if wait > 0 else None
         # Queued before each claim, so a job queued during the claim still wakes it.

@@ -97,6 +97,24 @@ async def test_submits_cancels_and_drains_reach_the_node(nursery: trio.Nursery) 
     assert nodes[0]["status"] == "draining"
 
 
+async def test_a_node_that_long_polls_is_pushed_no_job_available(nursery: trio.Nursery) -> None:
+    """Its long-poll wakes it, one per job; a cancel still comes, and nothing before it."""
+    url = await start_master(nursery)
+    inbox = Inbox()
+    async with httpx.AsyncClient(base_url=url, auth=ActAsNode()) as http:
+        node_id, token = await register(http)
+        nursery.start_soon(partial(listen_events, url, node_id, inbox, api_key=token))
+        await inbox.wait_for(AgentEvent.job_available())
+        await connected(http)
+        assert (await http.get("/jobs/next", params={"node_id": node_id, "wait": 0.1})).json()["job"] is None
+        seen = len(inbox.events)
+        await http.post("/jobs", json={"scenario": "144p30-h264"})
+        job = (await http.get("/jobs/next", params={"node_id": node_id})).json()["job"]
+        await http.post(f"/jobs/{job['id']}/pause")
+        await inbox.wait_for(AgentEvent.cancel(job["id"]), after=seen)
+    assert inbox.events[seen:] == [AgentEvent.cancel(job["id"])]
+
+
 async def test_only_the_node_s_own_token_opens_its_channel(
     nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
 ) -> None:
