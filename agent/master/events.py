@@ -38,14 +38,19 @@ class EventHub:
     def __init__(self) -> None:
         self._clients: dict[str, trio.MemorySendChannel[AgentEvent]] = {}
         self._long_polling: set[str] = set()
+        # The connected nodes that have not long-polled: those told of new jobs.
+        self._told_of_jobs: set[str] = set()
 
     def note_long_poll(self, node_id: str) -> None:
         """``node_id`` long-polls: it needs no ``job_available`` push."""
         self._long_polling.add(node_id)
+        self._told_of_jobs.discard(node_id)
 
     def forget(self, node_id: str) -> None:
         """The node registered again or left: what it does next is for it to show."""
         self._long_polling.discard(node_id)
+        if node_id in self._clients:
+            self._told_of_jobs.add(node_id)
 
     @property
     def connected(self) -> int:
@@ -64,12 +69,15 @@ class EventHub:
         if (older := self._clients.get(node_id)) is not None:
             older.close()
         self._clients[node_id] = send
+        if node_id not in self._long_polling:
+            self._told_of_jobs.add(node_id)
         try:
             with send, receive:
                 yield receive
         finally:
             if self._clients.get(node_id) is send:
                 del self._clients[node_id]
+                self._told_of_jobs.discard(node_id)
 
     def send(self, node_id: str, event: AgentEvent) -> None:
         """Queue ``event`` for the connection of ``node_id``; a no-op if it has none."""
@@ -94,5 +102,5 @@ class EventHub:
         task_status.started()
         while True:
             await store.doorbell.rung.wait()
-            for node_id in [node_id for node_id in self._clients if node_id not in self._long_polling]:
+            for node_id in list(self._told_of_jobs):
                 self.send(node_id, AgentEvent.job_available())
