@@ -3,10 +3,10 @@
 A long-poll (``GET /jobs/next?wait=N``) that found nothing to claim waits
 here. Waking every waiter for every new job made each job cost a claim per
 waiting long-poll: a farm of idle slots fed one job at a time spent its
-master on claims that found nothing, and fell behind for good (see "Cost per
-request" in docs/architecture.rst). So a job wakes one
-waiter: the one waiting longest whose node can take it (not drained, with
-the hardware codec the job names), as this master last saw the node.
+master on claims that found nothing, and fell behind for good (see "Cost
+per request" in docs/architecture.rst). So a job wakes one waiter: the one
+waiting longest whose node can take it (not drained, with the hardware
+codec the job names), as this master last saw the node.
 
 A waiter woken for a job that another claim took first claims nothing and
 waits again: the job went to someone. One woken while its own claim was
@@ -55,7 +55,7 @@ class Doorbell:
 
     @property
     def rung(self) -> trio.Event:
-        """Set by the next ring of any kind: the push channel tells every connected node then."""
+        """Set by the next ring of any kind: the push channel tells the nodes that do not long-poll then."""
         return self._rung
 
     @property
