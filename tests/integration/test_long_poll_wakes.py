@@ -129,3 +129,16 @@ async def test_an_undrained_node_waiting_for_work_claims_at_once(http: httpx.Asy
         await polls.until_got(1)
         assert [(got.id, claimed.id) for got, claimed in polls.got] == [(node.id, job.id)]
         nursery.cancel_scope.cancel()
+
+
+async def test_draining_a_node_wakes_no_long_poll(http: httpx.AsyncClient) -> None:
+    """Only an undrain may let a node take what it could not: a drain leaves the waiters asleep."""
+    nodes = [await register(http, f"idle-{index}:1") for index in range(4)]
+    async with trio.open_nursery() as nursery:
+        polls = Polls(http, nursery)
+        await polls.start(*nodes)
+        empty = await empty_claims(http)
+        assert (await http.post(f"/nodes/{nodes[0].id}/drain")).status_code == 200
+        await trio.sleep(0.3)
+        assert await empty_claims(http) == empty
+        nursery.cancel_scope.cancel()

@@ -755,13 +755,15 @@ class SqlStore:
         return await self._db.read(lambda tx: self._find_node(tx, ref, lock=False), quick=True)
 
     async def change_node(self, ref: str, change: Callable[[Node], Node]) -> Node:
-        def apply(tx: Transaction) -> Node:
-            node = change(self._find_node(tx, ref))
+        def apply(tx: Transaction) -> tuple[Node, Node]:
+            before = self._find_node(tx, ref)
+            node = change(before)
             self._save_node(tx, node)
-            return node
+            return before, node
 
-        node = await self._db.write(apply)
-        self._doorbell.ring_all()  # an undrained node may claim at once
+        before, node = await self._db.write(apply)
+        if scheduler.takes_new_jobs(node) and not scheduler.takes_new_jobs(before):
+            self._doorbell.ring_all()  # an undrained node may claim at once; its waiter knows it drained
         return node
 
     async def delete_node(self, ref: str) -> Node:
