@@ -70,6 +70,16 @@ async def connected(http: httpx.AsyncClient) -> None:
             await trio.sleep(0.01)
 
 
+async def listening(nursery: trio.Nursery, url: str, http: httpx.AsyncClient) -> tuple[str, Inbox]:
+    """A new node with its event channel open, and its inbox (the wake-up on connect received)."""
+    inbox = Inbox()
+    node_id, token = await register(http)
+    nursery.start_soon(partial(listen_events, url, node_id, inbox, api_key=token))
+    await inbox.wait_for(AgentEvent.job_available())
+    await connected(http)
+    return node_id, inbox
+
+
 def test_the_events_url_follows_the_master_url() -> None:
     """ws for http, wss for https, a path prefix kept, the node id quoted."""
     assert events_url("http://m:8080", "n1") == "ws://m:8080/nodes/n1/events"
@@ -79,12 +89,8 @@ def test_the_events_url_follows_the_master_url() -> None:
 async def test_submits_cancels_and_drains_reach_the_node(nursery: trio.Nursery) -> None:
     """A wake-up on connect and per submit; a cancel names the job; a drain comes through."""
     url = await start_master(nursery)
-    inbox = Inbox()
     async with httpx.AsyncClient(base_url=url, auth=ActAsNode()) as http:
-        node_id, token = await register(http)
-        nursery.start_soon(partial(listen_events, url, node_id, inbox, api_key=token))
-        await inbox.wait_for(AgentEvent.job_available())
-        await connected(http)
+        node_id, inbox = await listening(nursery, url, http)
         seen = len(inbox.events)
         await http.post("/jobs", json={"scenario": "144p30-h264"})
         await inbox.wait_for(AgentEvent.job_available(), after=seen)
@@ -100,12 +106,8 @@ async def test_submits_cancels_and_drains_reach_the_node(nursery: trio.Nursery) 
 async def test_a_node_that_long_polls_is_pushed_no_job_available(nursery: trio.Nursery) -> None:
     """Its long-poll wakes it, one per job; a cancel still comes, and nothing before it."""
     url = await start_master(nursery)
-    inbox = Inbox()
     async with httpx.AsyncClient(base_url=url, auth=ActAsNode()) as http:
-        node_id, token = await register(http)
-        nursery.start_soon(partial(listen_events, url, node_id, inbox, api_key=token))
-        await inbox.wait_for(AgentEvent.job_available())
-        await connected(http)
+        node_id, inbox = await listening(nursery, url, http)
         assert (await http.get("/jobs/next", params={"node_id": node_id, "wait": 0.1})).json()["job"] is None
         seen = len(inbox.events)
         await http.post("/jobs", json={"scenario": "144p30-h264"})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import httpx
 import pytest
@@ -36,12 +37,13 @@ async def empty_claims(http: httpx.AsyncClient) -> int:
 
 
 class Polls:
-    """Long-polls (wait=10) of some nodes, each again after it got a job; what each got."""
+    """Long-polls (wait=10) of some nodes; what each got."""
 
     def __init__(self, http: httpx.AsyncClient, nursery: trio.Nursery) -> None:
         self.http = http
         self.nursery = nursery
         self.got: list[tuple[Node, Job]] = []
+        self.empty_claims = 0  # the master's count once all were waiting
 
     async def start(self, *nodes: Node) -> None:
         """Start one long-poll per node, one after another, and wait until each is waiting."""
@@ -63,14 +65,25 @@ class Polls:
                 await trio.sleep(0.01)
         await trio.sleep(0.2)  # any other woken long-poll has claimed by now
 
+    async def assert_none_claimed_in_vain(self) -> None:
+        assert await empty_claims(self.http) == self.empty_claims
+
+
+@asynccontextmanager
+async def waiting(http: httpx.AsyncClient, *nodes: Node) -> AsyncIterator[Polls]:
+    """A long-poll of each node, all waiting when the block starts; stopped after it."""
+    async with trio.open_nursery() as nursery:
+        polls = Polls(http, nursery)
+        await polls.start(*nodes)
+        polls.empty_claims = await empty_claims(http)
+        yield polls
+        nursery.cancel_scope.cancel()
+
 
 async def test_a_job_wakes_one_waiting_long_poll_not_every_one(http: httpx.AsyncClient) -> None:
     """One job: one claim, by the longest-waiting node; three jobs: three, and no claim finds nothing."""
     nodes = [await register(http, f"idle-{index}:1") for index in range(WAITERS)]
-    async with trio.open_nursery() as nursery:
-        polls = Polls(http, nursery)
-        await polls.start(*nodes)
-        empty = await empty_claims(http)
+    async with waiting(http, *nodes) as polls:
         first = await submit(http)
         await polls.until_got(1)
         assert [(node.id, job.id) for node, job in polls.got] == [(nodes[0].id, first.id)]
@@ -78,8 +91,7 @@ async def test_a_job_wakes_one_waiting_long_poll_not_every_one(http: httpx.Async
             await submit(http)
         await polls.until_got(4)
         assert [node.id for node, _ in polls.got] == [node.id for node in nodes[:4]]
-        assert await empty_claims(http) == empty
-        nursery.cancel_scope.cancel()
+        await polls.assert_none_claimed_in_vain()
 
 
 async def test_a_job_wakes_a_node_that_can_take_it_behind_those_that_cannot(http: httpx.AsyncClient) -> None:
@@ -88,15 +100,11 @@ async def test_a_job_wakes_a_node_that_can_take_it_behind_those_that_cannot(http
     drained = await register(http, "gpu-drained:1", has_gpu=True, gpu_capabilities=["h264_nvenc"])
     assert (await http.post(f"/nodes/{drained.id}/drain")).status_code == 200
     gpu = await register(http, "gpu:1", has_gpu=True, gpu_capabilities=["h264_nvenc"])
-    async with trio.open_nursery() as nursery:
-        polls = Polls(http, nursery)
-        await polls.start(*cpus, drained, gpu)
-        empty = await empty_claims(http)
+    async with waiting(http, *cpus, drained, gpu) as polls:
         nvenc = await submit(http, parameters={"codec": "h264_nvenc"})
         await polls.until_got(1)
         assert [(node.id, job.id) for node, job in polls.got] == [(gpu.id, nvenc.id)]
-        assert await empty_claims(http) == empty
-        nursery.cancel_scope.cancel()
+        await polls.assert_none_claimed_in_vain()
 
 
 async def test_jobs_handed_back_wake_as_many_long_polls(http: httpx.AsyncClient) -> None:
@@ -105,16 +113,12 @@ async def test_jobs_handed_back_wake_as_many_long_polls(http: httpx.AsyncClient)
     for _ in range(2):
         await submit(http)
     assert await claim(http, holder) is not None and await claim(http, holder) is not None
-    waiting = [await register(http, f"idle-{index}:1") for index in range(4)]
-    async with trio.open_nursery() as nursery:
-        polls = Polls(http, nursery)
-        await polls.start(*waiting)
-        empty = await empty_claims(http)
+    idle = [await register(http, f"idle-{index}:1") for index in range(4)]
+    async with waiting(http, *idle) as polls:
         assert (await http.delete(f"/nodes/{holder.id}")).status_code == 200
         await polls.until_got(2)
-        assert sorted(node.id for node, _ in polls.got) == sorted(node.id for node in waiting[:2])
-        assert await empty_claims(http) == empty
-        nursery.cancel_scope.cancel()
+        assert sorted(node.id for node, _ in polls.got) == sorted(node.id for node in idle[:2])
+        await polls.assert_none_claimed_in_vain()
 
 
 async def test_an_undrained_node_waiting_for_work_claims_at_once(http: httpx.AsyncClient) -> None:
@@ -122,23 +126,16 @@ async def test_an_undrained_node_waiting_for_work_claims_at_once(http: httpx.Asy
     node = await register(http, "gpu:1", has_gpu=True, gpu_capabilities=["h264_nvenc"])
     assert (await http.post(f"/nodes/{node.id}/drain")).status_code == 200
     job = await submit(http, parameters={"codec": "h264_nvenc"})
-    async with trio.open_nursery() as nursery:
-        polls = Polls(http, nursery)
-        await polls.start(node)
+    async with waiting(http, node) as polls:
         assert (await http.post(f"/nodes/{node.id}/undrain")).status_code == 200
         await polls.until_got(1)
         assert [(got.id, claimed.id) for got, claimed in polls.got] == [(node.id, job.id)]
-        nursery.cancel_scope.cancel()
 
 
 async def test_draining_a_node_wakes_no_long_poll(http: httpx.AsyncClient) -> None:
     """Only an undrain may let a node take what it could not: a drain leaves the waiters asleep."""
     nodes = [await register(http, f"idle-{index}:1") for index in range(4)]
-    async with trio.open_nursery() as nursery:
-        polls = Polls(http, nursery)
-        await polls.start(*nodes)
-        empty = await empty_claims(http)
+    async with waiting(http, *nodes) as polls:
         assert (await http.post(f"/nodes/{nodes[0].id}/drain")).status_code == 200
         await trio.sleep(0.3)
-        assert await empty_claims(http) == empty
-        nursery.cancel_scope.cancel()
+        await polls.assert_none_claimed_in_vain()
