@@ -94,6 +94,8 @@ class Agent:
     jobs: JobTasks = attrs.field(init=False)
     reporter: ResultReporter = attrs.field(init=False)
     _registration: NodeRegistration | None = None
+    # The poller and the heartbeats may both find the node forgotten: one registers again.
+    _registering: trio.Lock = attrs.field(factory=trio.Lock)
     _startup_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     _poll_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     # The wait for running jobs to finish by themselves; cancelled, they are stopped at once.
@@ -316,11 +318,21 @@ class Agent:
         same name, and lists the jobs whose results are still to be delivered,
         so that the master keeps their leases and hands back the rest.
 
+        A caller that waited while another registered the node again returns:
+        a second registration would show the token the first replaced, and be
+        refused as another agent under the same name.
+
         Raises:
             AuthError: the master refused our credentials; retrying cannot help.
             TLSVerifyError: the master's certificate did not verify; neither can it.
             NameInUse: another running agent holds our node name.
         """
+        forgotten = self.state.node_id
+        async with self._registering:
+            if self.state.node_id == forgotten:
+                await self._register()
+
+    async def _register(self) -> None:
         assert self._registration is not None
         address = self._registration.address
         registration = attrs.evolve(
