@@ -188,6 +188,22 @@ async def test_a_job_queued_through_one_master_wakes_the_other(database: str) ->
         assert [waiter.woken.is_set() for waiter in waiters] == [True, True, True, False]
 
 
+async def test_every_announcement_of_one_transaction_wakes_the_other_master(database: str) -> None:
+    """Two silent nodes' jobs go back in one sweep, announced once each: two long-polls on the other master wake."""
+    async with open_store("", dsn=database) as first, open_store("", dsn=database) as second:
+        for address in ("a:1", "b:1"):
+            node = (await first.register_node(NodeRegistration(address=address))).node
+            await first.submit(H264, max_retries=3)
+            assert await first.claim(node.id) is not None
+        waiters = [second.doorbell.enter(None) for _ in range(3)]
+        await trio.sleep(0.2)
+        assert len(await first.mark_silent_nodes_offline(heartbeat_interval=0.01)) == 2
+        with trio.fail_after(5):
+            await waiters[1].woken.wait()
+        await trio.sleep(0.3)  # an extra wake would have come by now
+        assert [waiter.woken.is_set() for waiter in waiters] == [True, True, False]
+
+
 async def test_an_unreachable_database_is_a_store_error_naming_it_without_the_password(tmp_path: Path) -> None:
     """The master logs this and exits 2 (run_master), the password stays out of it."""
     dsn = f"postgresql://user:hunter2@/nowhere?host={tmp_path}&connect_timeout=2"

@@ -242,9 +242,12 @@ class SqlStore:
         self._doorbell.ring(job for job in jobs if job.status is JobStatus.PENDING)
 
     def _announce(self, tx: Transaction, pending: int) -> None:
-        """Tell other masters (on PostgreSQL) that this transaction made ``pending`` jobs pending."""
+        """Tell other masters (on PostgreSQL) that this transaction made ``pending`` jobs pending.
+
+        Each payload is unique: PostgreSQL delivers equal ones of one transaction once.
+        """
         if self._sql.announce:
-            tx.run(self._sql.announce, [str(pending)])
+            tx.run(self._sql.announce, [f"{pending} {uuid.uuid4().hex}"])
 
     # --- rows --------------------------------------------------------------------------
 

@@ -201,8 +201,9 @@ class PostgresDatabase:
 
 
 def _announced(payload: str) -> int:
-    """The jobs one announcement says were queued; a master that sends no count announces one."""
-    return int(payload) if payload.isascii() and payload.isdigit() else 1
+    """The jobs one announcement (``"<count> <unique tag>"``) says were queued; one without a count, one."""
+    count = payload.split(" ", 1)[0]
+    return int(count) if count.isascii() and count.isdigit() else 1
 
 
 class PostgresStore(SqlStore):
