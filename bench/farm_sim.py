@@ -64,10 +64,10 @@ import attrs
 import httpx
 import psutil
 import trio
-import trio_websocket
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.models import HeartbeatReport, JobRequest, NodeRegistered, NodeRegistration
+from agent.worker.events import listen_events
 from agent.worker.lifecycle import PROGRESS_INTERVAL_S
 from bench._farm import checkout_path, positive_seconds, require_running
 from bench._keepalive import KeptAlive, ProtocolError
@@ -214,20 +214,13 @@ class SimAgent:
                 await connection.aclose()
 
     async def _listen(self) -> None:
-        """Hold the node's event channel, as the agent does, counting what the master pushes on it."""
+        """Hold the node's event channel with the agent's own listener, counting what the master pushes on it.
+
+        The listener also reports a wake-up of its own on each (re)connection; the
+        agents connect while a step settles, before its window opens.
+        """
         host, port = self.address
-        headers = [(b"Authorization", f"Bearer {self.token}".encode())]
-        while True:
-            try:
-                async with trio_websocket.open_websocket(
-                    host, port, f"/nodes/{self.node_id}/events", use_ssl=False, extra_headers=headers
-                ) as ws:
-                    while True:
-                        await ws.get_message()
-                        self.tally.pushed()
-            except (trio_websocket.HandshakeError, trio_websocket.ConnectionClosed, OSError) as exc:
-                self.tally.failed(CallFailed(f"events: {type(exc).__name__}"))
-                await trio.sleep(RETRY_AFTER_S)
+        await listen_events(f"http://{host}:{port}", self.node_id, lambda _: self.tally.pushed(), api_key=self.token)
 
     async def _slot(self) -> None:
         connection = self._connection()

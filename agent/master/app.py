@@ -641,12 +641,12 @@ class _Api:
         except ValueError:
             raise HTTPException(400, "wait must be a number of seconds") from None
         deadline = trio.current_time() + wait
+        doorbell = self._store.doorbell
+        # Queued before each claim, so a job queued during the claim still wakes it.
+        waiter = None
         if wait > 0:
             self._hub.note_long_poll(node_id)  # woken by its long-poll, not by pushes
-        doorbell = self._store.doorbell
-        node = await self._nodes.node(node_id) if wait > 0 else None
-        # Queued before each claim, so a job queued during the claim still wakes it.
-        waiter = doorbell.enter(node) if wait > 0 else None
+            waiter = doorbell.enter(await self._nodes.node(node_id))
         try:
             while True:
                 job = await self._claim(node_id)
@@ -656,7 +656,7 @@ class _Api:
                     return JSONResponse({"job": None})
                 if waiter.woken.is_set():  # the claim that follows answers the wake
                     doorbell.leave(waiter, used=True)
-                    waiter = doorbell.enter(node)
+                    waiter = doorbell.enter(waiter.node)
         finally:
             if waiter is not None:
                 doorbell.leave(waiter)

@@ -12,14 +12,13 @@ sees it within one interval.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 from collections.abc import Callable
 
 import attrs
 import trio
 
-from ..models import Job, JobProgress, JobStatus
+from ..models import Job, JobProgress
 from . import scheduler
 from .metrics import MasterMetrics
 from .store import Store, StoreError
@@ -39,20 +38,17 @@ FLUSH_SLICE = 64
 class LeasedProgress:
     """A progress report for one lease of a job: a later lease of the same job is not its to change."""
 
-    job_id: str
-    sequence_number: int
-    started_at: dt.datetime | None
+    # Checked as held by the report's node when the report came.
+    lease: scheduler.Lease
     report: JobProgress
+
+    @property
+    def job_id(self) -> str:
+        return self.lease.job_id
 
     def applied(self, job: Job) -> Job:
         """``job`` with this progress (``scheduler.record_progress``), or unchanged when its lease ended."""
-        same_lease = (
-            job.id == self.job_id
-            and job.status is JobStatus.PROCESSING
-            and job.node_id == self.report.node_id
-            and job.started_at == self.started_at
-        )
-        return scheduler.record_progress(job, self.report) if same_lease else job
+        return scheduler.record_progress(job, self.report) if scheduler.Lease.of(job) == self.lease else job
 
 
 class ProgressBook:
@@ -74,7 +70,7 @@ class ProgressBook:
         """
         lease.check_held_by(report.node_id)
         self._metrics.progress_updates.inc()
-        self._pending[lease.job_id] = LeasedProgress(lease.job_id, lease.sequence_number, lease.started_at, report)
+        self._pending[lease.job_id] = LeasedProgress(lease, report)
 
     def merged(self, job: Job) -> Job:
         """The stored ``job`` with the progress this master holds for it and has not yet written."""

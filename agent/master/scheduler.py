@@ -233,6 +233,10 @@ class Lease:
     node_id: str
     started_at: dt.datetime | None
 
+    @classmethod
+    def of(cls, job: Job) -> Lease:
+        return cls(job.id, job.sequence_number, job.status, job.node_id, job.started_at)
+
     def check_held_by(self, node_id: str) -> None:
         """Raises:
             Conflict: the job is not leased to ``node_id``.
@@ -403,8 +407,7 @@ def record_progress(job: Job, report: JobProgress) -> Job:
     Raises:
         Conflict: the job is not leased to ``report.node_id``.
     """
-    if not _is_leased_to(job, report.node_id):
-        raise Conflict(f"job {job.id} is not leased to node {report.node_id}")
+    Lease.of(job).check_held_by(report.node_id)
     live = LiveProgress(
         fps=report.fps, speed=report.speed, bitrate_kbps=report.bitrate_kbps, out_time_s=report.out_time_s,
         stage=report.stage,

@@ -62,21 +62,18 @@ async def test_a_jobs_lease_reads_as_the_whole_job_says(store: Store) -> None:
     queued = await store.submit(H264, max_retries=3)
     node = (await store.register_node(NodeRegistration(address="a:1"))).node
 
-    def lease_of(job: Any) -> scheduler.Lease:
-        return scheduler.Lease(job.id, job.sequence_number, job.status, job.node_id, job.started_at)
-
-    assert await store.lease(queued.id) == lease_of(queued)
+    assert await store.lease(queued.id) == scheduler.Lease.of(queued)
     assert (await store.lease(queued.id)).started_at is None
     leased = await store.claim(node.id)
     assert leased is not None and leased.started_at is not None
-    assert await store.lease(str(leased.sequence_number)) == lease_of(await store.get_job(leased.id))
+    assert await store.lease(str(leased.sequence_number)) == scheduler.Lease.of(await store.get_job(leased.id))
     (await store.lease(leased.id)).check_held_by(node.id)
     with pytest.raises(scheduler.Conflict, match=f"job {leased.id} is not leased to node other"):
         (await store.lease(leased.id)).check_held_by("other")
     await store.record_result(JobResult(job_id=leased.id, node_id=node.id, status=JobStatus.FAILED))
     again = await store.claim(node.id)  # retried: the same job, a new lease
     assert again is not None and again.id == leased.id
-    assert await store.lease(leased.id) == lease_of(again) != lease_of(leased)
+    assert await store.lease(leased.id) == scheduler.Lease.of(again) != scheduler.Lease.of(leased)
     with pytest.raises(NotFound):
         await store.lease("no-such-job")
 
