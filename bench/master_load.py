@@ -29,6 +29,14 @@ median of each repeat's ratio. The master's CPU time per request comes from
 the same phases (psutil), and says what a request costs it whatever the
 client does.
 
+``--profile`` adds, after the repeats, one more cycles phase per master
+sampled with py-spy (which slows it, so it is not in the medians): the share of the master's CPU
+spent in the two routes' own work (the handlers of ``GET /jobs/next`` and
+``POST /results``, with the store, the scheduler and their JSON), the rest
+being the HTTP server, Starlette's layers and the event loop, and so the
+ratio that routes costing nothing would reach: the CPU of a health request
+over the rest of a cycle's.
+
 ``--before CHECKOUT`` measures the master of another checkout of this
 repository (``git worktree add /tmp/before <commit>``) in the same run, against
 its own store: before and after a change, side by side.
@@ -77,6 +85,7 @@ from bench._report import (
     work_directory,
     write_outputs,
 )
+from bench._sampling import RATE_HZ, Samples, SamplingError, count_under, py_spy, sampled
 from tests.support import REPO, Processes, RunningProcess, start_master
 
 # Every job is the same small one: the clients never run it, they only report it done.
@@ -91,6 +100,9 @@ WARM_UP_S = 2.0
 SUBMITTERS = 8
 # No housekeeping round during a run: nodes that only claim stay online anyway.
 MASTER_HEARTBEAT = "1h"
+# --profile: the handlers of a cycle's two routes, whose samples are the routes' own work.
+ROUTE_HANDLERS = ("next_job", "record_result")
+ROUTES_MODULE = "agent/master/app.py"
 
 CLIENTS = {
     "raw": "Clients: raw, requests built once and sent on one kept-alive HTTP/1.1 socket each, so that the master "
@@ -211,6 +223,7 @@ class LoadedMaster:
     nodes: list[NodeClient]
     queued: int = 0
     phases: list[Phase] = attrs.field(factory=list)
+    profile: Samples | None = None
 
     def cpu_s(self) -> float:
         times = psutil.Process(self.running.process.pid).cpu_times()
@@ -234,8 +247,11 @@ class LoadedMaster:
                 nursery.start_soon(submit, missing // SUBMITTERS + (index < missing % SUBMITTERS))
         self.queued = jobs
 
-    async def run_phase(self, kind: str, seconds: float) -> Phase:
-        """Every client loops ``kind`` (health or cycles) for ``seconds``, or until the queue is empty."""
+    async def run_phase(self, kind: str, seconds: float, *, counted: bool = True) -> Phase:
+        """Every client loops ``kind`` (health or cycles) for ``seconds``, or until the queue is empty.
+
+        A phase not ``counted`` (a profiled one) stays out of :attr:`phases`.
+        """
         self.check_alive()
         done = 0
         ran_dry = False
@@ -269,8 +285,21 @@ class LoadedMaster:
         phase = Phase(kind, done, elapsed, self.cpu_s() - cpu_before, sum(me.cpu_times()[:2]) - bench_before, ran_dry)
         if kind == "cycles":
             self.queued -= done
-        self.phases.append(phase)
+        if counted:
+            self.phases.append(phase)
         return phase
+
+    async def profile_cycles(self, seconds: float, raw: Path) -> Samples:
+        """One more cycles phase, sampled with py-spy: how many samples were in the routes' handlers."""
+        await self.queue_for(seconds)
+        async with sampled(self.running.process.pid, seconds, raw):
+            await self.run_phase("cycles", seconds, counted=False)
+        return count_under(raw, ROUTE_HANDLERS, ROUTES_MODULE)
+
+    async def queue_for(self, seconds: float) -> None:
+        """Enough jobs queued for a cycles phase of ``seconds`` at the fastest rate seen, with a margin."""
+        fastest = max(phase.rate for phase in self.phases if phase.kind == "cycles")
+        await self.fill_queue(math.ceil(QUEUE_MARGIN * fastest * seconds) + 2 * len(self.nodes))
 
     async def aclose(self) -> None:
         with trio.CancelScope(shield=True):
@@ -340,18 +369,18 @@ async def measure(args: argparse.Namespace, work: Path) -> list[LoadedMaster]:
             async with open_master(procs, sides[0][1], sides[0][0], work, args) as first:
                 masters = [first]
                 if len(sides) == 1:
-                    await _repeats(masters, args)
+                    await _repeats(masters, args, work)
                 else:
                     async with open_master(procs, sides[1][1], sides[1][0], work, args) as second:
                         masters.append(second)
-                        await _repeats(masters, args)
+                        await _repeats(masters, args, work)
         finally:
             await procs.stop_all()
         nursery.cancel_scope.cancel()
     return masters
 
 
-async def _repeats(masters: list[LoadedMaster], args: argparse.Namespace) -> None:
+async def _repeats(masters: list[LoadedMaster], args: argparse.Namespace, work: Path) -> None:
     for master in masters:
         await master.run_phase("health", WARM_UP_S)
         await master.fill_queue(args.clients * 100)
@@ -359,13 +388,17 @@ async def _repeats(masters: list[LoadedMaster], args: argparse.Namespace) -> Non
     for repeat in range(args.repeats):
         for master in masters if repeat % 2 == 0 else masters[::-1]:
             health = await master.run_phase("health", args.seconds)
-            fastest = max(phase.rate for phase in master.phases if phase.kind == "cycles")
-            await master.fill_queue(math.ceil(QUEUE_MARGIN * fastest * args.seconds) + 2 * args.clients)
+            await master.queue_for(args.seconds)
             cycles = await master.run_phase("cycles", args.seconds)
             say(f"{master.label} repeat {repeat + 1}: {health.rate:.0f} health/s, {cycles.rate:.0f} cycles/s "
                  f"(ratio {cycles.rate / health.rate:.3f}); master CPU {1000 * health.master_cpu_s / health.done:.2f}"
                  f" ms/health, {1000 * cycles.master_cpu_s / max(cycles.done, 1):.2f} ms/cycle"
                  + ("; the queue ran dry" if cycles.ran_dry else ""))
+    if args.profile:
+        for master in masters:
+            master.profile = await master.profile_cycles(args.seconds, work / f"{master.label}.pyspy")
+            say(f"{master.label} profiled: {100 * master.profile.share:.1f}% of {master.profile.total} samples "
+                "in the routes' handlers")
 
 
 def summarise(master: LoadedMaster) -> dict[str, Any]:
@@ -373,7 +406,7 @@ def summarise(master: LoadedMaster) -> dict[str, Any]:
     measured = master.phases[2:]
     health = [phase for phase in measured if phase.kind == "health"]
     cycles = [phase for phase in measured if phase.kind == "cycles"]
-    return {
+    summary = {
         "master": master.label,
         "health_per_s": median([phase.rate for phase in health]),
         "cycles_per_s": median([phase.rate for phase in cycles]),
@@ -386,6 +419,23 @@ def summarise(master: LoadedMaster) -> dict[str, Any]:
         "ran_dry": any(phase.ran_dry for phase in cycles),
         "phases": [phase.as_dict() for phase in measured],
     }
+    if master.profile is not None:
+        summary["profile"] = split_cycle(master.profile, summary["master_cpu_ms_per_health"],
+                                         summary["master_cpu_ms_per_cycle"])
+    return summary
+
+
+def split_cycle(samples: Samples, ms_per_health: float, ms_per_cycle: float) -> dict[str, Any]:
+    """A cycle's master CPU in the routes' own work and the rest, by the samples' share; the ratio free routes reach.
+
+    With the routes' work gone, a cycle would cost the rest, and the master,
+    CPU-bound in both phases, would run health requests and cycles in
+    inverse proportion to their CPU.
+    """
+    routes = samples.share * ms_per_cycle
+    rest = ms_per_cycle - routes
+    return {"samples": samples.total, "route_share": samples.share, "route_ms_per_cycle": routes,
+            "rest_ms_per_cycle": rest, "ratio_with_free_routes": ms_per_health / rest if rest else math.inf}
 
 
 def rows(summaries: Sequence[dict[str, Any]]) -> list[list[Any]]:
@@ -416,11 +466,37 @@ def markdown(summaries: Sequence[dict[str, Any]], bars: dict[str, Any], settings
             f"{s['master']}: " + ", ".join(f"{ratio:.3f}" for ratio in s["ratios"]) for s in summaries
         ) + ".",
         "",
+        *_profile_lines(summaries, settings),
         GOALS_NOTE,
         "",
     ]
     lines += [goal_line(name, result) for name, result in bars.items()]
     return "\n".join(lines)
+
+
+PROFILE_COLUMNS = ("master", "samples", "routes' share", "routes ms/cycle", "rest ms/cycle",
+                   "ratio with free routes")
+
+
+def _profile_lines(summaries: Sequence[dict[str, Any]], settings: dict[str, Any]) -> list[str]:
+    """The --profile table: a cycle's CPU split between the routes' own work and the rest; none without it."""
+    profiled = [s for s in summaries if "profile" in s]
+    if not profiled:
+        return []
+    return [
+        f"Profiled: one more cycles phase of {settings['seconds']:g} s per master, sampled with py-spy "
+        f"({RATE_HZ} Hz; it pauses the master for each sample), not in the medians above. The routes' own work is the "
+        "samples under the handlers of GET /jobs/next and POST /results (the store, the scheduler, their JSON); "
+        "the rest is the HTTP server, Starlette's layers, the event loop and threads. Milliseconds are the "
+        "median CPU per cycle split by that share; the last column is cycles/health if the routes cost nothing "
+        "(CPU per health request over the rest).",
+        "",
+        markdown_table(PROFILE_COLUMNS, [
+            [s["master"], s["profile"]["samples"], s["profile"]["route_share"], s["profile"]["route_ms_per_cycle"],
+             s["profile"]["rest_ms_per_cycle"], s["profile"]["ratio_with_free_routes"]] for s in profiled
+        ]),
+        "",
+    ]
 
 
 def parser() -> argparse.ArgumentParser:
@@ -438,6 +514,9 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--postgres", metavar="DSN", default="",
                         help="run each master on a fresh database created on this PostgreSQL server (the DSN's "
                         "user needs CREATE DATABASE) instead of SQLite")
+    parser.add_argument("--profile", action="store_true",
+                        help="after the repeats, sample each master with py-spy through one more cycles phase and "
+                        "split a cycle's CPU between the routes' own work and the HTTP stack")
     add_output_flags(parser, "master_load")
     return parser
 
@@ -448,8 +527,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.clients < 1 or args.repeats < 1:
         cli.error("--clients and --repeats must be 1 or more")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    with work_directory(prefix="ffrtmp-master-load-") as work:
-        masters = trio.run(measure, args, work)
+    try:
+        if args.profile:
+            py_spy()
+        with work_directory(prefix="ffrtmp-master-load-") as work:
+            masters = trio.run(measure, args, work)
+    except SamplingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     summaries = [summarise(master) for master in masters]
     bars = {f"cycles_per_health_{s['master']}": goal(
         s["ratio"], BAR_RATIO, f"claim + result cycles/s over GET /health requests/s of the {s['master']} master, "

@@ -59,6 +59,20 @@ def test_the_agent_client_runs_the_same_phases(tmp_path: Path) -> None:
     assert all(phase["done"] > 0 for phase in master["phases"])
 
 
+def test_profile_splits_a_cycle_between_the_routes_and_the_rest(tmp_path: Path) -> None:
+    """--profile: py-spy samples one more cycles phase, kept out of the medians; the split in JSON and Markdown."""
+    result = run("--clients", "2", "--seconds", "1", "--repeats", "1", "--profile", "--out", str(tmp_path),
+                 "--name", "load")
+    assert result.returncode == 0, result.stderr[-5000:]
+    [master] = json.loads((tmp_path / "load.json").read_text())["masters"]
+    assert [phase["kind"] for phase in master["phases"]] == ["health", "cycles"]
+    profile = master["profile"]
+    assert profile["samples"] > 0 and 0 < profile["route_share"] < 1
+    assert profile["route_ms_per_cycle"] + profile["rest_ms_per_cycle"] == pytest.approx(
+        master["master_cpu_ms_per_cycle"])
+    assert "| ratio with free routes |" in (tmp_path / "load.md").read_text()
+
+
 def test_a_directory_that_is_not_a_checkout_is_a_usage_error(tmp_path: Path) -> None:
     """--before must name a checkout of this project: exit 2 and how to make one, no traceback."""
     result = run("--before", str(tmp_path))
