@@ -61,9 +61,14 @@ def format_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def status_shown(job: Job) -> str:
     """The status; for a pending job no node can take, why: ``waiting: no node offers nvenc``;
     ``prefetched`` for a job leased to a node that waits for a free slot there."""
-    if job.status is JobStatus.PROCESSING and job.live is not None and job.live.stage == JobProgress.PREFETCHED:
+    if is_prefetched(job):
         return JobProgress.PREFETCHED
     return job.waiting or job.status.value
+
+
+def is_prefetched(job: Job) -> bool:
+    """Leased to a node that said it waits there for a free slot: the job holds no slot yet."""
+    return job.status is JobStatus.PROCESSING and job.live is not None and job.live.stage == JobProgress.PREFETCHED
 
 
 def _cut(text: str, width: int = ERROR_WIDTH) -> str:

@@ -203,6 +203,28 @@ async def test_without_an_api_key_pages_are_open_but_forms_still_need_the_token(
     nursery.cancel_scope.cancel()
 
 
+async def test_the_overview_counts_a_prefetched_job_apart_from_the_slots(nursery: trio.Nursery) -> None:
+    """A node of one slot holding two jobs, the second waiting there for the slot: 1/1 slots used, +1 prefetched."""
+    url = await nursery.start(serve_master, MasterConfig(host="127.0.0.1", port=0, db=""))
+    async with httpx.AsyncClient(base_url=url) as api:
+        registered = await api.post("/nodes/register", json={"address": "prefetch-test:9091",
+                                                             "labels": {"max_concurrent_jobs": "1"}})
+        node = registered.json()
+        as_node = {"Authorization": f"Bearer {node['node_token']}"}
+        for _ in range(2):
+            await api.post("/jobs", json={"scenario": "720p30-h264"})
+        claimed = [(await api.get("/jobs/next", params={"node_id": node["id"]}, headers=as_node)).json()["job"]["id"]
+                   for _ in range(2)]
+        waiting = {"node_id": node["id"], "progress": 0, "stage": "prefetched"}
+        assert (await api.post(f"/jobs/{claimed[1]}/progress", json=waiting, headers=as_node)).status_code == 200
+        overview = (await api.get("/")).text
+    row = re.search(rf'<tr data-node="{node["id"]}">.*?</tr>', overview, re.S)
+    assert row and re.search(r'<td class="num">1/1 <span class="muted">\+1 prefetched</span></td>', row.group(0)), row
+    assert re.search(r'<span class="value">1/1</span><span class="label">slots used <small>\+1 prefetched</small>',
+                     overview), overview
+    nursery.cancel_scope.cancel()
+
+
 @pytest.mark.slow
 def test_a_delivered_output_downloads_from_the_job_s_page(tmp_path: Path) -> None:
     """The page links each output the master holds; the link streams it under its file name, other files are 404."""

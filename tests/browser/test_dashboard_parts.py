@@ -11,8 +11,8 @@ import trio
 from agent.master.store import StoreCounts
 from agent.master.ui.feed import HISTORY_POINTS, THROUGHPUT_WINDOW_S, FarmFeed, ProgressPoint
 from agent.master.ui.sessions import SESSION_LIFETIME_S, Session, SessionSigner
-from agent.master.ui.views import FarmTotals, JobView, Sparkline, ago
-from agent.models import HeartbeatReport, Job, JobProgress, JobResult, JobStatus, LiveProgress, Node
+from agent.master.ui.views import FarmTotals, JobView, NodeView, Sparkline, ago, prefetched_ids
+from agent.models import HeartbeatReport, Job, JobProgress, JobResult, JobStatus, LiveProgress, Node, utcnow
 
 
 def test_a_signed_session_reads_back_until_it_expires() -> None:
@@ -98,6 +98,21 @@ def test_farm_totals_count_online_slots_and_running_encoders() -> None:
     totals = FarmTotals.of(counts, nodes, running, completed_recently=5)
     assert (totals.pending, totals.nodes_online, totals.nodes, totals.slots_used, totals.slots) == (3, 2, 3, 2, 6)
     assert totals.fps == 30 and totals.output_mbps == 2.0 and totals.completed_recently == 5
+
+
+def test_prefetched_jobs_hold_no_slot_in_the_totals_or_the_nodes_table() -> None:
+    """A job the node holds while it waits for a slot there is counted apart: 2/2 slots used, +1 prefetched, not 3/2."""
+    node = Node(id="a", address="a:1", status="busy", active_job_ids=["j1", "j2", "j3"], max_concurrent_jobs=2)
+    running = [
+        Job(id="j1", scenario="s", status=JobStatus.PROCESSING, live=LiveProgress(fps=30, stage="encoding")),
+        Job(id="j2", scenario="s", status=JobStatus.PROCESSING),
+        Job(id="j3", scenario="s", status=JobStatus.PROCESSING, live=LiveProgress(stage="prefetched")),
+    ]
+    counts = StoreCounts(jobs={"processing": 3}, nodes={}, pending_by_queue={})
+    totals = FarmTotals.of(counts, [node], running, completed_recently=0)
+    assert (totals.slots_used, totals.slots, totals.prefetched) == (2, 2, 1)
+    view = NodeView.of(node, None, utcnow(), prefetched_ids(running))
+    assert (view.slots_used, view.prefetched) == (2, 1)
 
 
 def test_a_progress_history_is_drawn_inside_the_chart() -> None:

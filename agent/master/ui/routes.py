@@ -57,7 +57,7 @@ from ...scenarios import ARTIFACT_PREFIX
 from ..store import Store
 from .feed import FarmFeed, WatchWrites
 from .sessions import SESSION_LIFETIME_S, Session, SessionSigner
-from .views import FarmTotals, JobView, NodeView, Sparkline
+from .views import FarmTotals, JobView, NodeView, Sparkline, prefetched_ids
 
 __all__ = ["Dashboard"]
 
@@ -353,11 +353,12 @@ class Dashboard:
         running = (await api.list_jobs_page(status=JobStatus.PROCESSING.value, limit=RUNNING_READ)).jobs
         pending = await api.list_jobs_page(status=JobStatus.PENDING.value, limit=PENDING_SHOWN)
         totals = FarmTotals.of(await self._store.counts(), nodes, running, self.feed.completed_recently(time.time()))
+        prefetched = prefetched_ids(running)
         now = utcnow()
         return self._page_or_live(
             request, session, "overview",
             totals=totals,
-            nodes=[NodeView.of(node, self.feed.cpu_load.get(node.id), now) for node in nodes],
+            nodes=[NodeView.of(node, self.feed.cpu_load.get(node.id), now, prefetched) for node in nodes],
             running=[JobView.of(job) for job in running],
             pending=[JobView.of(job) for job in pending.jobs],
             more_pending=pending.next_cursor is not None,

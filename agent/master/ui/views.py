@@ -7,16 +7,16 @@ outcome words appear in ``ffrtmp jobs list`` and on the page.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import attrs
 
-from ...console import delivered_outputs, outcome_shown, pace_shown, status_shown
+from ...console import delivered_outputs, is_prefetched, outcome_shown, pace_shown, status_shown
 from ...models import Job, JobStatus, Node
 from ..store import StoreCounts
 from .feed import ProgressPoint
 
-__all__ = ["FarmTotals", "JobView", "NodeView", "Sparkline", "ago"]
+__all__ = ["FarmTotals", "JobView", "NodeView", "Sparkline", "ago", "prefetched_ids"]
 
 # The progress chart's drawing area, in SVG user units; the page scales it to its width.
 CHART_WIDTH = 600
@@ -68,12 +68,22 @@ class JobView:
         return allowed
 
 
+def prefetched_ids(running: Sequence[Job]) -> set[str]:
+    """The ids of the running jobs that wait on their node for a slot (its agent said so after a second)."""
+    return {job.id for job in running if is_prefetched(job)}
+
+
+def _slots_used(node: Node, prefetched: Collection[str]) -> int:
+    return sum(job_id not in prefetched for job_id in node.active_job_ids)
+
+
 @attrs.frozen
 class NodeView:
-    """One node as the nodes table shows it."""
+    """One node as the nodes table shows it: slots used by running encoders, prefetched jobs apart."""
 
     node: Node
     slots_used: int
+    prefetched: int
     engines: str
     hardware: str
     # From the node's last heartbeat to this master; None before the first.
@@ -81,13 +91,14 @@ class NodeView:
     last_seen: str
 
     @classmethod
-    def of(cls, node: Node, cpu_load: float | None, now: dt.datetime) -> NodeView:
+    def of(cls, node: Node, cpu_load: float | None, now: dt.datetime, prefetched: Collection[str]) -> NodeView:
         ram = f", {node.ram_total_bytes / 2**30:.0f} GiB" if node.ram_total_bytes else ""
         cpu = f"{node.cpu_threads} threads{ram}"
         hardware = ", ".join([*node.gpu_capabilities, cpu])
         return cls(
             node=node,
-            slots_used=len(node.active_job_ids),
+            slots_used=_slots_used(node, prefetched),
+            prefetched=len(node.active_job_ids) - _slots_used(node, prefetched),
             engines=node.labels.get("engines", "") or "-",
             hardware=hardware,
             cpu_load=cpu_load,
@@ -109,6 +120,7 @@ class FarmTotals:
     nodes: int
     slots_used: int
     slots: int
+    prefetched: int
     completed_recently: int
     fps: float
     # Bytes per second the running encoders write, in megabits: each job's bitrate times its speed.
@@ -124,13 +136,16 @@ class FarmTotals:
     ) -> FarmTotals:
         online = [node for node in nodes if node.status != "offline"]
         lives = [job.live for job in running if job.live is not None]
+        prefetched = prefetched_ids(running)
+        slots_used = sum(_slots_used(node, prefetched) for node in online)
         return cls(
             pending_by_queue=counts.pending_by_queue,
             jobs=counts.jobs,
             nodes_online=len(online),
             nodes=len(nodes),
-            slots_used=sum(len(node.active_job_ids) for node in online),
+            slots_used=slots_used,
             slots=sum(node.max_concurrent_jobs for node in online),
+            prefetched=sum(len(node.active_job_ids) for node in online) - slots_used,
             completed_recently=completed_recently,
             fps=sum(live.fps for live in lives),
             output_mbps=sum(live.bitrate_kbps * live.speed for live in lives) / 1000,
