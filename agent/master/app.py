@@ -654,9 +654,10 @@ class _Api:
                     break
                 if not await _wait_for_job(request.receive, waiter.woken, deadline):
                     return JSONResponse({"job": None})
-                if waiter.woken.is_set():  # the claim that follows answers the wake
-                    doorbell.leave(waiter, used=True)
-                    waiter = doorbell.enter(waiter.node)
+                if not waiter.woken.is_set():
+                    break  # the deadline: no job this node could take became pending, or it would have rung
+                doorbell.leave(waiter, used=True)  # the claim that follows answers the wake
+                waiter = doorbell.enter(waiter.node)
         finally:
             if waiter is not None:
                 doorbell.leave(waiter)

@@ -139,3 +139,15 @@ async def test_draining_a_node_wakes_no_long_poll(http: httpx.AsyncClient) -> No
         assert (await http.post(f"/nodes/{nodes[0].id}/drain")).status_code == 200
         await trio.sleep(0.3)
         await polls.assert_none_claimed_in_vain()
+
+
+async def test_a_long_poll_no_job_woke_claims_only_once(http: httpx.AsyncClient) -> None:
+    """Nothing queued: one empty claim as the long-poll starts; its deadline answers without a second claim.
+
+    Each job that becomes pending wakes a waiter, so one that no ring woke has
+    nothing to claim; the agent's next long-poll starts with a claim anyway.
+    """
+    node = await register(http, "idle:1")
+    before = await empty_claims(http)
+    assert await claim(http, node, wait=0.3) is None
+    assert await empty_claims(http) == before + 1
