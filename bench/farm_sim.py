@@ -12,8 +12,9 @@ fresh SQLite file, or (``--postgres``) one or more masters sharing a
 PostgreSQL database, the simulated agents split evenly between them. The
 agents are simulated, all in this one trio process, and speak the real
 protocol (the agent's routes, bodies and node tokens): register (node
-token), heartbeat listing the jobs they hold, long-poll claim
-(``GET /jobs/next?wait=N``) per free slot, progress every
+token), heartbeat listing the jobs they hold, long-poll claims
+(``GET /jobs/next?wait=N``) one at a time, each for a free slot, as the
+agent's poller claims (without its prefetch), progress every
 ``--progress-interval`` while a stub job runs (a ``trio.sleep``, no process),
 then the result; and, as the agent does, each holds its node's event
 channel (``WS /nodes/{id}/events``, counting what is pushed on it; not with
@@ -24,9 +25,9 @@ The simulated agents talk through :class:`bench._keepalive.KeptAlive`, HTTP/1.1
 on kept-alive sockets with the request bytes built by hand, not the agent's
 own client (httpx and the wire types): that costs a few times less CPU per
 request, and the simulator shares the machine's cores with the master it
-measures. Each agent holds a connection per slot and one for its
-heartbeat, so the master sees about as many connections as a real farm of
-that size would open.
+measures. Each agent holds a connection per slot (its jobs' progress and
+results), one for its claims and one for its heartbeat, so the master sees
+about as many connections as a real farm of that size would open.
 
 The ramp grows one farm: each step adds agents, lets their staggered slots
 reach a steady rate for one job length, then measures for ``--window``
@@ -171,7 +172,11 @@ async def call(connection: KeptAlive, what: str, request: bytes) -> Any:
 
 @attrs.define
 class SimAgent:
-    """One simulated agent: a heartbeat and ``slots`` claim loops, each on a connection of its own."""
+    """One simulated agent: a heartbeat, and one claim loop that claims for a free slot, as the agent's poller does.
+
+    Each slot has a connection for the progress and result of the jobs it
+    runs; the claims have one of their own, and so has the heartbeat.
+    """
 
     node_id: str
     token: str
@@ -186,12 +191,17 @@ class SimAgent:
 
     async def serve(self) -> None:
         """Beat and work (and hold the event channel) until cancelled."""
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._beat)
-            if self.events:
-                nursery.start_soon(self._listen)
-            for _ in range(self.slots):
-                nursery.start_soon(self._slot)
+        slots = [self._connection() for _ in range(self.slots)]
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._beat)
+                if self.events:
+                    nursery.start_soon(self._listen)
+                nursery.start_soon(self._poll, slots, nursery)
+        finally:
+            with trio.CancelScope(shield=True):
+                for slot in slots:
+                    await slot.aclose()
 
     def _connection(self) -> KeptAlive:
         return KeptAlive(*self.address)
@@ -222,35 +232,54 @@ class SimAgent:
         host, port = self.address
         await listen_events(f"http://{host}:{port}", self.node_id, lambda _: self.tally.pushed(), api_key=self.token)
 
-    async def _slot(self) -> None:
+    async def _poll(self, slots: list[KeptAlive], jobs: trio.Nursery) -> None:
+        """Take a free slot, long-poll until a job comes, run it in that slot; one claim at a time."""
+        free_slots, slot_freed = trio.open_memory_channel[KeptAlive](len(slots))
+        for slot in slots:
+            # Staggered over one job length, so a step's load arrives at its steady rate, not as one burst.
+            jobs.start_soon(self._free_after, random.uniform(0, self.job_s), slot, free_slots)
         connection = self._connection()
         claim = connection.prepared("GET", f"/jobs/next?node_id={self.node_id}&wait={LONG_POLL_S}", self.token)
         try:
-            # Staggered over one job length, so a step's load arrives at its steady rate, not as one burst.
-            await trio.sleep(random.uniform(0, self.job_s))
             while True:
-                asked = trio.current_time()
-                try:
-                    job = (await call(connection, "claim", claim))["job"]
-                except CallFailed as exc:
-                    self.tally.failed(exc)
-                    await trio.sleep(RETRY_AFTER_S)
-                    continue
-                if job is None:
-                    self.tally.empty()
-                    continue
-                self.tally.claimed(trio.current_time() - asked)
-                self.active.add(job["id"])
-                try:
-                    await self._run(connection, job["id"])
-                except CallFailed as exc:  # 409: the lease was lost, the master gave the job to another node
-                    self.tally.failed(exc)
-                    await trio.sleep(RETRY_AFTER_S)
-                finally:
-                    self.active.discard(job["id"])
+                slot = await slot_freed.receive()
+                job_id = await self._claim(connection, claim)
+                self.active.add(job_id)
+                jobs.start_soon(self._run_in, slot, job_id, free_slots)
         finally:
             with trio.CancelScope(shield=True):
                 await connection.aclose()
+
+    async def _claim(self, connection: KeptAlive, claim: bytes) -> str:
+        """Long-poll until a job is leased; its id."""
+        while True:
+            asked = trio.current_time()
+            try:
+                job = (await call(connection, "claim", claim))["job"]
+            except CallFailed as exc:
+                self.tally.failed(exc)
+                await trio.sleep(RETRY_AFTER_S)
+                continue
+            if job is not None:
+                self.tally.claimed(trio.current_time() - asked)
+                return str(job["id"])
+            self.tally.empty()
+
+    @staticmethod
+    async def _free_after(delay: float, slot: KeptAlive, free_slots: trio.MemorySendChannel[KeptAlive]) -> None:
+        await trio.sleep(delay)
+        free_slots.send_nowait(slot)
+
+    async def _run_in(self, slot: KeptAlive, job_id: str, free_slots: trio.MemorySendChannel[KeptAlive]) -> None:
+        """Run the job on its slot's connection, then free the slot."""
+        try:
+            await self._run(slot, job_id)
+        except CallFailed as exc:  # 409: the lease was lost, the master gave the job to another node
+            self.tally.failed(exc)
+            await trio.sleep(RETRY_AFTER_S)
+        finally:
+            self.active.discard(job_id)
+        free_slots.send_nowait(slot)
 
     async def _run(self, connection: KeptAlive, job_id: str) -> None:
         """The stub job: progress every ``progress_s`` until ``job_s`` has passed, then the result."""
