@@ -356,6 +356,8 @@ class Farm:
     nursery: trio.Nursery
     tally: Tally = attrs.field(factory=Tally)
     agents: list[SimAgent] = attrs.field(factory=list)
+    # The farm size the queue is fed for: the step being grown to.
+    planned_agents: int = 0
     submitted: int = 0
 
     async def grow(self, total: int) -> None:
@@ -389,15 +391,18 @@ class Farm:
         return sum(len(agent.active) for agent in self.agents)
 
     def backlog_target(self) -> int:
-        slots: int = len(self.agents) * self.args.slots
+        slots: int = self.planned_agents * self.args.slots
         return max(BACKLOG_MIN, math.ceil(BACKLOG_PER_SLOT * slots))
+
+    def backlog(self) -> int:
+        return self.submitted - self.tally.claimed_total
 
     async def submit(self, index: int) -> None:
         """Keep the queue ``backlog_target`` jobs ahead of the claims, until cancelled."""
         connection = KeptAlive(*self.masters[index % len(self.masters)].address)
         request = connection.prepared("POST", "/jobs", "", json.dumps(REQUEST.to_json()).encode())
         while True:
-            if self.submitted - self.tally.claimed_total >= self.backlog_target():
+            if self.backlog() >= self.backlog_target():
                 await trio.sleep(0.02)
                 continue
             self.submitted += 1
@@ -409,7 +414,15 @@ class Farm:
                 await trio.sleep(RETRY_AFTER_S)
 
     async def measure(self, agents: int) -> dict[str, Any]:
-        """Grow to ``agents``, let them settle for one job length, then measure one window."""
+        """Feed the queue for ``agents``, grow to them, let them settle for one job length, then measure a window.
+
+        The queue is fed first: a slot that found it empty would wait for a
+        submit, and slots that start together end together, so the staggered
+        starts would bunch into bursts that the window may miss or catch.
+        """
+        self.planned_agents = agents
+        while self.backlog() < self.backlog_target():
+            await trio.sleep(0.05)
         await self.grow(agents)
         await trio.sleep(self.args.job_seconds)
         myself = psutil.Process()
