@@ -60,8 +60,9 @@ from .artifacts import (
     is_sha256,
     package_files,
 )
-from .auth import Forbidden, Guard
+from .auth import Forbidden, Guard, LockedOut
 from .events import EventHub
+from .guesses import KeyGuesses
 from .jsonbody import BodyRejected, JSONResponse, parse_body
 from .metrics import MasterMetrics
 from .nodeview import NodeView
@@ -129,8 +130,10 @@ def create_app(
     """
     metrics = metrics or MasterMetrics()
     # The web dashboard at / and /ui/...: a client of these routes in the same process (agent/master/ui).
-    dashboard = Dashboard(store, config, artifacts=artifacts is not None)
-    api = _Api(store, config, hub, metrics, artifacts, progress or ProgressBook(store, metrics), dashboard.feed)
+    guesses = KeyGuesses()  # wrong API keys by client address, wherever the key is taken
+    dashboard = Dashboard(store, config, guesses, artifacts=artifacts is not None)
+    api = _Api(store, config, hub, metrics, artifacts, progress or ProgressBook(store, metrics), dashboard.feed,
+               guesses)
     timed = api.metrics.timed
     # Who may call a route: anyone (OPEN), a holder of the API key (OPERATOR: the CLI,
     # and registration), or the node the request speaks for, with its token (NODE;
@@ -183,6 +186,7 @@ def create_app(
             HTTPException: _http_error,
             NotFound: partial(_error_response, 404),
             Forbidden: partial(_error_response, 403),
+            LockedOut: _locked_out,
             scheduler.Conflict: partial(_error_response, 409),
             StoreError: partial(_error_response, 503),
         },
@@ -206,6 +210,11 @@ def _error(status: int, message: str, headers: Mapping[str, str] | None = None) 
 
 async def _error_response(status: int, request: Request, exc: Exception) -> Response:
     return _error(status, str(exc))
+
+
+async def _locked_out(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, LockedOut)
+    return _error(429, str(exc), headers={"Retry-After": str(exc.retry_after)})
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -323,6 +332,7 @@ class _Api:
         artifacts: ArtifactStore | None,
         progress: ProgressBook,
         feed: FarmFeed,
+        guesses: KeyGuesses,
     ) -> None:
         self._store = store
         self._progress = progress
@@ -331,7 +341,9 @@ class _Api:
         self._config = config
         self._hub = hub
         self.metrics = metrics
-        self.guard = Guard(store, api_key=config.api_key, allow_legacy_agents=config.allow_legacy_agents)
+        self.guard = Guard(
+            store, api_key=config.api_key, allow_legacy_agents=config.allow_legacy_agents, guesses=guesses
+        )
         self._nodes = NodeView(store)
 
     async def _explained(self, jobs: list[Job]) -> list[Job]:
@@ -476,7 +488,7 @@ class _Api:
         node_id = websocket.path_params["node_id"]
         try:
             await self.guard.check_node(websocket, node_id)
-        except (NotFound, Forbidden) as refused:
+        except (NotFound, Forbidden, LockedOut) as refused:
             log.debug("Event channel for node %s refused: %s", node_id, refused)
             await websocket.close(code=_POLICY_VIOLATION)
             return

@@ -18,7 +18,9 @@ may download only an artefact named by a job leased to it now, so a node
 cannot read other people's files.
 
 Refusals are logged with the client's address, at most once a minute per
-address, so probing shows in the log without flooding it.
+address, so probing shows in the log without flooding it. Wrong API keys are
+counted per address, and an address that sent too many lately is refused
+any key for a while (:mod:`.guesses`).
 
 A node's token hash, once a request has matched it, is kept in memory for
 :data:`TOKEN_TRUST_S`, so a busy node's claims, progress and results do not
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import math
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -42,10 +45,11 @@ from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import PlainTextResponse, Response
 
+from .guesses import KeyGuesses
 from .store import Store
 from .tokens import hash_token, token_matches
 
-__all__ = ["Forbidden", "Guard"]
+__all__ = ["Forbidden", "Guard", "LockedOut", "client_address"]
 
 log = logging.getLogger("agent.master")
 
@@ -62,6 +66,21 @@ TOKEN_TRUST_MAX_NODES = 100_000
 
 class Forbidden(Exception):
     """The request speaks for a node without that node's token; answered 403, nothing changed."""
+
+
+class LockedOut(Exception):
+    """The client sent too many wrong API keys lately (:mod:`.guesses`); answered 429 with ``Retry-After``."""
+
+    def __init__(self, client: str, seconds: float) -> None:
+        self.retry_after = math.ceil(seconds)
+        super().__init__(
+            f"too many wrong API keys from {client}: no key from it is checked for {self.retry_after} s more; "
+            "then use the key the master was started with (--api-key or --api-key-file)"
+        )
+
+
+def client_address(connection: HTTPConnection) -> str:
+    return connection.client.host if connection.client else "unknown"
 
 
 def bearer_token(connection: HTTPConnection) -> str | None:
@@ -81,16 +100,40 @@ def _go_http_error(message: str, status: int) -> Response:
 class Guard:
     """The master's checks of the API key and node tokens."""
 
-    def __init__(self, store: Store, *, api_key: str, allow_legacy_agents: bool) -> None:
+    def __init__(
+        self, store: Store, *, api_key: str, allow_legacy_agents: bool, guesses: KeyGuesses | None = None
+    ) -> None:
         self._store = store
         self._key = api_key.encode()
         self._allow_legacy = allow_legacy_agents
+        self.guesses = guesses if guesses is not None else KeyGuesses()
         self._last_logged: dict[str, float] = {}
         # node id -> (token hash that matched, until when it is trusted without a read)
         self._trusted: dict[str, tuple[str, float]] = {}
 
     def _is_api_key(self, token: str | None) -> bool:
         return token is not None and hmac.compare_digest(token.encode(), self._key)
+
+    def _presents_key(self, connection: HTTPConnection, token: str | None) -> bool:
+        """Whether ``token`` is the API key (a caller that finally refuses it calls :meth:`_wrong_key`).
+
+        Raises:
+            LockedOut: the client sent too many wrong keys lately; its token is not even compared.
+        """
+        if token is None or not self._key:
+            return False
+        client = client_address(connection)
+        if (wait := self.guesses.locked_for(client)) > 0:
+            self._log_refusal(connection, "429 too many wrong API keys lately")
+            raise LockedOut(client, wait)
+        if self._is_api_key(token):
+            self.guesses.right(client)
+            return True
+        return False
+
+    def _wrong_key(self, connection: HTTPConnection, token: str | None) -> None:
+        if token is not None and self._key:
+            self.guesses.wrong(client_address(connection))
 
     def operator_only(
         self, endpoint: Callable[[Request], Awaitable[Response]]
@@ -101,8 +144,9 @@ class Guard:
 
         async def guarded(request: Request) -> Response:
             token = bearer_token(request)
-            if self._is_api_key(token):
+            if self._presents_key(request, token):
                 return await endpoint(request)
+            self._wrong_key(request, token)
             problem = "Missing Authorization header" if token is None else "Invalid API key"
             self._log_refusal(request, f"401 {problem}")
             return _go_http_error(problem, 401)
@@ -115,6 +159,8 @@ class Guard:
         Raises:
             NotFound: no node has that id (the agent should register again).
             Forbidden: the token is missing or belongs to another node, or an earlier run of this one.
+            LockedOut: legacy agents are allowed, so the key is taken here, and the client sent
+                too many wrong ones lately.
         """
         token = bearer_token(connection)
         if token is not None and self._is_trusted(node_id, token):
@@ -123,8 +169,10 @@ class Guard:
         if token is not None and token_matches(token, stored):
             self._trust(node_id, stored)
             return
-        if self._allow_legacy and (self._is_api_key(token) or (not self._key and not token)):
-            return
+        if self._allow_legacy:
+            if self._presents_key(connection, token) or (not self._key and not token):
+                return
+            self._wrong_key(connection, token)
         self._log_refusal(connection, f"403 not node {node_id}'s token")
         raise Forbidden(
             f"this request does not carry the token of node {node_id}: calls for a node need "
@@ -153,12 +201,17 @@ class Guard:
         Raises:
             HTTPException: 401 with neither the key nor a node's token.
             Forbidden: the node's jobs do not name the artefact it wants to read.
+            LockedOut: the client sent too many wrong keys lately.
         """
-        token = bearer_token(request)
-        if not self._key or self._is_api_key(token):
+        if not self._key:
             return
+        token = bearer_token(request)
+        # A node's token first: it is no guess at the key, so a lockout does not stop it.
         node_id = await self._store.node_with_token(hash_token(token)) if token else None
         if node_id is None:
+            if self._presents_key(request, token):
+                return
+            self._wrong_key(request, token)
             problem = "Missing Authorization header" if token is None else "Invalid API key or node token"
             self._log_refusal(request, f"401 {problem}")
             raise HTTPException(401, problem)
@@ -170,7 +223,7 @@ class Guard:
             )
 
     def _log_refusal(self, connection: HTTPConnection, what: str) -> None:
-        client = connection.client.host if connection.client else "unknown"
+        client = client_address(connection)
         now = trio.current_time()
         if now - self._last_logged.get(client, -REFUSAL_LOG_INTERVAL_S) < REFUSAL_LOG_INTERVAL_S:
             return
