@@ -30,7 +30,8 @@ log = logging.getLogger("agent.master")
 WRONG_KEYS = 10
 WINDOW_S = 60.0
 LOCKOUT_S = 60.0
-# Addresses counted at once; past it only those locked out are kept.
+# Addresses counted at once; past it only those locked out are kept, and if they alone are as many,
+# the memory starts afresh (a guesser with that many addresses gains little by it).
 MAX_CLIENTS = 4096
 
 
@@ -63,6 +64,8 @@ class KeyGuesses:
         if count is None or now - count.since > WINDOW_S:
             if len(self._counts) >= MAX_CLIENTS:
                 self._counts = {known: kept for known, kept in self._counts.items() if kept.locked_until > now}
+                if len(self._counts) >= MAX_CLIENTS:
+                    self._counts.clear()
             count = self._counts[client] = _Count(since=now)
         count.wrong += 1
         if count.wrong >= WRONG_KEYS:

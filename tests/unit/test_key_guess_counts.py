@@ -60,3 +60,16 @@ async def test_past_the_addresses_it_counts_it_keeps_only_those_locked_out(
     counted.wrong("10.0.1.1")  # the fifth address: the three counting are forgotten, the locked one kept
     assert counted.locked_for("locked") == LOCKOUT_S
     assert len(counted._counts) == 2
+
+
+async def test_when_those_locked_out_alone_fill_it_the_memory_starts_afresh(
+    clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(guesses, "MAX_CLIENTS", 2)
+    counted = KeyGuesses()
+    for client in ("a", "b"):
+        for _ in range(WRONG_KEYS):
+            counted.wrong(client)
+    counted.wrong("c")
+    assert (counted.locked_for("a"), counted.locked_for("b")) == (0, 0)
+    assert len(counted._counts) == 1
