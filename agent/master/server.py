@@ -42,7 +42,7 @@ HEADER_TIMEOUT_S = 5.0
 # Net allocations of tracked objects between two collections of the youngest generation (Python's
 # default is 700). A master serving a large farm holds a few hundred thousand objects (its clients'
 # connections and their tasks), and with the default a collection of all of them came every few
-# seconds, each stopping every request for 200-400 ms at a thousand agents (bench/farm_sim.py).
+# seconds, each stopping every request for 200-500 ms at a thousand agents (bench/farm_sim.py).
 GC_YOUNG_THRESHOLD = 50_000
 # An artefact no job names is kept this long: an input uploaded before its submit, an
 # output delivered before its result (which may wait in an agent's outbox), a paused upload.
