@@ -79,3 +79,16 @@ async def test_the_dashboard_login_counts_and_then_refuses_with_a_message(url: s
         assert "Not checked: too many wrong API keys from 127.0.0.1" in refused.text
     async with client(url, key=KEY) as operator:  # the same count as the API's
         assert (await operator.get("/jobs")).status_code == 429
+
+
+async def test_the_dashboard_still_serves_another_address_while_the_local_one_is_locked_out(url: str) -> None:
+    """The dashboard calls the API in-process; those calls are not counted as coming from 127.0.0.1."""
+    async with client(url, source="127.0.0.2") as browser:
+        form = await browser.get("/ui/login")
+        csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
+        assert csrf, form.text
+        logged_in = await browser.post("/ui/login", data={"key": KEY, "csrf": csrf.group(1), "next": "/"})
+        assert logged_in.status_code == 303
+        await guess(url, WRONG_KEYS)  # from 127.0.0.1
+        overview = await browser.get("/")
+        assert overview.status_code == 200 and "slots used" in overview.text, overview.text

@@ -236,9 +236,10 @@ class Dashboard:
         One client for the app's lifetime: the transport holds no connection to close.
         """
         if self._api_client is None:
-            self._api_client = MasterClient(
-                _INTERNAL_URL, self._key, transport=httpx.ASGITransport(app=request.app)
-            )
+            # A client address no peer can have: these calls are the dashboard's, not 127.0.0.1's, so a
+            # guesser locked out there (agent/master/guesses.py) does not lock every operator out.
+            transport = httpx.ASGITransport(app=request.app, client=("dashboard", 0))
+            self._api_client = MasterClient(_INTERNAL_URL, self._key, transport=transport)
         return self._api_client
 
     def _render(self, request: Request, session: Session, template: str, status: int = 200, **context: Any) -> Response:
