@@ -29,13 +29,13 @@ median of each repeat's ratio. The master's CPU time per request comes from
 the same phases (psutil), and says what a request costs it whatever the
 client does.
 
-``--profile`` adds, after the repeats, one more cycles phase per master
-sampled with py-spy (which slows it, so it is not in the medians): the share of the master's CPU
-spent in the two routes' own work (the handlers of ``GET /jobs/next`` and
-``POST /results``, with the store, the scheduler and their JSON), the rest
-being the HTTP server, Starlette's layers and the event loop, and so the
-ratio that routes costing nothing would reach: the CPU of a health request
-over the rest of a cycle's.
+``--profile`` adds, after the repeats, one more cycles phase per master,
+sampled with py-spy (which slows it, so it is not in the medians): the share
+of the master's CPU spent in the two routes' own work (the handlers of
+``GET /jobs/next`` and ``POST /results``, with the store, the scheduler and
+their JSON), the rest being the HTTP server, Starlette's layers and the event
+loop, and so the ratio that routes costing nothing would reach: the CPU of a
+health request over the rest of a cycle's.
 
 ``--before CHECKOUT`` measures the master of another checkout of this
 repository (``git worktree add /tmp/before <commit>``) in the same run, against

@@ -95,10 +95,11 @@ class NodeView:
         ram = f", {node.ram_total_bytes / 2**30:.0f} GiB" if node.ram_total_bytes else ""
         cpu = f"{node.cpu_threads} threads{ram}"
         hardware = ", ".join([*node.gpu_capabilities, cpu])
+        used = _slots_used(node, prefetched)
         return cls(
             node=node,
-            slots_used=_slots_used(node, prefetched),
-            prefetched=len(node.active_job_ids) - _slots_used(node, prefetched),
+            slots_used=used,
+            prefetched=len(node.active_job_ids) - used,
             engines=node.labels.get("engines", "") or "-",
             hardware=hardware,
             cpu_load=cpu_load,
