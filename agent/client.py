@@ -349,7 +349,7 @@ class MasterClient:
             raise AuthError(_auth_message(self.base_url, response))
         if status == 507:
             raise StorageFull(f"the master at {self.base_url} has no room: {_error_text(response)}")
-        if status >= 500:
+        if status >= 500 or status == 429:  # 429: refused for a while (too many wrong keys from here)
             raise MasterUnavailable(
                 f"the master at {self.base_url} answered {status} to {method} {path}: {_error_text(response)}"
             )

@@ -8,6 +8,7 @@ loopback, to show that the count is per address.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import httpx
 import pytest
@@ -15,6 +16,7 @@ import trio
 
 from agent.master.guesses import LOCKOUT_S, WRONG_KEYS
 from tests.integration.test_master_api import KEY, start_master
+from tests.support import Processes, start_process
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -92,3 +94,21 @@ async def test_the_dashboard_still_serves_another_address_while_the_local_one_is
         await guess(url, WRONG_KEYS)  # from 127.0.0.1
         overview = await browser.get("/")
         assert overview.status_code == 200 and "slots used" in overview.text, overview.text
+
+
+async def test_an_agent_on_a_locked_out_address_waits_and_tries_again(
+    url: str, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """A real agent whose registration is refused (429) says why and retries, with no traceback."""
+    await guess(url, WRONG_KEYS)
+    procs = Processes(nursery)
+    agent = await start_process(procs, "agent", [
+        "--master", url, "--api-key", KEY, "--work-dir", str(tmp_path / "work"), "--metrics-host", "127.0.0.1",
+        "--metrics-port", "0", "--allow-master-as-worker", "--skip-confirmation",
+    ])
+    await agent.wait_for(r"Cannot register with .* answered 429 .*too many wrong API keys from 127\.0\.0\.1.*retrying",
+                         timeout=10)
+    await trio.sleep(1.5)  # past its first retry
+    assert agent.process.returncode is None, agent.lines
+    assert not any("Traceback" in line for line in agent.lines), agent.lines
+    await procs.stop_all()
