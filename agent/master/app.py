@@ -62,7 +62,6 @@ from .artifacts import (
 )
 from .auth import Forbidden, Guard, LockedOut
 from .events import EventHub
-from .guesses import KeyGuesses
 from .jsonbody import BodyRejected, JSONResponse, parse_body
 from .metrics import MasterMetrics
 from .nodeview import NodeView
@@ -130,10 +129,11 @@ def create_app(
     """
     metrics = metrics or MasterMetrics()
     # The web dashboard at / and /ui/...: a client of these routes in the same process (agent/master/ui).
-    guesses = KeyGuesses()  # wrong API keys by client address, wherever the key is taken
-    dashboard = Dashboard(store, config, guesses, artifacts=artifacts is not None)
+    # The API key's and node tokens' checks, the dashboard's login among them (one count of wrong keys).
+    guard = Guard(store, api_key=config.api_key, allow_legacy_agents=config.allow_legacy_agents)
+    dashboard = Dashboard(store, config, guard, artifacts=artifacts is not None)
     api = _Api(store, config, hub, metrics, artifacts, progress or ProgressBook(store, metrics), dashboard.feed,
-               guesses)
+               guard)
     timed = api.metrics.timed
     # Who may call a route: anyone (OPEN), a holder of the API key (OPERATOR: the CLI,
     # and registration), or the node the request speaks for, with its token (NODE;
@@ -332,7 +332,7 @@ class _Api:
         artifacts: ArtifactStore | None,
         progress: ProgressBook,
         feed: FarmFeed,
-        guesses: KeyGuesses,
+        guard: Guard,
     ) -> None:
         self._store = store
         self._progress = progress
@@ -341,9 +341,7 @@ class _Api:
         self._config = config
         self._hub = hub
         self.metrics = metrics
-        self.guard = Guard(
-            store, api_key=config.api_key, allow_legacy_agents=config.allow_legacy_agents, guesses=guesses
-        )
+        self.guard = guard
         self._nodes = NodeView(store)
 
     async def _explained(self, jobs: list[Job]) -> list[Job]:

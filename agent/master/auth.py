@@ -100,22 +100,20 @@ def _go_http_error(message: str, status: int) -> Response:
 class Guard:
     """The master's checks of the API key and node tokens."""
 
-    def __init__(
-        self, store: Store, *, api_key: str, allow_legacy_agents: bool, guesses: KeyGuesses | None = None
-    ) -> None:
+    def __init__(self, store: Store, *, api_key: str, allow_legacy_agents: bool) -> None:
         self._store = store
         self._key = api_key.encode()
         self._allow_legacy = allow_legacy_agents
-        self.guesses = guesses if guesses is not None else KeyGuesses()
+        self._guesses = KeyGuesses()
         self._last_logged: dict[str, float] = {}
         # node id -> (token hash that matched, until when it is trusted without a read)
         self._trusted: dict[str, tuple[str, float]] = {}
 
-    def _is_api_key(self, token: str | None) -> bool:
-        return token is not None and hmac.compare_digest(token.encode(), self._key)
+    def presents_key(self, connection: HTTPConnection, token: str | None) -> bool:
+        """Whether ``token`` is the API key; a wrong one counts against the client (:mod:`.guesses`).
 
-    def _presents_key(self, connection: HTTPConnection, token: str | None) -> bool:
-        """Whether ``token`` is the API key (a caller that finally refuses it calls :meth:`_wrong_key`).
+        Every caller has ruled out a node's own token before, so a wrong key is a refusal.
+        No token, or no key on this master, is no guess.
 
         Raises:
             LockedOut: the client sent too many wrong keys lately; its token is not even compared.
@@ -123,17 +121,14 @@ class Guard:
         if token is None or not self._key:
             return False
         client = client_address(connection)
-        if (wait := self.guesses.locked_for(client)) > 0:
+        if (wait := self._guesses.locked_for(client)) > 0:
             self._log_refusal(connection, "429 too many wrong API keys lately")
             raise LockedOut(client, wait)
-        if self._is_api_key(token):
-            self.guesses.right(client)
+        if hmac.compare_digest(token.encode(), self._key):
+            self._guesses.right(client)
             return True
+        self._guesses.wrong(client)
         return False
-
-    def _wrong_key(self, connection: HTTPConnection, token: str | None) -> None:
-        if token is not None and self._key:
-            self.guesses.wrong(client_address(connection))
 
     def operator_only(
         self, endpoint: Callable[[Request], Awaitable[Response]]
@@ -144,9 +139,8 @@ class Guard:
 
         async def guarded(request: Request) -> Response:
             token = bearer_token(request)
-            if self._presents_key(request, token):
+            if self.presents_key(request, token):
                 return await endpoint(request)
-            self._wrong_key(request, token)
             problem = "Missing Authorization header" if token is None else "Invalid API key"
             self._log_refusal(request, f"401 {problem}")
             return _go_http_error(problem, 401)
@@ -169,10 +163,8 @@ class Guard:
         if token is not None and token_matches(token, stored):
             self._trust(node_id, stored)
             return
-        if self._allow_legacy:
-            if self._presents_key(connection, token) or (not self._key and not token):
-                return
-            self._wrong_key(connection, token)
+        if self._allow_legacy and (self.presents_key(connection, token) or (not self._key and not token)):
+            return
         self._log_refusal(connection, f"403 not node {node_id}'s token")
         raise Forbidden(
             f"this request does not carry the token of node {node_id}: calls for a node need "
@@ -209,9 +201,8 @@ class Guard:
         # A node's token first: it is no guess at the key, so a lockout does not stop it.
         node_id = await self._store.node_with_token(hash_token(token)) if token else None
         if node_id is None:
-            if self._presents_key(request, token):
+            if self.presents_key(request, token):
                 return
-            self._wrong_key(request, token)
             problem = "Missing Authorization header" if token is None else "Invalid API key or node token"
             self._log_refusal(request, f"401 {problem}")
             raise HTTPException(401, problem)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
-import hmac
 import json
 import logging
 import tempfile
@@ -54,8 +53,7 @@ from ...config import MasterConfig
 from ...console import submission
 from ...models import Engine, JobRequest, JobStatus, Priority, Queue, utcnow
 from ...scenarios import ARTIFACT_PREFIX
-from ..auth import LockedOut, client_address
-from ..guesses import KeyGuesses
+from ..auth import Guard, LockedOut, client_address
 from ..store import Store
 from .feed import FarmFeed, WatchWrites
 from .sessions import SESSION_LIFETIME_S, Session, SessionSigner
@@ -170,15 +168,15 @@ class Dashboard:
     Args:
         store: read for the farm totals only (jobs by status and queue).
         config: ``api_key`` decides whether a login is needed (and signs sessions).
-        guesses: wrong keys by client address, shared with the API's checks of the key.
+        guard: checks the key at login, counting wrong keys with the API's checks.
         artifacts: whether the master keeps artefacts: without them the submit
             form takes no file and outputs cannot be downloaded.
     """
 
-    def __init__(self, store: Store, config: MasterConfig, guesses: KeyGuesses, *, artifacts: bool) -> None:
+    def __init__(self, store: Store, config: MasterConfig, guard: Guard, *, artifacts: bool) -> None:
         self._store = store
         self._key = config.api_key
-        self._guesses = guesses
+        self._guard = guard
         self._artifacts = artifacts
         self.feed = FarmFeed()
         self._signer = SessionSigner.for_key(config.api_key)
@@ -333,22 +331,20 @@ class Dashboard:
             )
             self._set_session(request, response, session)
             return response
-        client = client_address(request)
-        if (wait := self._guesses.locked_for(client)) > 0:
-            locked_out = LockedOut(client, wait)
+        try:
+            right = self._guard.presents_key(request, str(form.get("key", "")))
+        except LockedOut as locked_out:
             response = self._render(request, session, "login.html", 429, next=target,
                                     message=f"Not checked: {locked_out}.")
             response.headers["Retry-After"] = str(locked_out.retry_after)
             return response
-        if not hmac.compare_digest(str(form.get("key", "")).encode(), self._key.encode()):
-            self._guesses.wrong(client)
-            log.warning("Dashboard login refused from %s: not the API key", client)
+        if not right:
+            log.warning("Dashboard login refused from %s: not the API key", client_address(request))
             return self._render(
                 request, session, "login.html", 401, next=target,
                 message="That is not this master's API key. Use the key the master was started with "
                         "(--api-key or --api-key-file).",
             )
-        self._guesses.right(client)
         response = RedirectResponse(target, status_code=303)
         self._set_session(request, response, Session.new(operator=True))
         return response
